@@ -1,0 +1,26 @@
+"""tfprune: structured (filter and channel) pruning for Keras 3 convolutional networks.
+
+model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebuild (a new, smaller model) → export.
+"""
+
+__version__ = "0.1.0"
+
+from tfprune.errors import PlanError, UnsupportedModelError
+from tfprune.graph import ChannelGraph, Group
+from tfprune.masking import mask
+from tfprune.planning import plan
+from tfprune.plans import Plan
+from tfprune.pruning import prune
+from tfprune.rebuilding import rebuild
+
+__all__ = [
+    "ChannelGraph",
+    "Group",
+    "Plan",
+    "PlanError",
+    "UnsupportedModelError",
+    "mask",
+    "plan",
+    "prune",
+    "rebuild",
+]

@@ -1,0 +1,9 @@
+"""Exceptions raised by tfprune, each saying what was wrong and what is allowed."""
+
+
+class UnsupportedModelError(TypeError):
+    """The model is not one tfprune can read (for example a subclassed model with no functional graph)."""
+
+
+class PlanError(ValueError):
+    """A plan does not fit the model: unknown or non-prunable group, emptied group, bad indices."""

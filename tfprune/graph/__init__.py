@@ -1,0 +1,5 @@
+"""The channel dependency graph of a Keras model and the per-layer rules it is built from."""
+
+from tfprune.graph.channel_graph import ChannelGraph, Group, Member
+
+__all__ = ["ChannelGraph", "Group", "Member"]

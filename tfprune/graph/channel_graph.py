@@ -1,0 +1,359 @@
+"""ChannelGraph: which channel dimensions of a Keras model must be pruned together.
+
+Every channel position of every tensor is an *element*. A layer that creates channels (a convolution, a Dense)
+opens a *space* of new elements; a layer that passes channels through hands its input's elements on; a merge
+(Add, Multiply, ...) or a shared layer ties the elements at equal positions together. Tied elements form one
+*channel*; spaces tied by any channel form one *group*: pruning channel k of a group removes every position in
+every tensor whose element belongs to it, and the weights indexed by those positions.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import tree
+from scipy import sparse
+from scipy.sparse import csgraph
+
+from tfprune.errors import PlanError
+from tfprune.graph.keras_nodes import call_nodes, functional_of, is_graph_model, model_inputs, model_outputs
+from tfprune.graph.rules import Boundary, NotUnderstood, rule_for
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A layer whose weights or config follow a group's channels: `side` is "in", "out" or ("input", i)."""
+
+    layer: str
+    kind: str
+    side: object
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Group:
+    """Channels that are pruned together.
+
+    Attributes:
+        name: the path of the layer that first creates these channels (stable across copies of a model).
+        index: position in `ChannelGraph.groups`.
+        width: the number of channels.
+        members: the layers whose weights or config follow these channels.
+        reasons: why the group may not be pruned (empty when it is prunable).
+        spanning: layers that compute over all channels of the group (LayerNormalization, GroupNormalization,
+            softmax over channels): pruning is allowed but changes the kept channels' values.
+        blocks: for grouped layers, a block label per channel; every block must keep the same number.
+    """
+
+    name: str
+    index: int
+    width: int
+    members: tuple
+    reasons: tuple
+    spanning: tuple
+    blocks: np.ndarray | None
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons
+
+    @property
+    def n_blocks(self) -> int:
+        return 1 if self.blocks is None else int(self.blocks.max()) + 1
+
+    def __repr__(self):
+        state = "prunable" if self.prunable else "fixed"
+        return f"Group({self.name!r}, width={self.width}, {state}, members={len(self.members)})"
+
+
+class _CallContext:
+    """What a rule sees of one call of a layer, and the only way it changes the graph."""
+
+    def __init__(self, builder, path, node):
+        self._builder = builder
+        self.path = path
+        self.input_shapes = [tuple(t.shape) for t in node.arguments.keras_tensors]
+        self.output_shapes = [tuple(t.shape) for t in node.outputs]
+        leaves = tree.flatten((node.arguments.args, node.arguments.kwargs))
+        self.constant_arguments = [x for x in leaves if not isinstance(x, keras.KerasTensor)]
+
+    def new_space(self, width, name=None, fixed_reason=None):
+        return self._builder.new_space(name or self.path, width, fixed_reason)
+
+    def record(self, side, elems):
+        self._builder.record(self.path, side, elems)
+
+    def union(self, a, b):
+        self._builder.union(a, b)
+
+    def fix(self, elems, reason):
+        self._builder.fixed.append((elems, reason))
+
+    def mark_spanning(self, elems):
+        self._builder.spanning.append((elems, self.path))
+
+    def require_equal_blocks(self, elems, n_blocks):
+        if n_blocks > 1:
+            self._builder.blocks.append((elems, n_blocks, self.path))
+
+
+class _Builder:
+    def __init__(self):
+        self.space_names, self.space_widths, self.space_start = [], [], {}
+        self.size = 0
+        self.edges = []
+        self.fixed, self.spanning, self.blocks = [], [], []
+        self.records = {}
+        self.layers, self.rules, self.submodels = {}, {}, {}
+
+    def new_space(self, name, width, fixed_reason=None):
+        if name in self.space_start:  # a shared layer called again: same channels
+            start = self.space_start[name]
+        else:
+            start = self.space_start[name] = self.size
+            self.space_names.append(name)
+            self.space_widths.append(int(width))
+            self.size += int(width)
+        elems = np.arange(start, start + int(width))
+        if fixed_reason:
+            self.fixed.append((elems, fixed_reason))
+        return elems
+
+    def union(self, a, b):
+        if len(a) != len(b):
+            raise NotUnderstood(f"ties {len(a)} channels to {len(b)}")
+        self.edges.append((a, b))
+
+    def record(self, path, side, elems):
+        key = (path, side)
+        if key in self.records:  # shared layer: its weights see the channels of every call
+            self.union(self.records[key], elems)
+        else:
+            self.records[key] = elems
+
+    def walk(self, model, inputs, prefix):
+        tensors = {id(t): e for t, e in zip(model_inputs(model), inputs, strict=True)}
+        for node in call_nodes(model):
+            if any(id(t) not in tensors for t in node.arguments.keras_tensors):
+                continue  # not on a path from this model's inputs (a shared layer's call elsewhere)
+            op = node.operation
+            path = prefix + op.name
+            ins = [tensors[id(t)] for t in node.arguments.keras_tensors]
+            outs = self.call_model(op, path, ins) if is_graph_model(op) else self.call_layer(op, path, node, ins)
+            for t, elems in zip(node.outputs, outs, strict=True):
+                tensors[id(t)] = elems
+        return [tensors.get(id(t)) for t in model_outputs(model)]
+
+    def call_model(self, model, path, ins):
+        self.submodels[path] = model
+        inner = []
+        for i, (t, elems) in enumerate(zip(model_inputs(model), ins, strict=True)):
+            if elems is None:
+                elems = self.new_space(f"{path}:input{i}", t.shape[-1], f"enters '{path}' untraced")
+            self.record(path, ("input", i), elems)
+            inner.append(elems)
+        return self.walk(model, inner, prefix=path + "/")
+
+    def call_layer(self, op, path, node, ins):
+        ctx = _CallContext(self, path, node)
+        rule = self.rules.get(path) or rule_for(op)
+        try:
+            outs = rule.propagate(ctx, op, ins)
+        except NotUnderstood as why:
+            if path in self.rules:  # a shared layer understood at an earlier call: keep all its channels
+                for (p, _), elems in self.records.items():
+                    if p == path:
+                        self.fixed.append((elems, f"'{path}' is shared and one of its calls is not understood"))
+            rule = Boundary(str(why))
+            outs = rule.propagate(ctx, op, ins)
+        self.layers[path], self.rules[path] = op, rule
+        return outs
+
+
+def _source_name(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation.name if history else tensor.name
+
+
+def _relabel_by_first(n_nodes, a, b):
+    """Connected components of an undirected graph, numbered in order of their smallest node."""
+    adjacency = sparse.coo_matrix((np.ones(len(a), bool), (a, b)), shape=(n_nodes, n_nodes))
+    count, labels = csgraph.connected_components(adjacency, directed=False)
+    first = np.full(count, n_nodes)
+    np.minimum.at(first, labels, np.arange(n_nodes))
+    order = np.argsort(first)
+    rank = np.empty(count, np.int64)
+    rank[order] = np.arange(count)
+    return rank[labels], first[order]
+
+
+class ChannelGraph:
+    """The coupled channel groups of a Functional or Sequential Keras 3 model.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model`; nested Functional/Sequential sub-models and shared
+            layers are followed. The model is only read.
+        prune_outputs: allow pruning groups that reach a model output (by default they are fixed, since the
+            caller's outputs would change shape).
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((16, 16, 3))
+    >>> x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    >>> outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    >>> graph = tfprune.ChannelGraph(keras.Model(inputs, outputs))
+    >>> [(g.name, g.width) for g in graph.prunable_groups]
+    [('conv2d', 8)]
+    """
+
+    def __init__(self, model, prune_outputs=False):
+        functional_of(model)  # refuses models without a graph, with the reason
+        self.model = model
+        self.prune_outputs = bool(prune_outputs)
+        b = _Builder()
+        inputs = []
+        for t in model_inputs(model):
+            known = len(t.shape) >= 2 and t.shape[-1] is not None
+            inputs.append(b.new_space(f"input:{_source_name(t)}", t.shape[-1], "model input") if known else None)
+        outputs = b.walk(model, inputs, prefix="")
+        if not prune_outputs:
+            for t, elems in zip(model_outputs(model), outputs, strict=True):
+                if elems is not None:
+                    b.fixed.append((elems, f"reaches model output '{_source_name(t)}'"))
+        self.layers, self.rules, self.submodels = b.layers, b.rules, b.submodels
+        self._records = b.records
+        self._build_groups(b)
+
+    # ---- construction -------------------------------------------------------------------------------------
+
+    def _build_groups(self, b):
+        a = np.concatenate([e[0] for e in b.edges]) if b.edges else np.zeros(0, np.int64)
+        c = np.concatenate([e[1] for e in b.edges]) if b.edges else np.zeros(0, np.int64)
+        self._labels, comp_first = _relabel_by_first(b.size, a, c)
+        space_of = np.repeat(np.arange(len(b.space_widths)), b.space_widths)
+        space_group, group_first_space = _relabel_by_first(len(b.space_widths), space_of[a], space_of[c])
+        comp_group = space_group[space_of[comp_first]]
+        sorter = np.argsort(comp_group, kind="stable")
+        comp_channel = np.empty(len(comp_group), np.int64)
+        comp_channel[sorter] = np.arange(len(comp_group)) - np.searchsorted(comp_group[sorter], comp_group[sorter])
+        self._comp_group, self._comp_channel = comp_group, comp_channel
+        widths = np.bincount(comp_group, minlength=len(group_first_space))
+
+        reasons = [dict() for _ in widths]  # ordered sets
+        spanning = [dict() for _ in widths]
+        members = [dict() for _ in widths]
+        blocks = [None] * len(widths)
+        for elems, why in b.fixed:
+            for g in self._groups_of(elems):
+                reasons[g][why] = None
+        for elems, path in b.spanning:
+            for g in self._groups_of(elems):
+                spanning[g][path] = None
+        for (path, side), elems in b.records.items():
+            kind = type(b.layers.get(path) or b.submodels.get(path)).__name__
+            for g in self._groups_of(elems):
+                members[g][Member(path, kind, side)] = None
+        for elems, n_blocks, path in b.blocks:
+            comps = self._labels[elems]
+            groups = self._groups_of(elems)
+            whole = (len(groups) == 1 and len(np.unique(comps)) == len(comps) == widths[groups[0]]
+                     and len(comps) % n_blocks == 0)
+            if not whole:
+                why = f"'{path}' needs {n_blocks} equal blocks of channels that are not one whole group"
+                for g in groups:
+                    reasons[g][why] = None
+                continue
+            g = groups[0]
+            label = np.empty(widths[g], np.int64)
+            label[comp_channel[comps]] = np.arange(len(comps)) // (len(comps) // n_blocks)
+            if blocks[g] is not None:
+                label = np.unique(blocks[g] * n_blocks + label, return_inverse=True)[1]
+            blocks[g] = label
+        for g, label in enumerate(blocks):
+            if label is not None and len(set(np.bincount(label))) > 1:
+                reasons[g]["grouped layers split its channels into blocks of unequal size"] = None
+
+        self.groups = [
+            Group(name=b.space_names[first], index=g, width=int(widths[g]), members=tuple(members[g]),
+                  reasons=tuple(reasons[g]), spanning=tuple(spanning[g]), blocks=blocks[g])
+            for g, first in enumerate(group_first_space)
+        ]
+        self._by_name = {group.name: group for group in self.groups}
+
+    def _groups_of(self, elems):
+        return np.unique(self._comp_group[self._labels[elems]])
+
+    # ---- queries ------------------------------------------------------------------------------------------
+
+    @property
+    def prunable_groups(self):
+        """The groups that may be pruned."""
+        return [g for g in self.groups if g.prunable]
+
+    def __getitem__(self, name) -> Group:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            close = [g.name for g in self.groups if name in g.name][:5]
+            hint = f" Similar names: {close}." if close else ""
+            raise PlanError(f"Model '{self.model.name}' has no channel group named '{name}'.{hint}") from None
+
+    def __contains__(self, name):
+        return name in self._by_name
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self):
+        return len(self.groups)
+
+    def recorded(self, path):
+        """`{side: element ids}` of the channel positions a layer's weights or config follow."""
+        return {side: elems for (p, side), elems in self._records.items() if p == path}
+
+    def channels(self, elems):
+        """(group index, channel index) of each position given by element ids."""
+        comps = self._labels[elems]
+        return self._comp_group[comps], self._comp_channel[comps]
+
+    def channel_keep(self, plan) -> np.ndarray:
+        """A keep flag per channel of the whole model (indexed like the internal channel ids) for a plan."""
+        keep = np.ones(len(self._comp_group), bool)
+        for name, kept in plan.keep.items():
+            group = self[name]
+            in_group = np.flatnonzero(self._comp_group == group.index)
+            drop = np.ones(group.width, bool)
+            drop[list(kept)] = False
+            keep[in_group[drop[self._comp_channel[in_group]]]] = False
+        return keep
+
+    def layer_keep(self, path, channel_keep) -> dict:
+        """`{side: keep flag per position}` for the channel positions a layer's weights or config follow."""
+        return {side: channel_keep[self._labels[elems]] for side, elems in self.recorded(path).items()}
+
+    def scatter(self, group, elems, values, reduce=np.add):
+        """Accumulate per-position `values` into one value per channel of `group` (positions elsewhere ignored)."""
+        groups, channels = self.channels(elems)
+        mine = groups == group.index
+        out = np.zeros(group.width, np.float64)
+        reduce.at(out, channels[mine], np.asarray(values, np.float64)[mine])
+        return out
+
+    def __str__(self):
+        prunable = self.prunable_groups
+        lines = [f"ChannelGraph of '{self.model.name}': {len(self.groups)} groups, {len(prunable)} prunable, "
+                 f"{sum(g.width for g in prunable)} prunable channels"]
+        name_width = max([len(g.name) for g in self.groups] + [5])
+        lines.append(f"  {'group':<{name_width}}  {'width':>6}  {'status':<9} members")
+        for g in self.groups:
+            status = "prunable" if g.prunable else "fixed"
+            if g.prunable and g.spanning:
+                status = "prunable*"
+            shown = ", ".join(f"{m.layer}" for m in g.members[:4]) + (" ..." if len(g.members) > 4 else "")
+            line = f"  {g.name:<{name_width}}  {g.width:>6}  {status:<9} {len(g.members)}: {shown}"
+            if g.reasons:
+                line += f"  [{g.reasons[0]}]"
+            lines.append(line)
+        if any(g.prunable and g.spanning for g in self.groups):
+            lines.append("  * channel-spanning normalisation: pruning changes the kept channels' values")
+        return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""What a layer rule is, and the boundary rule used for every layer tfprune does not understand.
+
+A rule says three things about one layer type:
+
+* `propagate`: how the layer maps the channel positions of its inputs to those of its outputs, which positions
+  must be pruned together, and which of its weights are indexed by which positions (`ctx.record`);
+* `weight_index`: for each weight, the numpy index that keeps exactly the surviving channels — `rebuild` slices
+  with it and `mask` zeroes everything outside it, so the two agree by construction;
+* `updated_config`: the layer config of the slimmer layer (e.g. a smaller `filters`).
+"""
+
+import numpy as np
+
+
+class NotUnderstood(Exception):
+    """Raised by a rule when a particular layer instance is outside what it handles; the layer becomes a boundary."""
+
+
+class LayerRule:
+    """Base class of all layer rules. The defaults describe a layer with no channel-indexed weights."""
+
+    def propagate(self, ctx, layer, inputs):
+        """Map input channel positions (one array of element ids per input tensor) to output positions."""
+        raise NotImplementedError
+
+    def weight_index(self, layer, keep):
+        """`{weight name: numpy index}` for the weights that lose entries; `keep` maps a recorded side to a mask."""
+        return {}
+
+    def updated_config(self, layer, config, keep):
+        """The config of the slim layer, given the keep masks of the recorded sides."""
+        return config
+
+    def filter_weights(self, layer):
+        """`(side, array)` pairs whose last axis indexes the channels of `side`, for magnitude criteria."""
+        return []
+
+
+class Boundary(LayerRule):
+    """A layer tfprune does not prune through: every channel it touches is kept, and it is copied unchanged."""
+
+    def __init__(self, why=None):
+        self.why = why
+
+    def propagate(self, ctx, layer, inputs):
+        reason = f"passes through '{ctx.path}' ({type(layer).__name__})" + (f": {self.why}" if self.why else
+                                                                             ", a layer tfprune does not prune")
+        for elems in inputs:
+            if elems is not None:
+                ctx.fix(elems, reason)
+        outputs = []
+        for i, shape in enumerate(ctx.output_shapes):
+            if len(shape) >= 2 and shape[-1] is not None:
+                name = ctx.path if len(ctx.output_shapes) == 1 else f"{ctx.path}:{i}"
+                outputs.append(ctx.new_space(shape[-1], name=name, fixed_reason=reason))
+            else:
+                outputs.append(None)
+        return outputs
+
+
+def last_axis_index(rank, keep):
+    """An index selecting `keep` on the last of `rank` axes."""
+    return (slice(None),) * (rank - 1) + (np.flatnonzero(keep),)
+
+
+def require_channels_last(layer):
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise NotUnderstood(f"data_format='{layer.data_format}' (only channels_last is pruned)")
+
+
+def single_input(inputs):
+    if len(inputs) != 1 or inputs[0] is None:
+        raise NotUnderstood("expects one input tensor with a known channel axis")
+    return inputs[0]

@@ -1,0 +1,49 @@
+"""mask(): zero, in place, exactly the weights that rebuild() would drop."""
+
+import numpy as np
+
+from tfprune.graph import ChannelGraph
+
+
+def mask(model, plan, graph=None):
+    """Zero the weights of every channel the plan removes, in place, keeping all shapes.
+
+    Each removed channel's filters, biases and normalisation parameters become zero, and so do the weights that
+    read it in the next layers, so that the removed channels output zero and contribute nothing. The zeroed
+    entries are exactly those `rebuild` drops: `rebuild(mask(m, plan), plan)` computes what `mask(m, plan)`
+    computes (exactly for per-channel layers; approximately through LayerNormalization, GroupNormalization and
+    softmax over channels, which compute over all channels).
+
+    Args:
+        model: the Functional or Sequential model to modify in place.
+        plan: a `Plan` for this model.
+        graph: its `ChannelGraph`, if already built.
+
+    Returns:
+        `model` itself.
+
+    Example:
+
+    >>> import keras, numpy as np, tfprune
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3)(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    >>> _ = tfprune.mask(model, tfprune.plan(model, 0.5))
+    >>> int((np.abs(model.layers[1].kernel.numpy()).sum(axis=(0, 1, 2)) == 0).sum())
+    2
+    """
+    graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
+    plan.validate(graph)
+    channel_keep = graph.channel_keep(plan)
+    for path, layer in graph.layers.items():
+        keep = graph.layer_keep(path, channel_keep)
+        if all(k.all() for k in keep.values()):
+            continue
+        index = graph.rules[path].weight_index(layer, keep)
+        for variable in layer.weights:
+            if variable.name in index:
+                value = variable.numpy()
+                masked = np.zeros_like(value)
+                masked[index[variable.name]] = value[index[variable.name]]
+                variable.assign(masked)
+    return model

@@ -1,0 +1,138 @@
+"""plan(): scores per group → a Plan, by a ratio per layer or one global threshold."""
+
+import math
+import numbers
+
+import numpy as np
+
+from tfprune import criteria
+from tfprune.errors import PlanError
+from tfprune.graph import ChannelGraph
+from tfprune.plans import Plan
+
+SCOPES = ("layer", "global")
+
+
+def _check_ratio(value, what="ratio"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{what} must be a number in [0, 1): the fraction of channels to remove; got {value!r}.")
+    return float(value)
+
+
+def _check_positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1; got {value!r}.")
+    return int(value)
+
+
+def keep_count(group, n_remove, min_channels=1, round_to=1):
+    """How many channels `group` keeps when asked to lose `n_remove`, after the floor and the rounding."""
+    keep = max(group.width - int(n_remove), min_channels)
+    unit = math.lcm(round_to, group.n_blocks)
+    keep = math.ceil(keep / unit) * unit
+    return min(keep, group.width)
+
+
+def select(scores, keep, blocks=None):
+    """Indices of the `keep` highest scores (ties go to the lower index); equal counts per block if given."""
+    scores = np.asarray(scores, np.float64)
+    if blocks is None:
+        return np.sort(np.argsort(-scores, kind="stable")[:keep])
+    n_blocks = int(blocks.max()) + 1
+    chosen = [np.flatnonzero(blocks == b)[np.argsort(-scores[blocks == b], kind="stable")[: keep // n_blocks]]
+              for b in range(n_blocks)]
+    return np.sort(np.concatenate(chosen))
+
+
+def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1, data=None, prune_outputs=False,
+         normalize="mean", seed=None, graph=None):
+    """Choose the channels to keep in every prunable group.
+
+    Args:
+        model: a Functional or Sequential Keras model (read only).
+        ratio: fraction of channels to remove, in [0, 1): one number for every prunable group, or a dict
+            `{group name: ratio}` for some groups only (scope "layer").
+        criterion: "l1", "l2", "random", or a callable `(graph, group, model, data) -> scores` (higher = keep).
+        scope: "layer" removes `ratio` of each group; "global" removes `ratio` of all prunable channels, the lowest
+            scores first after each group's scores are divided by their mean (`normalize`).
+        min_channels: no group keeps fewer channels than this.
+        round_to: kept counts are rounded up to a multiple of this (e.g. 8 for SIMD-friendly widths).
+        data: passed to data-driven criteria.
+        prune_outputs: also prune groups that reach a model output.
+        normalize: "mean" or None: how scores are made comparable across groups in global scope.
+        seed: seed of the "random" criterion.
+        graph: a `ChannelGraph` of `model` already built, to save the analysis.
+
+    Returns:
+        A `Plan`.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((16, 16, 3))
+    >>> x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    >>> p = tfprune.plan(model, 0.5)
+    >>> len(p.keep["conv2d"])
+    4
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}; got {scope!r}.")
+    if normalize not in ("mean", None):
+        raise ValueError(f"normalize must be 'mean' or None; got {normalize!r}.")
+    min_channels = _check_positive_int(min_channels, "min_channels")
+    round_to = _check_positive_int(round_to, "round_to")
+    graph = graph or ChannelGraph(model, prune_outputs=prune_outputs)
+    if isinstance(ratio, dict):
+        if scope != "layer":
+            raise ValueError("A dict of ratios gives each group its own ratio: use scope='layer'.")
+        ratios = {name: _check_ratio(r, f"ratio of group '{name}'") for name, r in ratio.items()}
+        for name in ratios:
+            if not graph[name].prunable:
+                raise PlanError(f"Group '{name}' cannot be pruned: {'; '.join(graph[name].reasons)}.")
+        groups = [graph[name] for name in ratios]
+    else:
+        ratios = None
+        ratio = _check_ratio(ratio)
+        groups = graph.prunable_groups
+    score_fn = criteria.get(criterion, seed=seed)
+    scores = {g.name: np.asarray(score_fn(graph, g, model, data), np.float64) for g in groups}
+    for g in groups:
+        if scores[g.name].shape != (g.width,):
+            raise ValueError(f"Criterion returned shape {scores[g.name].shape} for group '{g.name}' "
+                             f"of width {g.width}.")
+
+    if scope == "layer":
+        removals = {g.name: math.floor((ratios[g.name] if ratios else ratio) * g.width) for g in groups}
+    else:
+        removals = _global_removals(groups, scores, ratio, min_channels, normalize)
+    keep, widths = {}, {}
+    for g in groups:
+        n_keep = keep_count(g, removals[g.name], min_channels, round_to)
+        keep[g.name] = select(scores[g.name], n_keep, g.blocks)
+        widths[g.name] = g.width
+    return Plan(keep=keep, widths=widths, prune_outputs=graph.prune_outputs)
+
+
+def _global_removals(groups, scores, ratio, min_channels, normalize):
+    """Per-group removal counts for one threshold over all channels' (normalised) scores."""
+    if not groups:
+        return {}
+    names, values = [], []
+    for g in groups:
+        s = scores[g.name]
+        if normalize == "mean" and s.mean() > 0:
+            s = s / s.mean()
+        names.append(np.full(g.width, g.index))
+        values.append(s)
+    owner, values = np.concatenate(names), np.concatenate(values)
+    budget = math.floor(ratio * len(values))
+    room = {g.index: max(g.width - min_channels, 0) for g in groups}
+    removed = dict.fromkeys(room, 0)
+    for i in np.argsort(values, kind="stable"):
+        if budget == 0:
+            break
+        if removed[owner[i]] < room[owner[i]]:
+            removed[owner[i]] += 1
+            budget -= 1
+    return {g.name: removed[g.index] for g in groups}

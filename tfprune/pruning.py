@@ -1,0 +1,32 @@
+"""prune(): plan and rebuild in one call."""
+
+from tfprune.graph import ChannelGraph
+from tfprune.planning import plan as make_plan
+from tfprune.rebuilding import rebuild
+
+
+def prune(model, ratio, criterion="l1", scope="layer", reinit="keep", initial_weights=None, seed=None,
+          prune_outputs=False, **plan_options):
+    """Remove `ratio` of the channels of `model` and return the slim model (the input model is not modified).
+
+    Args:
+        model: a Functional or Sequential Keras model.
+        ratio, criterion, scope: as in `tfprune.plan`; further `plan` options (`min_channels`, `round_to`,
+            `data`, `normalize`) may be given by keyword.
+        reinit, initial_weights, seed: as in `tfprune.rebuild` (`seed` also seeds the "random" criterion).
+        prune_outputs: also prune groups that reach a model output.
+
+    Returns:
+        The slim `keras.Model`.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
+    >>> slim = tfprune.prune(model, 0.3)
+    >>> tfprune.count_macs(slim) < tfprune.count_macs(model)
+    True
+    """
+    graph = ChannelGraph(model, prune_outputs=prune_outputs)
+    chosen = make_plan(model, ratio, criterion=criterion, scope=scope, seed=seed, graph=graph, **plan_options)
+    return rebuild(model, chosen, reinit=reinit, initial_weights=initial_weights, seed=seed, graph=graph)

@@ -1,0 +1,175 @@
+"""rebuild(): a new, physically smaller Keras model from a model and a plan."""
+
+import copy
+
+import keras
+import numpy as np
+
+from tfprune.errors import UnsupportedModelError
+from tfprune.graph import ChannelGraph
+from tfprune.graph.keras_nodes import (
+    call_nodes,
+    is_graph_model,
+    model_inputs,
+    model_outputs,
+    pack_like_inputs,
+    pack_like_outputs,
+)
+
+REINIT = ("keep", "lottery", "scratch")
+
+
+def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=None):
+    """A new model of the same kind with the plan's channels physically removed.
+
+    Layers keep their names and configs except for their channel counts; weights are sliced consistently
+    (kernels, biases, depthwise and pointwise kernels, normalisation parameters and statistics, the Dense rows
+    behind a Flatten, the offsets of a Concatenate). The input model is not modified. The new model is not
+    compiled: compile it for fine-tuning as you see fit.
+
+    Args:
+        model: a Functional or Sequential Keras model.
+        plan: a `Plan` for this model (from `tfprune.plan`, a callback, or `Plan.load`).
+        reinit: "keep" slices the model's current weights (fine-tuning); "lottery" slices `initial_weights`
+            instead (rewinding to θ0 or θk, as in the lottery ticket hypothesis); "scratch" leaves every layer
+            with trainable weights to its own initialisers (training the slim architecture from scratch).
+            Layers with only non-trainable state, such as an adapted `Normalization`, always keep it.
+        initial_weights: with "lottery", the snapshot: a list like `model.get_weights()` or a dict
+            `{variable.path: array}` (see `tfprune.callbacks.WeightSnapshot`).
+        seed: with "scratch", makes the fresh initialisation reproducible.
+        graph: the model's `ChannelGraph`, if already built.
+
+    Returns:
+        The slim `keras.Model` (Functional or Sequential, like `model`).
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((16, 16, 3))
+    >>> x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    >>> slim = tfprune.rebuild(model, tfprune.plan(model, 0.5))
+    >>> slim.get_layer("conv2d").filters
+    4
+    """
+    if reinit not in REINIT:
+        raise ValueError(f"reinit must be one of {REINIT}; got {reinit!r}.")
+    if (initial_weights is None) == (reinit == "lottery"):
+        raise ValueError("initial_weights is required with reinit='lottery' and only allowed with it.")
+    graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
+    plan.validate(graph)
+    source = _weight_source(model, initial_weights)
+    builder = _Rebuilder(graph, graph.channel_keep(plan), reinit, seed)
+    slim = builder.rebuild_model(model, "")
+    builder.copy_weights(source)
+    return slim
+
+
+def _weight_source(model, initial_weights):
+    """`{id(variable): array}` to slice from: the model's weights or a snapshot of them."""
+    variables = model.weights
+    if initial_weights is None:
+        return {id(v): v.numpy() for v in variables}
+    if isinstance(initial_weights, dict):
+        missing = [v.path for v in variables if v.path not in initial_weights]
+        if missing:
+            raise ValueError(f"initial_weights has no entry for {len(missing)} of the model's variables, "
+                             f"e.g. {missing[:3]}; it must map every variable.path to an array.")
+        values = [initial_weights[v.path] for v in variables]
+    else:
+        values = list(initial_weights)
+        if len(values) != len(variables):
+            raise ValueError(f"initial_weights has {len(values)} arrays but the model has {len(variables)} "
+                             "weights; pass a snapshot of this model's get_weights().")
+    for v, value in zip(variables, values, strict=True):
+        if tuple(np.shape(value)) != tuple(v.shape):
+            raise ValueError(f"initial_weights entry for '{v.path}' has shape {tuple(np.shape(value))}, "
+                             f"the model's weight has {tuple(v.shape)}: the snapshot is of another model.")
+    return {id(v): np.asarray(value) for v, value in zip(variables, values, strict=True)}
+
+
+def _seeded(config, seed):
+    """A copy of a layer config whose seedable initialisers all use `seed`."""
+    config = copy.deepcopy(config)
+    for key, value in config.items():
+        if key.endswith("_initializer") and isinstance(value, dict) and "seed" in value.get("config", {}):
+            value["config"]["seed"] = seed
+    return config
+
+
+class _Rebuilder:
+    def __init__(self, graph, channel_keep, reinit, seed):
+        self.graph, self.channel_keep = graph, channel_keep
+        self.reinit, self.seed = reinit, seed
+        self.created = {}  # path -> new layer, operation or sub-model (shared layers stay shared)
+
+    def keep(self, path):
+        return self.graph.layer_keep(path, self.channel_keep)
+
+    def rebuild_model(self, model, path):
+        keep = self.keep(path)
+        inputs = []
+        for i, t in enumerate(model_inputs(model)):
+            shape = list(t.shape)
+            if ("input", i) in keep:
+                shape[-1] = int(keep[("input", i)].sum())
+            inputs.append(keras.Input(batch_shape=tuple(shape), dtype=t.dtype, sparse=t.sparse,
+                                      name=t._keras_history.operation.name))
+        prefix = path + "/" if path else ""
+        if isinstance(model, keras.Sequential):
+            layers = [self.operation(layer, prefix + layer.name) for layer in model.layers]
+            return keras.Sequential([inputs[0], *layers], name=model.name)
+        tensors = {id(t): n for t, n in zip(model_inputs(model), inputs, strict=True)}
+        for node in call_nodes(model):
+            if any(id(t) not in tensors for t in node.arguments.keras_tensors):
+                continue
+            op = self.operation(node.operation, prefix + node.operation.name)
+            args, kwargs = node.arguments.fill_in(tensors)
+            outputs = keras.tree.flatten(op(*args, **kwargs))
+            for t, new in zip(node.outputs, outputs, strict=True):
+                tensors[id(t)] = new
+        outputs = [tensors[id(t)] for t in model_outputs(model)]
+        return keras.Model(pack_like_inputs(model, inputs), pack_like_outputs(model, outputs), name=model.name)
+
+    def operation(self, op, path):
+        if path not in self.created:
+            self.created[path] = self.rebuild_model(op, path) if is_graph_model(op) else self.copy_layer(op, path)
+        return self.created[path]
+
+    def copy_layer(self, op, path):
+        keep = self.keep(path)
+        is_layer = isinstance(op, keras.layers.Layer)
+        if not is_layer and not keep:
+            return op  # a stateless keras.ops operation whose arguments do not change
+        try:
+            config = self.graph.rules[path].updated_config(op, op.get_config(), keep)
+            if self.reinit == "scratch" and self.seed is not None:
+                config = _seeded(config, self.seed + len(self.created))
+            return type(op).from_config(config)
+        except (NotImplementedError, TypeError, ValueError) as e:
+            raise UnsupportedModelError(
+                f"Cannot copy layer '{path}' ({type(op).__name__}): recreating it from get_config() failed "
+                f"({e}). Give the layer a get_config() that from_config() accepts."
+            ) from e
+
+    def copy_weights(self, source):
+        for path, old in self.graph.layers.items():
+            new = self.created.get(path)
+            if new is None or new is old or not old.weights:
+                continue
+            if self.reinit == "scratch" and old.trainable_weights:
+                continue
+            keep = self.keep(path)
+            index = self.graph.rules[path].weight_index(old, keep) if keep else {}
+            if len(new.weights) != len(old.weights):
+                raise UnsupportedModelError(f"Layer '{path}' rebuilt with {len(new.weights)} weights instead of "
+                                            f"{len(old.weights)}; it cannot be copied from its config.")
+            for old_var, new_var in zip(old.weights, new.weights, strict=True):
+                value = source[id(old_var)]
+                if old_var.name in index:
+                    value = value[index[old_var.name]]
+                if tuple(value.shape) != tuple(new_var.shape):
+                    raise UnsupportedModelError(
+                        f"Weight '{old_var.path}' sliced to {tuple(value.shape)} but the slim layer expects "
+                        f"{tuple(new_var.shape)}: layer '{path}' changes channels in a way tfprune misread.")
+                new_var.assign(value)
