@@ -5,6 +5,7 @@ model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebu
 
 __version__ = "0.1.0"
 
+from tfprune.counting import count_macs, count_params
 from tfprune.errors import PlanError, UnsupportedModelError
 from tfprune.graph import ChannelGraph, Group
 from tfprune.masking import mask
@@ -12,6 +13,7 @@ from tfprune.planning import plan
 from tfprune.plans import Plan
 from tfprune.pruning import prune
 from tfprune.rebuilding import rebuild
+from tfprune.summaries import summary
 
 __all__ = [
     "ChannelGraph",
@@ -19,8 +21,11 @@ __all__ = [
     "Plan",
     "PlanError",
     "UnsupportedModelError",
+    "count_macs",
+    "count_params",
     "mask",
     "plan",
     "prune",
     "rebuild",
+    "summary",
 ]

@@ -1,0 +1,318 @@
+"""count_macs() and count_params(): the compute and the size of a Keras model, in total and per layer.
+
+MACs (multiply-accumulate operations) are those of the weighted linear layers, the usual convention of papers
+and of op counters such as Torch-Pruning's: convolutions (plain, grouped, transposed, depthwise, separable) and
+`Dense`. Everything else (biases, normalisation, activations, pooling, merges, resizing) counts 0 MACs. They are
+counted for one input example (batch size 1) from the symbolic shapes of every call of every layer.
+"""
+
+import dataclasses
+import math
+
+import keras
+from keras import tree
+
+from tfprune.graph.keras_nodes import call_nodes, is_graph_model, model_inputs, model_outputs
+
+L = keras.layers
+
+_CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
+_TRANSPOSED_CONVS = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+_DEPTHWISE_CONVS = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+_SEPARABLE_CONVS = (L.SeparableConv1D, L.SeparableConv2D)
+
+
+@dataclasses.dataclass
+class LayerCount:
+    """What one layer of a model holds and computes.
+
+    Attributes:
+        path: the layer's name, prefixed by the names of the sub-models it sits in ("backbone/conv1").
+        kind: the layer's class name.
+        params: the number of its weights (trainable and non-trainable) not already counted for an earlier layer.
+        macs: multiply-accumulate operations for one input example, summed over all its calls.
+        channels: the channel count of its first call's (first) output, or None for a scalar output.
+        calls: how many times the layer is called in the model.
+    """
+
+    path: str
+    kind: str
+    params: int = 0
+    macs: int = 0
+    channels: int | None = None
+    calls: int = 0
+
+
+def layer_counts(model) -> dict:
+    """Parameters, MACs and output channels of every layer of a graph model, in execution order.
+
+    Nested Functional and Sequential sub-models are entered: their layers appear as "submodel/layer" (the
+    sub-model itself has no entry). A shared layer has one entry whose MACs sum all of its calls.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model`.
+
+    Returns:
+        `{path: LayerCount}`, ordered as the layers first run.
+
+    Raises:
+        UnsupportedModelError: for a subclassed model or a Sequential model without an input shape.
+        ValueError: when a convolution or Dense layer's input or output size is not fixed.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    >>> counts = tfprune.counting.layer_counts(model)
+    >>> counts["conv"].macs, counts["conv"].params, counts["conv"].channels
+    (3888, 108, 4)
+    """
+    counter = _Counter(macs=True)
+    counter.walk(model)
+    return counter.counts
+
+
+def layer_macs(model) -> dict:
+    """MACs of every layer of a graph model for one input example, keyed by layer path ("submodel/layer").
+
+    Layers that compute no MACs (normalisation, activations, pooling, ...) have no entry.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model` with a fixed input size.
+
+    Returns:
+        `{path: MACs}` in execution order; a layer called several times sums all its calls.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(5, name="fc")])
+    >>> tfprune.counting.layer_macs(model)
+    {'fc': 50}
+    """
+    return {path: c.macs for path, c in layer_counts(model).items() if c.macs}
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulate operations of one forward pass of `model` on one input example (batch size 1).
+
+    Counts the weighted linear layers, the standard convention: for an output of spatial size S,
+    Conv (1D/2D/3D, grouped): S · prod(kernel_size) · C_in/groups · filters;
+    DepthwiseConv (1D/2D): S · prod(kernel_size) · C_in · depth_multiplier;
+    SeparableConv (1D/2D): the depthwise part plus S · C_in · depth_multiplier · filters;
+    Conv Transpose (1D/2D/3D): input spatial size · prod(kernel_size) · C_in · filters (each input position
+    scatters one kernel);
+    Dense: every position of the output but the last axis · input features · units.
+    Everything else (biases, normalisation, activations, pooling, merges, attention, custom layers) counts 0.
+    Nested Functional/Sequential sub-models are entered and a layer called twice counts twice.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model` whose convolutions have a fixed input size (build
+            it on e.g. `keras.Input((224, 224, 3))`, not `(None, None, 3)`).
+
+    Returns:
+        The MAC count as an int (FLOPs are about twice this).
+
+    Raises:
+        UnsupportedModelError: for a subclassed model or a Sequential model without an input shape.
+        ValueError: when a layer that computes MACs has an unknown input or output size.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((32, 32, 3))
+    >>> x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
+    >>> tfprune.count_macs(model)  # 32*32*9*3*8 + 8*10
+    221264
+    """
+    return sum(c.macs for c in layer_counts(model).values())
+
+
+def layer_params(model) -> dict:
+    """Number of weights of every layer of a graph model, keyed by layer path ("submodel/layer").
+
+    A weight shared by several layers is counted for the first of them only; layers without weights have no entry.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model`.
+
+    Returns:
+        `{path: number of weights}` in execution order.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(5, name="fc")])
+    >>> tfprune.counting.layer_params(model)
+    {'fc': 55}
+    """
+    counter = _Counter(macs=False)
+    counter.walk(model)
+    return {path: c.params for path, c in counter.counts.items() if c.params}
+
+
+def count_params(model) -> int:
+    """Total number of weights of `model`, trainable and non-trainable, each shared weight once.
+
+    The same number as `model.count_params()`; given here so that size and compute come from one place. Unlike
+    `count_macs`, it needs no graph: subclassed models are counted too.
+
+    Args:
+        model: a built `keras.Model` of any kind (or a built layer).
+
+    Returns:
+        The number of scalars in all of the model's weights.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(5)])
+    >>> tfprune.count_params(model)
+    55
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Expected a keras.Model, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError(f"Model '{model.name}' is not built, so it has no weights yet. Build it first, e.g. by "
+                         "starting it with keras.Input(shape=...) or calling model.build(input_shape).")
+    unique = {id(w): w for w in model.weights}
+    return int(sum(math.prod(w.shape) for w in unique.values()))
+
+
+# ---- the walk ----------------------------------------------------------------------------------------------
+
+
+class _Counter:
+    """Walks a graph model call by call, filling `counts`; with `macs=False` only parameters are counted."""
+
+    def __init__(self, macs):
+        self.macs = macs
+        self.counts = {}
+        self.seen_weights = set()
+
+    def walk(self, model, prefix="", input_shapes=None):
+        """Count the layers of `model`; return the shapes of its outputs (None when not counting MACs).
+
+        `input_shapes` are the shapes `model` is called with, which may be more specific than those of its own
+        Inputs (a backbone built on `(None, None, 3)` called on a fixed-size image).
+        """
+        inputs = model_inputs(model)
+        tensors = {id(t): _refined(t, s) if self.macs else t
+                   for t, s in zip(inputs, input_shapes or [t.shape for t in inputs], strict=True)}
+        for node in call_nodes(model):
+            if any(id(t) not in tensors for t in node.arguments.keras_tensors):
+                continue  # not computed from this model's inputs (Keras skips it too)
+            in_shapes = [tuple(tensors[id(t)].shape) for t in node.arguments.keras_tensors]
+            path = prefix + node.operation.name
+            if is_graph_model(node.operation):
+                out_shapes = self.walk(node.operation, path + "/", in_shapes)
+                outputs = [_refined(t, s) for t, s in zip(node.outputs, out_shapes, strict=True)] \
+                    if self.macs else list(node.outputs)
+            else:
+                outputs = _outputs(node, tensors) if self.macs else list(node.outputs)
+                self.count_call(node.operation, path, in_shapes, outputs)
+            for t, new in zip(node.outputs, outputs, strict=True):
+                tensors[id(t)] = new
+        return [tuple(tensors[id(t)].shape) for t in model_outputs(model)] if self.macs else None
+
+    def count_call(self, op, path, in_shapes, outputs):
+        count = self.counts.get(path)
+        if count is None:
+            params = 0
+            for w in getattr(op, "weights", ()):
+                if id(w) not in self.seen_weights:
+                    self.seen_weights.add(id(w))
+                    params += math.prod(w.shape)
+            channels = _channels(op, outputs[0]) if outputs else None
+            count = self.counts[path] = LayerCount(path, type(op).__name__, int(params), channels=channels)
+        count.calls += 1
+        if self.macs:
+            count.macs += _macs(op, path, in_shapes, [tuple(t.shape) for t in outputs])
+
+
+def _refined(tensor, shape):
+    """`tensor`, or a stand-in with the dimensions it leaves open (None) filled in from `shape`."""
+    own = tuple(tensor.shape)
+    if len(own) != len(shape):
+        return tensor
+    merged = tuple(s if o is None else o for o, s in zip(own, shape, strict=True))
+    return tensor if merged == own else keras.KerasTensor(merged, dtype=tensor.dtype, sparse=tensor.sparse)
+
+
+def _outputs(node, tensors):
+    """The output tensors of one call, recomputed symbolically when its inputs are better known than in the graph."""
+    if all(tensors[id(t)] is t for t in node.arguments.keras_tensors):
+        return list(node.outputs)
+    args, kwargs = node.arguments.fill_in(tensors)
+    try:
+        spec = tree.flatten(node.operation.compute_output_spec(*args, **kwargs))
+    except Exception:
+        # The layer cannot recompute its shape for these inputs; its graph shapes stay valid, only less specific.
+        # If a layer that needs a fixed size then meets an unknown one, _macs says which.
+        return list(node.outputs)
+    if len(spec) != len(node.outputs):
+        return list(node.outputs)
+    return [_refined(t, tuple(s.shape)) for t, s in zip(node.outputs, spec, strict=True)]
+
+
+def _channel_axis(op):
+    return 1 if getattr(op, "data_format", "channels_last") == "channels_first" else -1
+
+
+def _channels(op, output):
+    shape = tuple(output.shape)
+    if not shape:
+        return None
+    channels = shape[_channel_axis(op)] if len(shape) > 2 else shape[-1]
+    return None if channels is None else int(channels)
+
+
+# ---- MACs per layer type -----------------------------------------------------------------------------------
+
+
+def _macs(op, path, in_shapes, out_shapes):
+    """MACs of one call of `op` (a layer or a keras.ops operation) with these input and output shapes."""
+    if isinstance(op, _SEPARABLE_CONVS):
+        spatial, c_in, _ = _conv_sizes(op, path, in_shapes[0], out_shapes[0])
+        mid = c_in * op.depth_multiplier
+        return spatial * (math.prod(op.kernel_size) * mid + mid * op.filters)
+    if isinstance(op, _DEPTHWISE_CONVS):
+        spatial, c_in, _ = _conv_sizes(op, path, in_shapes[0], out_shapes[0])
+        return spatial * math.prod(op.kernel_size) * c_in * op.depth_multiplier
+    if isinstance(op, _TRANSPOSED_CONVS):
+        _, c_in, in_spatial = _conv_sizes(op, path, in_shapes[0], out_shapes[0])
+        return in_spatial * math.prod(op.kernel_size) * c_in * op.filters
+    if isinstance(op, _CONVS):
+        spatial, c_in, _ = _conv_sizes(op, path, in_shapes[0], out_shapes[0])
+        return spatial * math.prod(op.kernel_size) * (c_in // op.groups) * op.filters
+    if isinstance(op, L.Dense):
+        positions = _known(out_shapes[0][1:-1], op, path, "output", out_shapes[0])
+        c_in = _known(in_shapes[0][-1:], op, path, "input", in_shapes[0])
+        return positions * c_in * op.units
+    return 0
+
+
+def _conv_sizes(op, path, in_shape, out_shape):
+    """(output spatial size, input channels, input spatial size) of one convolution call."""
+    if _channel_axis(op) == 1:
+        in_spatial, c_in, out_spatial = in_shape[2:], in_shape[1], out_shape[2:]
+    else:
+        in_spatial, c_in, out_spatial = in_shape[1:-1], in_shape[-1], out_shape[1:-1]
+    return (_known(out_spatial, op, path, "output", out_shape),
+            _known((c_in,), op, path, "input", in_shape),
+            _known(in_spatial, op, path, "input", in_shape))
+
+
+def _known(dims, op, path, side, shape):
+    """The product of `dims`, or a ValueError naming the layer when one of them is unknown."""
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): its {side} shape {shape} has an "
+            "unknown dimension besides the batch. MACs are counted for a fixed input size: rebuild the model on "
+            "an Input with every dimension given, e.g. keras.Input((224, 224, 3)) instead of (None, None, 3) "
+            "(for keras.applications, pass input_shape=...)."
+        )
+    return int(math.prod(dims))
