@@ -4,6 +4,7 @@ import copy
 
 import keras
 import numpy as np
+from keras.src.saving.serialization_lib import SafeModeScope
 
 from tfprune.errors import UnsupportedModelError
 from tfprune.graph import ChannelGraph
@@ -145,7 +146,9 @@ class _Rebuilder:
             config = self.graph.rules[path].updated_config(op, op.get_config(), keep)
             if self.reinit == "scratch" and self.seed is not None:
                 config = _seeded(config, self.seed + len(self.created))
-            return type(op).from_config(config)
+            # The config comes from a live layer of this process, not from a file: Lambda functions may be copied.
+            with SafeModeScope(False):
+                return self.graph.rules[path].new_layer(op, config)
         except (NotImplementedError, TypeError, ValueError) as e:
             raise UnsupportedModelError(
                 f"Cannot copy layer '{path}' ({type(op).__name__}): recreating it from get_config() failed "

@@ -1,6 +1,7 @@
 """Layer rules: how each Keras layer type moves, ties and indexes channels. A new layer type is one rule here."""
 
 import keras
+from keras.src.activations import activations as activation_ops
 from keras.src.applications.convnext import LayerScale as ConvNeXtLayerScale
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
@@ -10,7 +11,7 @@ from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
 from tfprune.graph.rules import merging, normalization, passthrough, producers, reshaping
-from tfprune.graph.rules.base import Boundary, LayerRule, NotUnderstood
+from tfprune.graph.rules.base import Boundary, LambdaBoundary, LayerRule, NotUnderstood
 
 L = keras.layers
 
@@ -28,7 +29,7 @@ _ELEMENTWISE_OPS = (
     numpy_ops.Abs, numpy_ops.Negative, numpy_ops.Square, numpy_ops.Sqrt, numpy_ops.Exp, numpy_ops.Tanh,
     numpy_ops.Clip, nn_ops.Relu, nn_ops.Relu6, nn_ops.Sigmoid, nn_ops.HardSigmoid, nn_ops.Silu, nn_ops.HardSilu,
     nn_ops.Gelu, nn_ops.Elu, nn_ops.Selu, nn_ops.Celu, nn_ops.LeakyRelu, nn_ops.Softplus, nn_ops.Softsign,
-    nn_ops.HardTanh, nn_ops.Softmax, nn_ops.LogSoftmax,
+    nn_ops.HardTanh, nn_ops.Softmax, nn_ops.LogSoftmax, numpy_ops.Pad, activation_ops.ReLU, activation_ops.Mish,
 )
 _BINARY_OPS = (numpy_ops.Add, numpy_ops.Subtract, numpy_ops.Multiply, numpy_ops.Divide, numpy_ops.TrueDivide,
                numpy_ops.Maximum, numpy_ops.Minimum, numpy_ops.Power)
@@ -56,6 +57,7 @@ _RULES = (
     ((L.Flatten, L.Reshape, numpy_ops.Reshape), reshaping.Reshape()),
     (_BINARY_OPS, merging.BinaryOp()),
     (_ELEMENTWISE_OPS, passthrough.ElementwiseOp()),
+    (numpy_ops.Split, passthrough.SplitOp()),
 )
 
 
@@ -65,6 +67,8 @@ def rule_for(operation) -> LayerRule:
     Only classes defined by Keras itself match: a user's subclass of, say, `Conv2D` may compute something else in
     `call`, so it is a boundary until it gets a rule of its own.
     """
+    if isinstance(operation, keras.layers.Lambda):
+        return LambdaBoundary()
     if type(operation).__module__.startswith("keras."):
         for types, rule in _RULES:
             if isinstance(operation, types):

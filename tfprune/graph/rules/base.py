@@ -35,6 +35,10 @@ class LayerRule:
         """`(side, array)` pairs whose last axis indexes the channels of `side`, for magnitude criteria."""
         return []
 
+    def new_layer(self, layer, config):
+        """A fresh layer of the same kind from `config` (weights are assigned later)."""
+        return type(layer).from_config(config)
+
 
 class Boundary(LayerRule):
     """A layer tfprune does not prune through: every channel it touches is kept, and it is copied unchanged."""
@@ -72,3 +76,12 @@ def single_input(inputs):
     if len(inputs) != 1 or inputs[0] is None:
         raise NotUnderstood("expects one input tensor with a known channel axis")
     return inputs[0]
+
+
+class LambdaBoundary(Boundary):
+    """A `Lambda` is a boundary; its copy calls the very same Python function (a lambda's config cannot always be
+    turned back into a function that Keras can trace)."""
+
+    def new_layer(self, layer, config):
+        return type(layer)(layer.function, output_shape=layer._output_shape, mask=layer.mask,
+                           arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy)

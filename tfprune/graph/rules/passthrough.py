@@ -67,3 +67,18 @@ class PermuteLayer(PassThrough):
         if tuple(layer.dims)[-1] != len(layer.dims):
             raise NotUnderstood("moves the channel axis")
         return super().propagate(ctx, layer, inputs)
+
+
+class SplitOp(LayerRule):
+    """`keras.ops.split` into equal sections: on the channel axis each output takes its share of the channels, and
+    every section keeps the same number; on another axis every output has all the channels."""
+
+    def propagate(self, ctx, layer, inputs):
+        elems = single_input(inputs)
+        rank = len(ctx.input_shapes[0])
+        if layer.axis % rank != rank - 1:
+            return [elems] * len(ctx.output_shapes)
+        if not isinstance(layer.indices_or_sections, int):
+            raise NotUnderstood("splits the channels at explicit indices")
+        ctx.require_equal_blocks(elems, layer.indices_or_sections)
+        return np.split(elems, layer.indices_or_sections)

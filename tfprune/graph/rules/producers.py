@@ -42,7 +42,9 @@ class Conv(Dense):
     """`Conv1D/2D/3D`, including grouped convolution (`groups > 1`): kernel (*k, in/groups, filters).
 
     With groups, each group of input channels feeds its own group of filters; pruning keeps the same number of
-    channels in every group on both sides, so the slim layer has the same `groups`.
+    channels in every group on both sides, so the slim layer has the same `groups`. When every group has one input
+    channel (a depthwise convolution written as `Conv2D(groups=channels)`), each input channel and its filters are
+    pruned together, like `DepthwiseConv2D`, and `groups` shrinks instead.
     """
 
     width_attribute = "filters"
@@ -52,6 +54,10 @@ class Conv(Dense):
         elems = single_input(inputs)
         groups = getattr(layer, "groups", 1)
         ctx.record("in", elems)
+        if groups > 1 and groups == len(elems):  # a depthwise convolution written as a grouped one
+            out = np.repeat(elems, layer.filters // groups)
+            ctx.record("out", out)
+            return [out]
         out = ctx.new_space(layer.filters)
         ctx.record("out", out)
         if groups > 1:
@@ -64,7 +70,9 @@ class Conv(Dense):
         rank = len(layer.kernel.shape)
         kept_out = np.flatnonzero(keep["out"])
         groups = getattr(layer, "groups", 1)
-        if groups == 1:
+        if groups == len(keep["in"]) > 1:  # depthwise as grouped: whole groups go
+            kernel = (slice(None),) * (rank - 1) + (kept_out,)
+        elif groups == 1:
             kernel = (slice(None),) * (rank - 2) + np.ix_(np.flatnonzero(keep["in"]), kept_out)
         else:
             in_per_group = len(keep["in"]) // groups
@@ -74,6 +82,13 @@ class Conv(Dense):
             kept_local = np.stack([np.flatnonzero(row) for row in local_in])
             kernel = (slice(None),) * (rank - 2) + (kept_local[kept_out // out_per_group].T, kept_out[None, :])
         return {"kernel": kernel, "bias": (kept_out,)}
+
+
+    def updated_config(self, layer, config, keep):
+        config = super().updated_config(layer, config, keep)
+        if config.get("groups", 1) == len(keep["in"]) > 1:
+            config["groups"] = int(keep["in"].sum())
+        return config
 
 
 class ConvTranspose(Dense):
