@@ -33,15 +33,41 @@ def keep_count(group, n_remove, min_channels=1, round_to=1):
     return min(keep, group.width)
 
 
-def select(scores, keep, blocks=None):
-    """Indices of the `keep` highest scores (ties go to the lower index); equal counts per block if given."""
+def select(scores, keep, blocks=None, parts=()):
+    """Indices of the `keep` highest scores (ties go to the lower index); equal counts per block if given.
+
+    Every channel subset in `parts` (see `Group.parts`) keeps at least one channel: its best channel is swapped in
+    for the lowest-scored one that no other part needs (in the same block). When no such swap exists, more than
+    `keep` channels are returned.
+    """
     scores = np.asarray(scores, np.float64)
-    if blocks is None:
-        return np.sort(np.argsort(-scores, kind="stable")[:keep])
+    blocks = np.zeros(len(scores), np.int64) if blocks is None else np.asarray(blocks)
     n_blocks = int(blocks.max()) + 1
-    chosen = [np.flatnonzero(blocks == b)[np.argsort(-scores[blocks == b], kind="stable")[: keep // n_blocks]]
-              for b in range(n_blocks)]
-    return np.sort(np.concatenate(chosen))
+    chosen = np.zeros(len(scores), bool)
+    for b in range(n_blocks):
+        members = np.flatnonzero(blocks == b)
+        chosen[members[np.argsort(-scores[members], kind="stable")[: keep // n_blocks]]] = True
+    parts = [np.asarray(channels) for _, channels in parts]
+    for part in parts:
+        if chosen[part].any():
+            continue
+        sole = np.zeros(len(scores), bool)  # the only kept channel of some part: not to be dropped
+        for other in parts:
+            if chosen[other].sum() == 1:
+                sole[other[chosen[other]]] = True
+        for new in part[np.argsort(-scores[part], kind="stable")]:
+            droppable = np.flatnonzero(chosen & ~sole & (blocks == blocks[new]))
+            if len(droppable):
+                chosen[droppable[np.argmin(scores[droppable])]] = False
+                chosen[new] = True
+                break
+        else:
+            chosen[part[np.argmax(scores[part])]] = True
+    counts = np.bincount(blocks[chosen], minlength=n_blocks)
+    for b in np.flatnonzero(counts < counts.max()):  # a part forced one block over: the others follow
+        free = np.flatnonzero((blocks == b) & ~chosen)
+        chosen[free[np.argsort(-scores[free], kind="stable")[: counts.max() - counts[b]]]] = True
+    return np.flatnonzero(chosen)
 
 
 def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1, data=None, prune_outputs=False,
@@ -55,7 +81,9 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         criterion: "l1", "l2", "random", or a callable `(graph, group, model, data) -> scores` (higher = keep).
         scope: "layer" removes `ratio` of each group; "global" removes `ratio` of all prunable channels, the lowest
             scores first after each group's scores are divided by their mean (`normalize`).
-        min_channels: no group keeps fewer channels than this.
+        min_channels: no group keeps fewer channels than this. Every layer keeps at least one channel too: a
+            group whose channels come from several layers (Concatenate branches that an Add ties to another
+            tensor) keeps at least one channel of each, even if that is more than asked.
         round_to: kept counts are rounded up to a multiple of this (e.g. 8 for SIMD-friendly widths).
         data: passed to data-driven criteria.
         prune_outputs: also prune groups that reach a model output.
@@ -109,7 +137,11 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
     keep, widths = {}, {}
     for g in groups:
         n_keep = keep_count(g, removals[g.name], min_channels, round_to)
-        keep[g.name] = select(scores[g.name], n_keep, g.blocks)
+        kept = select(scores[g.name], n_keep, g.blocks, g.parts)
+        while len(kept) > n_keep:  # a layer fed by few of the group's channels forced more: the next valid count
+            n_keep = keep_count(g, g.width - len(kept), min_channels, round_to)
+            kept = select(scores[g.name], n_keep, g.blocks, g.parts)
+        keep[g.name] = kept
         widths[g.name] = g.width
     return Plan(keep=keep, widths=widths, prune_outputs=graph.prune_outputs)
 

@@ -57,6 +57,10 @@ class Plan:
                                 f"got {list(kept)[:10]}{'...' if len(kept) > 10 else ''}.")
             if len(kept) < group.width and not group.prunable:
                 raise PlanError(f"Group '{name}' cannot be pruned: {'; '.join(group.reasons)}.")
+            for path, channels in group.parts:
+                if not np.isin(channels, kept).any():
+                    raise PlanError(f"Plan for group '{name}' removes all the channels of layer '{path}' "
+                                    f"(channels {channels.tolist()} of the group); keep at least one of them.")
             if group.blocks is not None and len(kept) < group.width:
                 counts = np.bincount(group.blocks[list(kept)], minlength=group.n_blocks)
                 if len(set(counts.tolist())) != 1:

@@ -42,6 +42,9 @@ class Group:
         spanning: layers that compute over all channels of the group (LayerNormalization, GroupNormalization,
             softmax over channels): pruning is allowed but changes the kept channels' values.
         blocks: for grouped layers, a block label per channel; every block must keep the same number.
+        parts: `((layer path, channel indices), ...)` for layers that see only some of the group's channels (a
+            branch of a Concatenate that an Add ties to other channels): each must keep at least one channel, since
+            a layer cannot have zero filters.
     """
 
     name: str
@@ -51,6 +54,7 @@ class Group:
     reasons: tuple
     spanning: tuple
     blocks: np.ndarray | None
+    parts: tuple = ()
 
     @property
     def prunable(self) -> bool:
@@ -249,10 +253,15 @@ class ChannelGraph:
         for elems, path in b.spanning:
             for g in self._groups_of(elems):
                 spanning[g][path] = None
+        parts = [dict() for _ in widths]  # {channel subset: first layer path}
         for (path, side), elems in b.records.items():
             kind = type(b.layers.get(path) or b.submodels.get(path)).__name__
-            for g in self._groups_of(elems):
+            groups, channels = self.channels(elems)
+            for g in np.unique(groups):
                 members[g][Member(path, kind, side)] = None
+                subset = tuple(np.unique(channels[groups == g]).tolist())
+                if len(subset) < widths[g]:
+                    parts[g].setdefault(subset, path)
         for elems, n_blocks, path in b.blocks:
             comps = self._labels[elems]
             groups = self._groups_of(elems)
@@ -275,7 +284,8 @@ class ChannelGraph:
 
         self.groups = [
             Group(name=b.space_names[first], index=g, width=int(widths[g]), members=tuple(members[g]),
-                  reasons=tuple(reasons[g]), spanning=tuple(spanning[g]), blocks=blocks[g])
+                  reasons=tuple(reasons[g]), spanning=tuple(spanning[g]), blocks=blocks[g],
+                  parts=tuple((path, np.array(subset)) for subset, path in parts[g].items()))
             for g, first in enumerate(group_first_space)
         ]
         self._by_name = {group.name: group for group in self.groups}
