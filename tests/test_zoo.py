@@ -6,7 +6,7 @@ import pytest
 
 import tfprune
 from tests.zoo import APPLICATIONS, BACKBONES, NOTHING_PRUNABLE, RELOAD_FAILS, application, randomize_channel_parameters
-from tfprune.verification import check_equivalence, random_inputs
+from tfprune.verification import check_equivalence, outputs, random_inputs
 
 
 def check_zoo_model(model, tmp_path, nothing_prunable_because=None, reload_fails_because=None):
@@ -21,8 +21,8 @@ def check_zoo_model(model, tmp_path, nothing_prunable_because=None, reload_fails
     slim = tfprune.rebuild(model, plan, graph=graph)
 
     x = random_inputs(model)
-    y = keras.tree.flatten(slim.predict(x, verbose=0))
-    assert [a.shape for a in y] == [a.shape for a in keras.tree.flatten(model.predict(x, verbose=0))]
+    y = outputs(slim, x)
+    assert [a.shape for a in y] == [a.shape for a in outputs(model, x)]
     assert all(np.isfinite(a).all() for a in y)
     if graph.prunable_groups:
         assert tfprune.count_macs(slim) < tfprune.count_macs(model)
@@ -38,7 +38,7 @@ def check_zoo_model(model, tmp_path, nothing_prunable_because=None, reload_fails
             keras.models.load_model(path, safe_mode=False)
         return
     loaded = keras.models.load_model(path)
-    for a, b in zip(y, keras.tree.flatten(loaded.predict(x, verbose=0)), strict=True):
+    for a, b in zip(y, outputs(loaded, x), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 

@@ -98,10 +98,10 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
 
     >>> import keras, tfprune
     >>> inputs = keras.Input((16, 16, 3))
-    >>> x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    >>> x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
     >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
     >>> p = tfprune.plan(model, 0.5)
-    >>> len(p.keep["conv2d"])
+    >>> len(p.keep["conv"])
     4
     """
     if scope not in SCOPES:

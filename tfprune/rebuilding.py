@@ -47,10 +47,10 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
 
     >>> import keras, tfprune
     >>> inputs = keras.Input((16, 16, 3))
-    >>> x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    >>> x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
     >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
     >>> slim = tfprune.rebuild(model, tfprune.plan(model, 0.5))
-    >>> slim.get_layer("conv2d").filters
+    >>> slim.get_layer("conv").filters
     4
     """
     if reinit not in REINIT:

@@ -17,17 +17,22 @@ def random_inputs(model, batch_size=2, seed=0):
     return arrays[0] if len(arrays) == 1 else arrays
 
 
+def outputs(model, inputs):
+    """A model's outputs on `inputs` as a flat list of numpy arrays (one eager inference call, no tracing)."""
+    return [np.asarray(y) for y in keras.tree.flatten(model(inputs, training=False))]
+
+
 def check_equivalence(model, plan, inputs=None, slim=None):
     """The largest difference between the masked and the rebuilt model, relative to the output scale.
 
-    A copy of `model` is masked with `plan` (the model itself is left alone) and rebuilt; both predict on
+    A copy of `model` is masked with `plan` (the model itself is left alone) and rebuilt; both run on
     `inputs` (random ones by default). For plans that avoid channel-spanning normalisation the result is at the
     level of float rounding.
 
     Args:
         model: a Functional or Sequential model.
         plan: a `Plan` for it.
-        inputs: what `model.predict` accepts; random inputs of the model's shape when None.
+        inputs: an array (or the list or dict of arrays) the model is called on; random ones when None.
         slim: the model rebuilt from the masked copy, if already made (then `model` must be that masked copy).
 
     Returns:
@@ -39,8 +44,6 @@ def check_equivalence(model, plan, inputs=None, slim=None):
         slim = rebuild(masked, plan)
     else:
         masked = model
-    expected = keras.tree.flatten(masked.predict(inputs, verbose=0))
-    actual = keras.tree.flatten(slim.predict(inputs, verbose=0))
+    expected, actual = outputs(masked, inputs), outputs(slim, inputs)
     scale = max([1.0] + [float(np.abs(e).max()) for e in expected])
-    pairs = zip(expected, actual, strict=True)
-    return max(float(np.abs(np.asarray(e) - np.asarray(a)).max()) for e, a in pairs) / scale
+    return max(float(np.abs(e - a).max()) for e, a in zip(expected, actual, strict=True)) / scale

@@ -203,11 +203,11 @@ class ChannelGraph:
 
     >>> import keras, tfprune
     >>> inputs = keras.Input((16, 16, 3))
-    >>> x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    >>> x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
     >>> outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
     >>> graph = tfprune.ChannelGraph(keras.Model(inputs, outputs))
     >>> [(g.name, g.width) for g in graph.prunable_groups]
-    [('conv2d', 8)]
+    [('conv', 8)]
     """
 
     def __init__(self, model, prune_outputs=False):
