@@ -41,7 +41,8 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
         graph: the model's `ChannelGraph`, if already built.
 
     Returns:
-        The slim `keras.Model` (Functional or Sequential, like `model`).
+        The slim `keras.Model`: Sequential for a Sequential model, otherwise a plain Functional model (a subclass
+        of Functional, such as a keras-hub backbone, comes back as `keras.Model` with the same graph and names).
 
     Example:
 
