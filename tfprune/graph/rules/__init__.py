@@ -3,6 +3,7 @@
 import keras
 from keras.src.activations import activations as activation_ops
 from keras.src.applications.convnext import LayerScale as ConvNeXtLayerScale
+from keras.src.applications.inception_resnet_v2 import CustomScaleLayer as InceptionResNetScaledAdd
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
@@ -52,7 +53,8 @@ _RULES = (
     ((L.Softmax, L.UnitNormalization), passthrough.AxisSpanningLayer()),
     (_PER_CHANNEL_PASS_THROUGH, passthrough.PassThrough()),
     (L.Permute, passthrough.PermuteLayer()),
-    ((L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum), merging.ElementwiseMerge()),
+    ((L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, InceptionResNetScaledAdd),
+     merging.ElementwiseMerge()),
     ((L.Concatenate, numpy_ops.Concatenate), merging.Concatenate()),
     ((L.Flatten, L.Reshape, numpy_ops.Reshape), reshaping.Reshape()),
     (_BINARY_OPS, merging.BinaryOp()),

@@ -21,7 +21,8 @@ def merge_elementwise(ctx, inputs):
 
 
 class ElementwiseMerge(LayerRule):
-    """`Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`, including squeeze-excite style broadcast."""
+    """`Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`, including squeeze-excite style broadcast,
+    and InceptionResNetV2's `CustomScaleLayer` (x + scale·r, a scalar scale)."""
 
     def propagate(self, ctx, layer, inputs):
         return merge_elementwise(ctx, inputs)
