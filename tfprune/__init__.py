@@ -5,6 +5,8 @@ model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebu
 
 __version__ = "0.1.0"
 
+from tfprune import callbacks
+from tfprune.budgets import scratch_b_epochs
 from tfprune.counting import count_macs, count_params
 from tfprune.errors import PlanError, UnsupportedModelError
 from tfprune.graph import ChannelGraph, Group
@@ -21,11 +23,13 @@ __all__ = [
     "Plan",
     "PlanError",
     "UnsupportedModelError",
+    "callbacks",
     "count_macs",
     "count_params",
     "mask",
     "plan",
     "prune",
     "rebuild",
+    "scratch_b_epochs",
     "summary",
 ]
