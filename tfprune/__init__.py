@@ -9,6 +9,7 @@ from tfprune import callbacks
 from tfprune.budgets import scratch_b_epochs
 from tfprune.counting import count_macs, count_params
 from tfprune.errors import PlanError, UnsupportedModelError
+from tfprune.exporting import export
 from tfprune.graph import ChannelGraph, Group
 from tfprune.masking import mask
 from tfprune.planning import plan
@@ -26,6 +27,7 @@ __all__ = [
     "callbacks",
     "count_macs",
     "count_params",
+    "export",
     "mask",
     "plan",
     "prune",

@@ -1,0 +1,149 @@
+"""tfprune.export: every format and quantisation mode is written, reloaded and numerically checked."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfprune
+from tfprune.exporting import ExportResult
+
+# TF 2.21 still ships tf.lite.Interpreter (used to check .tflite files) but warns that it moves to ai_edge_litert.
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+
+
+def tiny_convnet():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(4),
+    ])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_convnet()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(1).standard_normal((32, 16, 16, 3)).astype("float32")
+
+
+def output_scale(model, x):
+    return float(np.abs(model(x, training=False)).max())
+
+
+def test_keras_round_trip(model, tmp_path):
+    result = tfprune.export(model, tmp_path / "m.keras", format="keras")
+    assert isinstance(result, ExportResult)
+    assert (result.format, result.quantize) == ("keras", None)
+    assert result.max_abs_difference < 1e-5
+    assert result.size_bytes == (tmp_path / "m.keras").stat().st_size > 0
+    assert result.accuracy is None and result.reference_accuracy is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.path = "elsewhere"
+
+
+def test_saved_model_round_trip(model, tmp_path):
+    result = tfprune.export(model, tmp_path / "sm")
+    assert result.format == "saved_model"
+    assert result.max_abs_difference < 1e-5
+    assert (tmp_path / "sm" / "saved_model.pb").exists()
+    assert result.size_bytes > 0
+
+
+def test_tflite_float(model, tmp_path):
+    result = tfprune.export(model, tmp_path / "m.tflite", format="tflite")
+    assert result.max_abs_difference < 1e-4
+    assert result.size_bytes == (tmp_path / "m.tflite").stat().st_size
+
+
+# Tolerances relative to the largest |output|. float16 weights carry a relative error of 2^-11 ≈ 5e-4 each, so
+# outputs stay within ~1e-3 of scale. "dynamic" stores int8 weights (step = max|w|/127 per channel) and quantises
+# activations on the fly, ~0.5-1% per layer; 3% leaves margin. Full "int8" also rounds every activation to one of
+# 256 calibrated levels (step ≈ range/255 ≈ 0.4%) at four quantised stages; the errors add up to a few steps, so 5%.
+@pytest.mark.parametrize("quantize, relative_tolerance", [("float16", 2e-3), ("dynamic", 3e-2), ("int8", 5e-2)])
+def test_tflite_quantized(model, data, tmp_path, quantize, relative_tolerance):
+    float_size = tfprune.export(model, tmp_path / "float.tflite", format="tflite").size_bytes
+    result = tfprune.export(model, tmp_path / f"{quantize}.tflite", format="tflite", quantize=quantize,
+                            representative_data=data if quantize == "int8" else None)
+    assert result.quantize == quantize
+    scale = output_scale(model, data if quantize == "int8" else tfprune.verification.random_inputs(model))
+    assert result.max_abs_difference < relative_tolerance * scale
+    assert result.max_abs_difference > 0  # quantisation was really applied
+    assert result.size_bytes < float_size
+
+
+def test_int8_is_full_integer_with_float_io(model, data, tmp_path):
+    path = tmp_path / "int8.tflite"
+    tfprune.export(model, path, format="tflite", quantize="int8", representative_data=data)
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    assert any(detail["dtype"] == np.int8 for detail in interpreter.get_tensor_details())
+
+
+def test_int8_reports_accuracy_of_both(model, data, tmp_path):
+    labels = np.asarray(model(data, training=False)).argmax(axis=-1)
+    labels[:4] = (labels[:4] + 1) % 4  # four wrong labels: the reference accuracy is exactly 28/32
+    batches = [data[:16], data[16:]]  # an iterable of batches works as well as an array
+    result = tfprune.export(model, tmp_path / "int8.tflite", format="tflite", quantize="int8",
+                            representative_data=batches, labels=labels)
+    assert result.reference_accuracy == pytest.approx(28 / 32)
+    assert abs(result.accuracy - result.reference_accuracy) <= 4 / 32
+    one_hot = tfprune.export(model, tmp_path / "m.keras", format="keras", representative_data=data,
+                             labels=np.eye(4)[labels])
+    assert one_hot.accuracy == one_hot.reference_accuracy == pytest.approx(28 / 32)
+
+
+def test_pruned_model_is_smaller_on_disk(model, tmp_path):
+    slim = tfprune.prune(model, 0.5)
+    for name, format in [("m.keras", "keras"), ("m.tflite", "tflite")]:
+        full = tfprune.export(model, tmp_path / f"full_{name}", format=format)
+        pruned = tfprune.export(slim, tmp_path / f"slim_{name}", format=format)
+        assert pruned.max_abs_difference < 1e-4
+        assert pruned.size_bytes < full.size_bytes
+
+
+def test_model_is_not_modified(tmp_path):
+    model = tiny_convnet()
+    before = [w.copy() for w in model.get_weights()]
+    x = tfprune.verification.random_inputs(model)
+    y = np.asarray(model(x))
+    tfprune.export(model, tmp_path / "sm")
+    tfprune.export(model, tmp_path / "m.tflite", format="tflite", quantize="dynamic")
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(y, np.asarray(model(x)))
+
+
+def test_errors(model, data, tmp_path):
+    with pytest.raises(ValueError, match="allowed formats are 'saved_model', 'tflite', 'keras'"):
+        tfprune.export(model, tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ValueError, match="allowed values are None, 'float16', 'dynamic', 'int8'"):
+        tfprune.export(model, tmp_path / "m.tflite", format="tflite", quantize="int4")
+    with pytest.raises(ValueError, match="applies only to format='tflite'"):
+        tfprune.export(model, tmp_path / "sm", format="saved_model", quantize="float16")
+    with pytest.raises(ValueError, match="needs representative_data"):
+        tfprune.export(model, tmp_path / "m.tflite", format="tflite", quantize="int8")
+    with pytest.raises(ValueError, match="must end in '.keras'"):
+        tfprune.export(model, tmp_path / "m.h5", format="keras")
+    with pytest.raises(ValueError, match="one class per check example"):
+        tfprune.export(model, tmp_path / "m.keras", format="keras", representative_data=data, labels=[0, 1])
+    with pytest.raises(ValueError, match="labels were given without representative_data"):
+        tfprune.export(model, tmp_path / "m.keras", format="keras", labels=[0, 1])
+    assert not any(tmp_path.iterdir())  # nothing was written by a refused call
+
+
+def test_multi_input_tflite_is_refused(tmp_path):
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    with pytest.raises(ValueError, match="single-input models only; this model has 2 inputs"):
+        tfprune.export(model, tmp_path / "m.tflite", format="tflite")
+    assert tfprune.export(model, tmp_path / "m.keras", format="keras").max_abs_difference < 1e-5
