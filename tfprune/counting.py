@@ -12,7 +12,7 @@ import math
 import keras
 from keras import tree
 
-from tfprune.graph.keras_nodes import call_nodes, is_graph_model, model_inputs, model_outputs
+from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
 
 L = keras.layers
 
@@ -200,23 +200,22 @@ class _Counter:
         Inputs (a backbone built on `(None, None, 3)` called on a fixed-size image).
         """
         inputs = model_inputs(model)
-        tensors = {id(t): _refined(t, s) if self.macs else t
-                   for t, s in zip(inputs, input_shapes or [t.shape for t in inputs], strict=True)}
-        for node in call_nodes(model):
-            if any(id(t) not in tensors for t in node.arguments.keras_tensors):
-                continue  # not computed from this model's inputs (Keras skips it too)
+        inputs = [_refined(t, s) if self.macs else t
+                  for t, s in zip(inputs, input_shapes or [t.shape for t in inputs], strict=True)]
+
+        def call(node, tensors):
             in_shapes = [tuple(tensors[id(t)].shape) for t in node.arguments.keras_tensors]
             path = prefix + node.operation.name
             if is_graph_model(node.operation):
                 out_shapes = self.walk(node.operation, path + "/", in_shapes)
-                outputs = [_refined(t, s) for t, s in zip(node.outputs, out_shapes, strict=True)] \
-                    if self.macs else list(node.outputs)
-            else:
-                outputs = _outputs(node, tensors) if self.macs else list(node.outputs)
-                self.count_call(node.operation, path, in_shapes, outputs)
-            for t, new in zip(node.outputs, outputs, strict=True):
-                tensors[id(t)] = new
-        return [tuple(tensors[id(t)].shape) for t in model_outputs(model)] if self.macs else None
+                return ([_refined(t, s) for t, s in zip(node.outputs, out_shapes, strict=True)]
+                        if self.macs else list(node.outputs))
+            outputs = _outputs(node, tensors) if self.macs else list(node.outputs)
+            self.count_call(node.operation, path, in_shapes, outputs)
+            return outputs
+
+        outputs = run_nodes(model, inputs, call)
+        return [tuple(t.shape) for t in outputs] if self.macs else None
 
     def count_call(self, op, path, in_shapes, outputs):
         count = self.counts.get(path)

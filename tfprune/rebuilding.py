@@ -8,14 +8,7 @@ from keras.src.saving.serialization_lib import SafeModeScope
 
 from tfprune.errors import UnsupportedModelError
 from tfprune.graph import ChannelGraph
-from tfprune.graph.keras_nodes import (
-    call_nodes,
-    is_graph_model,
-    model_inputs,
-    model_outputs,
-    pack_like_inputs,
-    pack_like_outputs,
-)
+from tfprune.graph.keras_nodes import is_graph_model, model_inputs, pack_like_inputs, pack_like_outputs, run_nodes
 
 REINIT = ("keep", "lottery", "scratch")
 
@@ -121,16 +114,11 @@ class _Rebuilder:
         if isinstance(model, keras.Sequential):
             layers = [self.operation(layer, prefix + layer.name) for layer in model.layers]
             return keras.Sequential([inputs[0], *layers], name=model.name)
-        tensors = {id(t): n for t, n in zip(model_inputs(model), inputs, strict=True)}
-        for node in call_nodes(model):
-            if any(id(t) not in tensors for t in node.arguments.keras_tensors):
-                continue
-            op = self.operation(node.operation, prefix + node.operation.name)
+        def call(node, tensors):
             args, kwargs = node.arguments.fill_in(tensors)
-            outputs = keras.tree.flatten(op(*args, **kwargs))
-            for t, new in zip(node.outputs, outputs, strict=True):
-                tensors[id(t)] = new
-        outputs = [tensors[id(t)] for t in model_outputs(model)]
+            return keras.tree.flatten(self.operation(node.operation, prefix + node.operation.name)(*args, **kwargs))
+
+        outputs = run_nodes(model, inputs, call)
         return keras.Model(pack_like_inputs(model, inputs), pack_like_outputs(model, outputs), name=model.name)
 
     def operation(self, op, path):

@@ -16,7 +16,7 @@ from scipy import sparse
 from scipy.sparse import csgraph
 
 from tfprune.errors import PlanError
-from tfprune.graph.keras_nodes import call_nodes, functional_of, is_graph_model, model_inputs, model_outputs
+from tfprune.graph.keras_nodes import functional_of, is_graph_model, model_inputs, model_outputs, run_nodes
 from tfprune.graph.rules import Boundary, NotUnderstood, rule_for
 
 
@@ -135,17 +135,13 @@ class _Builder:
             self.records[key] = elems
 
     def walk(self, model, inputs, prefix):
-        tensors = {id(t): e for t, e in zip(model_inputs(model), inputs, strict=True)}
-        for node in call_nodes(model):
-            if any(id(t) not in tensors for t in node.arguments.keras_tensors):
-                continue  # not on a path from this model's inputs (a shared layer's call elsewhere)
-            op = node.operation
-            path = prefix + op.name
-            ins = [tensors[id(t)] for t in node.arguments.keras_tensors]
-            outs = self.call_model(op, path, ins) if is_graph_model(op) else self.call_layer(op, path, node, ins)
-            for t, elems in zip(node.outputs, outs, strict=True):
-                tensors[id(t)] = elems
-        return [tensors.get(id(t)) for t in model_outputs(model)]
+        def call(node, elems):
+            op, ins = node.operation, [elems[id(t)] for t in node.arguments.keras_tensors]
+            if is_graph_model(op):
+                return self.call_model(op, prefix + op.name, ins)
+            return self.call_layer(op, prefix + op.name, node, ins)
+
+        return run_nodes(model, inputs, call)
 
     def call_model(self, model, path, ins):
         self.submodels[path] = model

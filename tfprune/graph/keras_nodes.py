@@ -46,6 +46,26 @@ def call_nodes(model):
                 yield node
 
 
+def run_nodes(model, inputs, call):
+    """Carry one value per tensor through `model`'s graph: the tensor values, shapes or channel ids of a walk.
+
+    Starts from one value per model input; for every call node reached from them, in execution order,
+    `call(node, values)` returns the values of the node's outputs, where `values` maps `id(tensor)` to the values
+    known so far (`node.arguments.fill_in(values)` gives the call's arguments). Nodes not reached from the inputs
+    (a shared layer's calls in another model) are skipped, as Keras does.
+
+    Returns:
+        The values of the model's outputs, in the flat order of `model.outputs` (None for any not reached).
+    """
+    values = {id(t): v for t, v in zip(model_inputs(model), inputs, strict=True)}
+    for node in call_nodes(model):
+        if any(id(t) not in values for t in node.arguments.keras_tensors):
+            continue
+        for t, value in zip(node.outputs, call(node, values), strict=True):
+            values[id(t)] = value
+    return [values.get(id(t)) for t in model_outputs(model)]
+
+
 def model_inputs(model) -> list:
     """The flat list of symbolic input tensors of a graph model."""
     return list(functional_of(model).inputs)
