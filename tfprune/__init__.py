@@ -6,6 +6,7 @@ model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebu
 __version__ = "0.1.0"
 
 from tfprune import callbacks
+from tfprune.benchmarking import benchmark
 from tfprune.budgets import scratch_b_epochs
 from tfprune.counting import count_macs, count_params
 from tfprune.errors import PlanError, UnsupportedModelError
@@ -24,6 +25,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "UnsupportedModelError",
+    "benchmark",
     "callbacks",
     "count_macs",
     "count_params",
