@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tfprune.criteria.activations import ActivationTaps, channel_statistics
 from tfprune.criteria.magnitude import l1, l2
 
 
@@ -26,4 +27,4 @@ def get(criterion, seed=None):
     return named[criterion]
 
 
-__all__ = ["RandomScores", "get", "l1", "l2"]
+__all__ = ["ActivationTaps", "RandomScores", "channel_statistics", "get", "l1", "l2"]

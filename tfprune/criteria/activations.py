@@ -1,0 +1,330 @@
+"""Per-channel statistics of the feature maps a model's layers read, measured in one batched inference pass.
+
+**Which tensors.** A group's *post-activation feature maps* are the tensors that the layers consuming the group
+read: the inputs of every convolution (plain, grouped, transposed, depthwise, separable) and `Dense` layer whose
+input channels belong to the group. For conv→BN→ReLU→conv that is the ReLU output; for conv→BN→ReLU→pool→conv the
+pooled map; for a residual stage (channels tied by `Add`s) every tensor the stage's convolutions read — the block
+outputs after their ReLU, each counted once however many layers read it. A `Flatten` or `Reshape` right before the
+consumer is looked through: the tensor before it is measured, so that a Flatten→Dense group still has its H×W maps.
+Positions are mapped to channels with the graph's element→channel map (`ChannelGraph.channels`), so a tensor of a
+`Concatenate` feeds each of its groups and a depthwise multiplier's copies feed their channel. Channels that no such
+layer reads (groups reaching the model output only) are not measured.
+
+**One pass.** The model's graph is walked once (`keras_nodes.run_nodes`, nested sub-models and shared layers
+included) inside a `tf.function`: each batch is one graph call returning small per-channel sums; Python only adds
+them up. Layers run in inference mode (`training=False`). `ActivationTaps` keeps the traced functions, so measuring
+the same model again (e.g. after masking more channels in place) costs one pass and no retracing.
+
+**Statistics** (per channel, over every value or map of every measured tensor of the channel):
+
+* `"mean_abs"`: mean |a| over all values (DropNet's and "mean activation"'s metric).
+* `"zero_fraction"`: fraction of values exactly 0 (APoZ of Hu et al., 2016; meaningful after ReLU-like activations).
+* `"rank"`: mean matrix rank of each example's map (HRank, Lin et al., 2020). 2-D maps are H×W matrices; other maps
+  are viewed as matrices with the last spatial axis as columns and all earlier ones stacked as rows, so a Conv1D
+  map is 1×L and a `Dense` input 1×1: their rank is 1 if the map is non-zero and 0 otherwise.
+* `"taylor"`: mean over examples of |mean over the map's positions of a · ∂L/∂a| (Molchanov et al., 2017), with L the
+  per-example loss (the batch's losses are summed, so each example's gradient is its own). Needs labels in the data
+  and a loss: `loss=` (a name, a `keras.losses.Loss`, or a callable `(y_true, y_pred)`), else the compiled loss.
+
+**Repeated measurement** (a training-time callback such as DropNet): build the taps once, e.g. in
+`on_train_begin`, and call them at every pruning cycle — no retracing, the model is never modified::
+
+    taps = tfprune.criteria.ActivationTaps(model)               # or ActivationTaps(model, graph)
+    stats = taps.channel_statistics(data, ("mean_abs",), batch_size=128, verbose=0)
+    stats[group.name]["mean_abs"]                                # np.ndarray of shape (group.width,)
+"""
+
+import itertools
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.trainers import data_adapters
+
+from tfprune.graph import ChannelGraph
+from tfprune.graph.keras_nodes import functional_of, is_graph_model, model_inputs, run_nodes
+from tfprune.graph.rules import producers, reshaping
+
+STATISTICS = ("mean_abs", "zero_fraction", "rank", "taylor")
+_CONSUMER_RULES = (producers.Dense, producers.DepthwiseConv)  # Dense, Conv, ConvTranspose, SeparableConv, Depthwise
+
+
+class ActivationTaps:
+    """Measures per-channel statistics of the feature maps each channel group's consumers read.
+
+    Build it once per model and call `channel_statistics` as often as needed: the graph walk is traced once per
+    set of statistics, and each batch is a single graph call. The model is only read (weights changed in place
+    between calls, e.g. by `tfprune.mask`, are seen by the next call).
+
+    Args:
+        model: a Functional or Sequential Keras model.
+        graph: its `ChannelGraph`, if already built (the groups measured are this graph's).
+
+    Example:
+
+    >>> import keras, numpy as np, tfprune
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    >>> taps = ActivationTaps(model)
+    >>> stats = taps.channel_statistics(np.ones((5, 8, 8, 3), "float32"), ("mean_abs",))
+    >>> stats["conv"]["mean_abs"].shape
+    (4,)
+    """
+
+    def __init__(self, model, graph=None):
+        functional_of(model)
+        self.model = model
+        self.graph = graph or ChannelGraph(model)
+        if self.graph.model is not model:
+            raise ValueError("graph was built for another model; pass the ChannelGraph of this model.")
+        self._functions = {}  # (statistics, loss) -> (tf.function, taps filled at trace time)
+        self.traces = 0  # how many times a walk was traced (tests and curious users)
+
+    # ---- the walk --------------------------------------------------------------------------------------------
+
+    def _is_consumer(self, path):
+        return isinstance(self.graph.rules.get(path), _CONSUMER_RULES) and "in" in self.graph.recorded(path)
+
+    def _looked_through(self, node_input, values, prefix, elems):
+        """The tensor before a Flatten/Reshape that feeds a consumer, with its channel elements, if there is one."""
+        history = getattr(node_input, "_keras_history", None)
+        if history is None:
+            return None
+        op = history.operation
+        path = prefix + op.name
+        if not isinstance(self.graph.rules.get(path), reshaping.Reshape):
+            return None
+        source = op._inbound_nodes[history.node_index].arguments.keras_tensors[0]
+        width = source.shape[-1]
+        if len(source.shape) < 3 or width is None or id(source) not in values or len(elems) % width:
+            return None
+        before = elems[:width]
+        if not np.array_equal(np.tile(before, len(elems) // width), elems):
+            return None
+        return values[id(source)], before
+
+    def _walk(self, model, inputs, prefix, taps):
+        """Run `model` on tensors, appending `(value, elems)` for every tensor a consumer reads (once each)."""
+
+        def call(node, values):
+            op, path = node.operation, prefix + node.operation.name
+            if is_graph_model(op):
+                return self._walk(op, [values[id(t)] for t in node.arguments.keras_tensors], path + "/", taps)
+            if self._is_consumer(path):
+                source = node.arguments.keras_tensors[0]
+                elems = self.graph.recorded(path)["in"]
+                tapped = self._looked_through(source, values, prefix, elems) or (values[id(source)], elems)
+                if all(tapped[0] is not value for value, _ in taps):
+                    taps.append(tapped)
+            args, kwargs = node.arguments.fill_in(values)
+            if "training" in getattr(op, "_call_context_args", ()):
+                kwargs["training"] = False
+            return keras.tree.flatten(op(*args, **kwargs))
+
+        return run_nodes(model, inputs, call)
+
+    def _function(self, statistics, loss):
+        key = (statistics, loss)
+        if key in self._functions:
+            return self._functions[key]
+        taps_info = []
+        needs_gradient = "taylor" in statistics
+        loss_fn = _per_example_loss(loss, self.model) if needs_gradient else None
+
+        def measure(x, y):
+            inputs = [tf.cast(v, t.dtype) for v, t in zip(keras.tree.flatten(x), model_inputs(self.model),
+                                                          strict=True)]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch([v for v in inputs if v.dtype.is_floating])
+                taps = []
+                outputs = self._walk(self.model, inputs, "", taps)
+                total = loss_fn(y, outputs) if needs_gradient else None
+            grads = (tape.gradient(total, [value for value, _ in taps],
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                     if needs_gradient else [None] * len(taps))
+            self.traces += 1
+            taps_info[:] = [elems for _, elems in taps]
+            return [_tap_sums(value, grad, statistics) for (value, _), grad in zip(taps, grads, strict=True)]
+
+        self._functions[key] = (tf.function(measure, reduce_retracing=True), taps_info)
+        return self._functions[key]
+
+    # ---- public ----------------------------------------------------------------------------------------------
+
+    def channel_statistics(self, data, statistics=("mean_abs",), batch_size=32, steps=None, verbose=0, loss=None):
+        """Per-group, per-channel statistics of the post-activation feature maps over `data`.
+
+        Args:
+            data: anything `model.predict` accepts (arrays, a `tf.data.Dataset`, a `keras.utils.PyDataset`, ...),
+                or a tuple `(x, y)` / `(x, y, sample_weight)` of those as in `fit`'s `validation_data` (so give
+                the inputs of a model with several inputs as a list or dict). Batches of the form `(x, y)` are
+                unpacked as `predict` does. "taylor" needs the labels `y`; sample weights are ignored.
+            statistics: names from "mean_abs", "zero_fraction", "rank", "taylor" (see the module docstring).
+            batch_size: batch size for array data (datasets keep their own batches).
+            steps: stop after this many batches (None: all of `data`).
+            verbose: 1 shows a progress bar, 0 is silent.
+            loss: for "taylor": a loss name, `keras.losses.Loss` or callable `(y_true, y_pred)`; default: the
+                model's compiled loss.
+
+        Returns:
+            `{group name: {statistic: np.ndarray of shape (group width,)}}` for every group whose channels are all
+            read by some convolution or Dense layer.
+        """
+        statistics = _check_statistics(statistics)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be None or an integer >= 1; got {steps!r}.")
+        if data is None:
+            raise ValueError("channel_statistics needs data: the inputs (and, for 'taylor', labels) to measure on.")
+        function, taps_info = self._function(statistics, loss)
+        data_x, data_y, data_weights = (*data, None)[:3] if _is_xy_tuple(data) else (data, None, None)
+        adapter = data_adapters.get_data_adapter(x=data_x, y=data_y, sample_weight=data_weights,
+                                                 batch_size=batch_size, steps_per_epoch=steps, shuffle=False)
+        target = steps if steps is not None else adapter.num_batches
+        progress = keras.utils.Progbar(target, verbose=verbose, unit_name="batch") if verbose else None
+        sums = None
+        for step, batch in enumerate(itertools.islice(adapter.get_tf_dataset(), steps)):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            if "taylor" in statistics and y is None:
+                raise ValueError("The 'taylor' statistic needs labels: give data as (x, y) arrays or a dataset "
+                                 "of (x, y) batches.")
+            if step == 0:  # one trace for every batch size (a smaller last batch would trace again)
+                function.get_concrete_function(*tf.nest.map_structure(_any_batch_size, (x, y)))
+            result = [{k: v.numpy().astype(np.float64) for k, v in tap.items()} for tap in function(x, y)]
+            sums = result if sums is None else [{k: s[k] + r[k] for k in s} for s, r in zip(sums, result,
+                                                                                              strict=True)]
+            if progress:
+                progress.update(step + 1)
+        if sums is None:
+            raise ValueError("data gave no batch to measure on.")
+        return self._per_group(sums, taps_info, statistics)
+
+    def _per_group(self, sums, taps_info, statistics):
+        graph = self.graph
+        totals = {}  # group index -> {name: array}
+        for tap, elems in zip(sums, taps_info, strict=True):
+            groups, channels = graph.channels(elems)
+            for g in np.unique(groups):
+                mine = groups == g
+                acc = totals.setdefault(int(g), {k: np.zeros(graph.groups[g].width) for k in tap})
+                for k, values in tap.items():
+                    values = values if values.ndim else np.full(len(elems), values)
+                    np.add.at(acc[k], channels[mine], values[mine])
+        out = {}
+        for g, acc in totals.items():
+            if (acc["values"] == 0).any():
+                continue  # some channels of the group are read by no consumer
+            out[graph.groups[g].name] = {
+                name: acc[name] / acc["maps" if name in ("rank", "taylor") else "values"] for name in statistics}
+        return out
+
+
+def _any_batch_size(tensor):
+    return None if tensor is None else tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype)
+
+
+def _is_xy_tuple(data):
+    """A tuple `(x, y)` or `(x, y, sample_weight)`, as in `validation_data` (not a dataset or a single array)."""
+    return isinstance(data, tuple) and len(data) in (2, 3)
+
+
+def _tap_sums(value, grad, statistics):
+    """Per-position sums of one tapped tensor for one batch, and how many values and maps each position has."""
+    x = tf.cast(value, tf.float32)
+    shape = tf.shape(x)
+    width = shape[-1]
+    batch = tf.cast(shape[0], tf.float64)
+    axes = list(range(len(x.shape) - 1))
+    per_map = tf.reshape(x, [shape[0], -1, width])  # (batch, positions, channels)
+    sums = {"maps": batch, "values": tf.cast(tf.shape(per_map)[1], tf.float64) * batch}
+    if "mean_abs" in statistics:
+        sums["mean_abs"] = tf.reduce_sum(tf.abs(x), axis=axes)
+    if "zero_fraction" in statistics:
+        sums["zero_fraction"] = tf.reduce_sum(tf.cast(tf.equal(x, 0.0), tf.float32), axis=axes)
+    if "rank" in statistics:
+        cols = shape[-2] if len(x.shape) >= 3 else 1
+        maps = tf.reshape(x, [shape[0], -1, cols, width])
+        ranks = tf.linalg.matrix_rank(tf.transpose(maps, [0, 3, 1, 2]))  # (batch, channels)
+        sums["rank"] = tf.reduce_sum(tf.cast(ranks, tf.float32), axis=0)
+    if "taylor" in statistics:
+        product = per_map * tf.reshape(tf.cast(grad, tf.float32), tf.shape(per_map))
+        sums["taylor"] = tf.reduce_sum(tf.abs(tf.reduce_mean(product, axis=1)), axis=0)
+    return sums
+
+
+def _check_statistics(statistics):
+    if isinstance(statistics, str):
+        statistics = (statistics,)
+    statistics = tuple(statistics)
+    unknown = [s for s in statistics if s not in STATISTICS]
+    if unknown or not statistics:
+        raise ValueError(f"Unknown statistics {unknown}; choose one or more of {STATISTICS}.")
+    return tuple(sorted(set(statistics), key=STATISTICS.index))
+
+
+def _per_example_loss(loss, model):
+    """`f(y, outputs) -> scalar`: the sum over the batch of the per-example loss."""
+    if loss is None:
+        loss = getattr(model, "loss", None)
+        if loss is None:
+            raise ValueError("The 'taylor' statistic needs a loss: compile the model with one or pass loss=... "
+                             "(a name such as 'sparse_categorical_crossentropy', a keras.losses.Loss, or a "
+                             "callable (y_true, y_pred)).")
+    if isinstance(loss, dict | list | tuple):
+        raise ValueError("The 'taylor' statistic takes one loss; for a model with several outputs pass "
+                         "loss=callable(y_true, y_pred) that combines them.")
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        fn = loss.call  # unreduced: one value per example
+    elif callable(loss):
+        fn = loss
+    else:
+        raise ValueError(f"loss must be a name, a keras.losses.Loss or a callable; got {loss!r}.")
+    n_outputs = len(functional_of(model).outputs)
+
+    def total(y, outputs):
+        predictions = outputs[0] if n_outputs == 1 else keras.tree.pack_sequence_as(
+            functional_of(model)._outputs_struct, outputs)
+        values = tf.cast(fn(y, predictions), tf.float32)
+        if values.shape.rank == 0:  # an already averaged loss: back to a sum over the batch
+            return values * tf.cast(tf.shape(keras.tree.flatten(predictions)[0])[0], tf.float32)
+        return tf.reduce_sum(values)
+
+    return total
+
+
+def channel_statistics(model, data, statistics=("mean_abs",), graph=None, batch_size=32, steps=None, verbose=0,
+                       loss=None):
+    """Per-group, per-channel statistics of the post-activation feature maps of `model` over `data`.
+
+    A one-off convenience: it builds an `ActivationTaps` (and traces the graph walk) on every call. To measure
+    the same model repeatedly, build `ActivationTaps(model, graph)` once and call its `channel_statistics`.
+    `model` may also be an `ActivationTaps`, which is then reused.
+
+    Args:
+        model: a Functional or Sequential Keras model (read only), or an `ActivationTaps`.
+        data, statistics, batch_size, steps, verbose, loss: as in `ActivationTaps.channel_statistics`.
+        graph: the model's `ChannelGraph`, if already built.
+
+    Returns:
+        `{group name: {statistic: np.ndarray of shape (group width,)}}`.
+
+    Example:
+
+    >>> import keras, numpy as np, tfprune
+    >>> inputs = keras.Input((6, 6, 1))
+    >>> x = keras.layers.Conv2D(2, 1, use_bias=False, activation="relu", name="conv")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+    >>> model.get_layer("conv").set_weights([np.array([[[[1.0, -1.0]]]])])
+    >>> stats = channel_statistics(model, np.ones((4, 6, 6, 1), "float32"), ("mean_abs", "zero_fraction"))
+    >>> stats["conv"]["mean_abs"].tolist(), stats["conv"]["zero_fraction"].tolist()
+    ([1.0, 0.0], [0.0, 1.0])
+    """
+    taps = model if isinstance(model, ActivationTaps) else ActivationTaps(model, graph)
+    return taps.channel_statistics(data, statistics, batch_size=batch_size, steps=steps, verbose=verbose, loss=loss)
+
+
+__all__ = ["STATISTICS", "ActivationTaps", "channel_statistics"]
