@@ -78,7 +78,9 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         model: a Functional or Sequential Keras model (read only).
         ratio: fraction of channels to remove, in [0, 1): one number for every prunable group, or a dict
             `{group name: ratio}` for some groups only (scope "layer").
-        criterion: "l1", "l2", "random", or a callable `(graph, group, model, data) -> scores` (higher = keep).
+        criterion: "l1", "l2", "random", "lasso", or a callable `(graph, group, model, data) -> scores` (higher =
+            keep). In scope "layer", a criterion with a method `scores_for_keep(graph, group, model, data, n_keep)`
+            is told each group's kept count instead (LASSO selects for an exact count).
         scope: "layer" removes `ratio` of each group; "global" removes `ratio` of all prunable channels, the lowest
             scores first after each group's scores are divided by their mean (`normalize`).
         min_channels: no group keeps fewer channels than this. Every layer keeps at least one channel too: a
@@ -124,7 +126,12 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         ratio = _check_ratio(ratio)
         groups = graph.prunable_groups
     score_fn = criteria.get(criterion, seed=seed)
-    scores = {g.name: np.asarray(score_fn(graph, g, model, data), np.float64) for g in groups}
+    if scope == "layer" and hasattr(score_fn, "scores_for_keep"):  # a criterion that selects a given count
+        scores = {g.name: np.asarray(score_fn.scores_for_keep(graph, g, model, data, keep_count(
+            g, math.floor((ratios[g.name] if ratios else ratio) * g.width), min_channels, round_to)), np.float64)
+            for g in groups}
+    else:
+        scores = {g.name: np.asarray(score_fn(graph, g, model, data), np.float64) for g in groups}
     for g in groups:
         if scores[g.name].shape != (g.width,):
             raise ValueError(f"Criterion returned shape {scores[g.name].shape} for group '{g.name}' "

@@ -3,6 +3,7 @@
 import numpy as np
 
 from tfprune.criteria.activations import ActivationTaps, channel_statistics
+from tfprune.criteria.lasso import LassoSelection
 from tfprune.criteria.magnitude import l1, l2
 
 
@@ -17,14 +18,14 @@ class RandomScores:
 
 
 def get(criterion, seed=None):
-    """A criterion callable from a name ("l1", "l2", "random") or the callable itself."""
+    """A criterion callable from a name ("l1", "l2", "random", "lasso") or the callable itself."""
     if callable(criterion):
         return criterion
-    named = {"l1": l1, "l2": l2, "random": RandomScores(seed)}
+    named = {"l1": l1, "l2": l2, "random": RandomScores(seed), "lasso": LassoSelection(seed=seed)}
     if criterion not in named:
         raise ValueError(f"Unknown criterion {criterion!r}; use one of {sorted(named)} or a callable "
                          "(graph, group, model, data) -> scores.")
     return named[criterion]
 
 
-__all__ = ["ActivationTaps", "RandomScores", "channel_statistics", "get", "l1", "l2"]
+__all__ = ["ActivationTaps", "LassoSelection", "RandomScores", "channel_statistics", "get", "l1", "l2"]
