@@ -78,16 +78,20 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         model: a Functional or Sequential Keras model (read only).
         ratio: fraction of channels to remove, in [0, 1): one number for every prunable group, or a dict
             `{group name: ratio}` for some groups only (scope "layer").
-        criterion: "l1", "l2", "random", "lasso", or a callable `(graph, group, model, data) -> scores` (higher =
-            keep). In scope "layer", a criterion with a method `scores_for_keep(graph, group, model, data, n_keep)`
-            is told each group's kept count instead (LASSO selects for an exact count).
+        criterion: a name — "l1", "l2", "random", "lasso", or the data-driven "mean_activation", "apoz",
+            "hrank", "taylor" (these need `data`) — or a callable `(graph, group, model, data) -> scores` (higher =
+            keep), such as `tfprune.criteria.HRank(steps=2)`. In scope "layer", a criterion with a method
+            `scores_for_keep(graph, group, model, data, n_keep)` is told each group's kept count instead (LASSO
+            selects for an exact count), and a callable whose `uses_plan_so_far` is true (e.g.
+            `tfprune.criteria.FilterNorm(variant="greedy")`) is called group by group in execution order with
+            `kept=`, the channels kept by the groups planned before it.
         scope: "layer" removes `ratio` of each group; "global" removes `ratio` of all prunable channels, the lowest
             scores first after each group's scores are divided by their mean (`normalize`).
         min_channels: no group keeps fewer channels than this. Every layer keeps at least one channel too: a
             group whose channels come from several layers (Concatenate branches that an Add ties to another
             tensor) keeps at least one channel of each, even if that is more than asked.
         round_to: kept counts are rounded up to a multiple of this (e.g. 8 for SIMD-friendly widths).
-        data: passed to data-driven criteria.
+        data: passed to data-driven criteria: anything `model.predict` accepts, or `(x, y)` for "taylor".
         prune_outputs: also prune groups that reach a model output.
         normalize: "mean" or None: how scores are made comparable across groups in global scope.
         seed: seed of the "random" criterion.
@@ -126,31 +130,49 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         ratio = _check_ratio(ratio)
         groups = graph.prunable_groups
     score_fn = criteria.get(criterion, seed=seed)
-    if scope == "layer" and hasattr(score_fn, "scores_for_keep"):  # a criterion that selects a given count
-        scores = {g.name: np.asarray(score_fn.scores_for_keep(graph, g, model, data, keep_count(
-            g, math.floor((ratios[g.name] if ratios else ratio) * g.width), min_channels, round_to)), np.float64)
-            for g in groups}
-    else:
-        scores = {g.name: np.asarray(score_fn(graph, g, model, data), np.float64) for g in groups}
-    for g in groups:
+    sequential = getattr(score_fn, "uses_plan_so_far", False)
+    if sequential and scope != "layer":
+        raise ValueError(f"Criterion {score_fn!r} scores each group after the earlier groups are planned; "
+                         "use scope='layer'.")
+
+    def removal(g):
+        return math.floor((ratios[g.name] if ratios else ratio) * g.width)
+
+    def score(g):
+        if scope == "layer" and hasattr(score_fn, "scores_for_keep"):  # a criterion that selects a given count
+            return score_fn.scores_for_keep(graph, g, model, data, keep_count(g, removal(g), min_channels, round_to))
+        if sequential:
+            return score_fn(graph, g, model, data, kept=dict(keep))
+        return score_fn(graph, g, model, data)
+
+    keep, scores = {}, {}
+    for g in sorted(groups, key=lambda g: g.index) if sequential else groups:
+        scores[g.name] = np.asarray(score(g), np.float64)
         if scores[g.name].shape != (g.width,):
             raise ValueError(f"Criterion returned shape {scores[g.name].shape} for group '{g.name}' "
                              f"of width {g.width}.")
+        if sequential:
+            keep[g.name] = _choose(g, scores[g.name], removal(g), min_channels, round_to)
 
-    if scope == "layer":
-        removals = {g.name: math.floor((ratios[g.name] if ratios else ratio) * g.width) for g in groups}
-    else:
-        removals = _global_removals(groups, scores, ratio, min_channels, normalize)
-    keep, widths = {}, {}
-    for g in groups:
-        n_keep = keep_count(g, removals[g.name], min_channels, round_to)
-        kept = select(scores[g.name], n_keep, g.blocks, g.parts)
-        while len(kept) > n_keep:  # a layer fed by few of the group's channels forced more: the next valid count
-            n_keep = keep_count(g, g.width - len(kept), min_channels, round_to)
-            kept = select(scores[g.name], n_keep, g.blocks, g.parts)
-        keep[g.name] = kept
-        widths[g.name] = g.width
+    if not sequential:
+        if scope == "layer":
+            removals = {g.name: removal(g) for g in groups}
+        else:
+            removals = _global_removals(groups, scores, ratio, min_channels, normalize)
+        for g in groups:
+            keep[g.name] = _choose(g, scores[g.name], removals[g.name], min_channels, round_to)
+    widths = {g.name: g.width for g in groups}
     return Plan(keep=keep, widths=widths, prune_outputs=graph.prune_outputs)
+
+
+def _choose(g, scores, n_remove, min_channels, round_to):
+    """The kept channels of group `g` when asked to remove `n_remove`, after the floor, rounding and parts."""
+    n_keep = keep_count(g, n_remove, min_channels, round_to)
+    kept = select(scores, n_keep, g.blocks, g.parts)
+    while len(kept) > n_keep:  # a layer fed by few of the group's channels forced more: the next valid count
+        n_keep = keep_count(g, g.width - len(kept), min_channels, round_to)
+        kept = select(scores, n_keep, g.blocks, g.parts)
+    return kept
 
 
 def _global_removals(groups, scores, ratio, min_channels, normalize):

@@ -3,8 +3,9 @@
 import numpy as np
 
 from tfprune.criteria.activations import ActivationTaps, channel_statistics
+from tfprune.criteria.feature_maps import APoZ, FeatureMapCriterion, HRank, MeanActivation, Taylor
 from tfprune.criteria.lasso import LassoSelection
-from tfprune.criteria.magnitude import l1, l2
+from tfprune.criteria.magnitude import FilterNorm, l1, l2
 
 
 class RandomScores:
@@ -18,14 +19,22 @@ class RandomScores:
 
 
 def get(criterion, seed=None):
-    """A criterion callable from a name ("l1", "l2", "random", "lasso") or the callable itself."""
+    """A criterion callable from a name or the callable itself.
+
+    Names: "l1", "l2" (filter norms), "random" (seeded by `seed`), "lasso" (He et al.), and the data-driven
+    "mean_activation", "apoz", "hrank", "taylor". A name gives a fresh object with default settings on every call;
+    build the object yourself to choose its settings or to reuse one measurement across plans.
+    """
     if callable(criterion):
         return criterion
-    named = {"l1": l1, "l2": l2, "random": RandomScores(seed), "lasso": LassoSelection(seed=seed)}
+    named = {"l1": lambda: l1, "l2": lambda: l2, "random": lambda: RandomScores(seed),
+             "lasso": lambda: LassoSelection(seed=seed),
+             "mean_activation": MeanActivation, "apoz": APoZ, "hrank": HRank, "taylor": Taylor}
     if criterion not in named:
         raise ValueError(f"Unknown criterion {criterion!r}; use one of {sorted(named)} or a callable "
                          "(graph, group, model, data) -> scores.")
-    return named[criterion]
+    return named[criterion]()
 
 
-__all__ = ["ActivationTaps", "LassoSelection", "RandomScores", "channel_statistics", "get", "l1", "l2"]
+__all__ = ["APoZ", "ActivationTaps", "FeatureMapCriterion", "FilterNorm", "HRank", "LassoSelection",
+           "MeanActivation", "RandomScores", "Taylor", "channel_statistics", "get", "l1", "l2"]
