@@ -17,6 +17,7 @@ from tfprune.planning import plan
 from tfprune.plans import Plan
 from tfprune.pruning import prune
 from tfprune.rebuilding import rebuild
+from tfprune.sensitivity_analysis import SensitivityResult, sensitivity
 from tfprune.summaries import summary
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Group",
     "Plan",
     "PlanError",
+    "SensitivityResult",
     "UnsupportedModelError",
     "benchmark",
     "callbacks",
@@ -35,5 +37,6 @@ __all__ = [
     "prune",
     "rebuild",
     "scratch_b_epochs",
+    "sensitivity",
     "summary",
 ]
