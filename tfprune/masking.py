@@ -32,9 +32,26 @@ def mask(model, plan, graph=None):
     >>> int((np.abs(model.layers[1].kernel.numpy()).sum(axis=(0, 1, 2)) == 0).sum())
     2
     """
+    variables = {v.path: v for v in model.weights}
+    for path, keep in weight_masks(model, plan, graph).items():
+        variables[path].assign(np.where(keep, variables[path].numpy(), 0))
+    return model
+
+
+def weight_masks(model, plan, graph=None):
+    """`{variable.path: boolean array}` for every weight that loses entries under `plan`: True where `rebuild`
+    keeps the entry. Weights that keep everything are left out. This is the index `mask` zeroes by and the
+    training-time callbacks hold fixed during `fit`.
+
+    Args:
+        model: the Functional or Sequential model (read only).
+        plan: a `Plan` for this model.
+        graph: its `ChannelGraph`, if already built.
+    """
     graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
     plan.validate(graph)
     channel_keep = graph.channel_keep(plan)
+    masks = {}
     for path, layer in graph.layers.items():
         keep = graph.layer_keep(path, channel_keep)
         if all(k.all() for k in keep.values()):
@@ -42,8 +59,7 @@ def mask(model, plan, graph=None):
         index = graph.rules[path].weight_index(layer, keep)
         for variable in layer.weights:
             if variable.name in index:
-                value = variable.numpy()
-                masked = np.zeros_like(value)
-                masked[index[variable.name]] = value[index[variable.name]]
-                variable.assign(masked)
-    return model
+                kept = np.zeros(variable.shape, bool)
+                kept[index[variable.name]] = True
+                masks[variable.path] = kept
+    return masks

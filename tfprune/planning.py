@@ -13,13 +13,13 @@ from tfprune.plans import Plan
 SCOPES = ("layer", "global")
 
 
-def _check_ratio(value, what="ratio"):
+def check_ratio(value, what="ratio"):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
         raise ValueError(f"{what} must be a number in [0, 1): the fraction of channels to remove; got {value!r}.")
     return float(value)
 
 
-def _check_positive_int(value, what):
+def check_positive_int(value, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{what} must be an integer >= 1; got {value!r}.")
     return int(value)
@@ -114,20 +114,20 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         raise ValueError(f"scope must be one of {SCOPES}; got {scope!r}.")
     if normalize not in ("mean", None):
         raise ValueError(f"normalize must be 'mean' or None; got {normalize!r}.")
-    min_channels = _check_positive_int(min_channels, "min_channels")
-    round_to = _check_positive_int(round_to, "round_to")
+    min_channels = check_positive_int(min_channels, "min_channels")
+    round_to = check_positive_int(round_to, "round_to")
     graph = graph or ChannelGraph(model, prune_outputs=prune_outputs)
     if isinstance(ratio, dict):
         if scope != "layer":
             raise ValueError("A dict of ratios gives each group its own ratio: use scope='layer'.")
-        ratios = {name: _check_ratio(r, f"ratio of group '{name}'") for name, r in ratio.items()}
+        ratios = {name: check_ratio(r, f"ratio of group '{name}'") for name, r in ratio.items()}
         for name in ratios:
             if not graph[name].prunable:
                 raise PlanError(f"Group '{name}' cannot be pruned: {'; '.join(graph[name].reasons)}.")
         groups = [graph[name] for name in ratios]
     else:
         ratios = None
-        ratio = _check_ratio(ratio)
+        ratio = check_ratio(ratio)
         groups = graph.prunable_groups
     score_fn = criteria.get(criterion, seed=seed)
     sequential = getattr(score_fn, "uses_plan_so_far", False)
@@ -158,7 +158,7 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         if scope == "layer":
             removals = {g.name: removal(g) for g in groups}
         else:
-            removals = _global_removals(groups, scores, ratio, min_channels, normalize)
+            removals = global_removals(groups, scores, ratio, min_channels, normalize)
         for g in groups:
             keep[g.name] = _choose(g, scores[g.name], removals[g.name], min_channels, round_to)
     widths = {g.name: g.width for g in groups}
@@ -175,8 +175,17 @@ def _choose(g, scores, n_remove, min_channels, round_to):
     return kept
 
 
-def _global_removals(groups, scores, ratio, min_channels, normalize):
-    """Per-group removal counts for one threshold over all channels' (normalised) scores."""
+def plan_removals(graph, scores, removals, min_channels=1, round_to=1):
+    """A `Plan` that removes `removals[name]` channels of each named group, the lowest `scores[name]` first, with
+    the counts adjusted as in `plan` (the `min_channels` floor, rounding to `round_to` and equal blocks, and at
+    least one channel for every layer fed by part of a group)."""
+    keep = {name: _choose(graph[name], scores[name], n, min_channels, round_to) for name, n in removals.items()}
+    return Plan(keep=keep, widths={name: graph[name].width for name in keep}, prune_outputs=graph.prune_outputs)
+
+
+def global_removals(groups, scores, ratio, min_channels=1, normalize="mean"):
+    """Per-group removal counts for one threshold over all channels' (normalised) scores: `ratio` of all the
+    channels of `groups`, the lowest first, none below `min_channels` in a group."""
     if not groups:
         return {}
     names, values = [], []

@@ -1,5 +1,8 @@
 """Keras callbacks that prune or prepare pruning during `model.fit`."""
 
+from tfprune.callbacks.group_lasso import GroupLasso
+from tfprune.callbacks.network_slimming import NetworkSlimming
+from tfprune.callbacks.pruning_callback import PruningCallback
 from tfprune.callbacks.weight_snapshot import WeightSnapshot
 
-__all__ = ["WeightSnapshot"]
+__all__ = ["GroupLasso", "NetworkSlimming", "PruningCallback", "WeightSnapshot"]

@@ -1,0 +1,244 @@
+"""PruningCallback: what the training-time pruning callbacks share.
+
+During `fit` a pruning callback may change weights after every optimizer step (a mask, a proximal step) and add
+penalties to the loss. Both run inside the compiled train step, not in per-batch Python: the updates are installed
+as Keras variable constraints (which the optimizer applies right after each update, in the same `tf.function`,
+with `jit_compile` and under `tf.distribute` strategies) and the penalties as variable regularizers (which Keras adds
+to the loss). What may change between epochs (the masks) lives in non-trainable `tf.Variable`s that the compiled
+step reads, so changing a mask does not retrace anything. Both are removed again when `fit` ends, so the model is
+left as it was given, apart from its trained weights.
+"""
+
+import json
+import numbers
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfprune.counting import count_macs
+from tfprune.graph import ChannelGraph
+from tfprune.masking import weight_masks
+from tfprune.planning import check_positive_int
+from tfprune.plans import Plan
+from tfprune.rebuilding import rebuild
+
+
+def check_non_negative(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or np.isinf(value):
+        raise ValueError(f"{what} must be a finite number >= 0; got {value!r}.")
+    return float(value)
+
+
+class _Chain:
+    """The constraint installed on a variable: the original constraint (if any), then the callback's updates."""
+
+    def __init__(self, original, updates):
+        self.original, self.updates = original, updates
+
+    def __call__(self, value):
+        if self.original is not None:
+            value = self.original(value)
+        for update in self.updates:
+            value = update(value)
+        return value
+
+
+class _Sum:
+    """The regularizer installed on a variable: the original regularizer (if any) plus the callback's penalty."""
+
+    def __init__(self, original, penalty):
+        self.original, self.penalty = original, penalty
+
+    def __call__(self, value):
+        total = self.penalty(value)
+        return total if self.original is None else total + self.original(value)
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """Base class of the pruning callbacks (`DropNet`, `NetworkSlimming`, `GroupLasso`).
+
+    Subclasses say what to do during training through `variable_updates()` and `variable_penalties()`, keep their
+    own state in `get_state()`/`set_state()` (saved to `backup_dir` after every epoch, so that a fit interrupted
+    and resumed with `keras.callbacks.BackupAndRestore` continues where it stopped), and turn what they learned into
+    a `Plan` with `plan()`.
+
+    Args:
+        min_channels: no group is planned below this many channels.
+        prune_outputs: also prune groups that reach a model output.
+        backup_dir: a directory for the callback's state (use the `backup_dir` of your `BackupAndRestore`): the state
+            is written after every epoch, read back when `fit` starts, and deleted when `fit` ends normally.
+        verbose: 1 prints one line per pruning step or per epoch summary.
+    """
+
+    log_prefix = "pruning"
+
+    def __init__(self, min_channels=1, prune_outputs=False, backup_dir=None, verbose=0):
+        super().__init__()
+        self.min_channels = check_positive_int(min_channels, "min_channels")
+        self.prune_outputs = bool(prune_outputs)
+        if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
+            raise ValueError(f"backup_dir must be a directory path or None; got {backup_dir!r}.")
+        self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
+        if verbose not in (0, 1, False, True):
+            raise ValueError(f"verbose must be 0 or 1; got {verbose!r}.")
+        self.verbose = int(verbose)
+        self.graph = None
+        self._installed = []
+        self._mask_variables = {}
+
+    # --- what subclasses provide -------------------------------------------------------------------------------
+
+    def variable_updates(self):
+        """`{variable.path: [fn(value) -> value, ...]}` applied after every optimizer step, inside the train step."""
+        return {}
+
+    def variable_penalties(self):
+        """`{variable.path: fn(value) -> scalar}` added to the training loss."""
+        return {}
+
+    def get_state(self):
+        """The callback's training state as `{name: numpy array or JSON-serialisable value}`."""
+        return {}
+
+    def set_state(self, state):
+        """Restore what `get_state` returned."""
+
+    def plan(self, *args, **kwargs):
+        raise NotImplementedError
+
+    # --- masks --------------------------------------------------------------------------------------------------
+
+    def _create_mask_variables(self):
+        """One mask per weight of every layer a prunable group reaches, all ones, read by the masking constraint."""
+        paths = set()
+        for group in self.graph.prunable_groups:
+            paths.update(member.layer for member in group.members)
+        for path in sorted(paths):
+            layer = self.graph.layers.get(path)
+            for variable in getattr(layer, "trainable_weights", ()):
+                if variable.path not in self._mask_variables:
+                    self._mask_variables[variable.path] = tf.Variable(
+                        tf.ones(variable.shape, variable.dtype), trainable=False, name="tfprune_mask")
+
+    def masking_updates(self):
+        """The mask constraints, for subclasses that hold masks: `{variable.path: [multiply by its mask]}`."""
+        if not self._mask_variables:
+            self._create_mask_variables()
+        return {path: [lambda value, m=m: value * m] for path, m in self._mask_variables.items()}
+
+    def apply_plan_masks(self, plan):
+        """Set the masks to `plan` and zero the removed weights now (including non-trainable ones)."""
+        masks = weight_masks(self.model, plan, self.graph)
+        for variable in self.model.weights:
+            mask = masks.get(variable.path)
+            if variable.path in self._mask_variables:
+                self._mask_variables[variable.path].assign(
+                    np.ones(variable.shape, variable.dtype) if mask is None else mask.astype(variable.dtype))
+            if mask is not None:
+                variable.assign(np.where(mask, variable.numpy(), 0))
+
+    # --- plan helpers -------------------------------------------------------------------------------------------
+
+    def make_plan(self, keep):
+        """A `Plan` from `{group name: kept indices}` for this callback's graph."""
+        return Plan(keep={name: np.asarray(k) for name, k in keep.items()},
+                    widths={name: self.graph[name].width for name in keep}, prune_outputs=self.prune_outputs)
+
+    def slim_model(self, plan=None, reinit="keep", initial_weights=None, seed=None, **plan_options):
+        """Rebuild the trained model without the channels `plan` removes (default: `self.plan(**plan_options)`).
+
+        Args:
+            plan: a `Plan`; if None, `self.plan(**plan_options)`.
+            reinit, initial_weights, seed: as in `tfprune.rebuild` ("keep" fine-tunes the trained weights,
+                "lottery" slices `initial_weights`, "scratch" re-initialises).
+
+        Returns:
+            A new, smaller `keras.Model` (uncompiled); the trained model is not modified.
+        """
+        self._require_model()
+        plan = plan if plan is not None else self.plan(**plan_options)
+        return rebuild(self.model, plan, reinit=reinit, initial_weights=initial_weights, seed=seed, graph=self.graph)
+
+    def plan_report(self, plan):
+        """`(fraction of prunable channels kept, MACs ratio)` of `plan` (the MACs of the rebuilt model)."""
+        total = sum(g.width for g in self.graph.prunable_groups)
+        removed = sum(self.graph[name].width - len(kept) for name, kept in plan.keep.items())
+        macs = count_macs(rebuild(self.model, plan, graph=self.graph)) if removed else self._full_macs
+        return (total - removed) / max(total, 1), macs / self._full_macs
+
+    def _require_model(self):
+        if self.graph is None:
+            raise RuntimeError(f"{type(self).__name__} has not seen a model yet: pass it to `model.fit(..., "
+                               "callbacks=[...])` first.")
+
+    # --- Keras hooks --------------------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        if self.graph is None or self.graph.model is not self.model:
+            self.graph = ChannelGraph(self.model, prune_outputs=self.prune_outputs)
+            self._full_macs = count_macs(self.model)
+            self._mask_variables = {}
+            self.start()
+        state = self._load_backup()
+        if state is not None:
+            self.set_state(state)
+        self._install()
+
+    def start(self):
+        """Called once per model when the first `fit` begins (before any state is restored)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.backup_dir is not None:
+            self._save_backup()
+
+    def on_train_end(self, logs=None):
+        self._uninstall()
+        if self.backup_dir is not None and os.path.exists(self._backup_path()):
+            os.remove(self._backup_path())
+
+    def _install(self):
+        variables = {v.path: v for v in self.model.trainable_weights}
+        for path, updates in self.variable_updates().items():
+            variable = variables[path]
+            self._installed.append((variable, "constraint", variable.constraint))
+            variable.constraint = _Chain(variable.constraint, updates)
+        for path, penalty in self.variable_penalties().items():
+            variable = variables[path]
+            self._installed.append((variable, "regularizer", variable.regularizer))
+            variable.regularizer = _Sum(variable.regularizer, penalty)
+        # A train step traced before (an earlier fit) would not see the new constraints and penalties.
+        self.model.make_train_function(force=True)
+
+    def _uninstall(self):
+        for variable, attribute, original in reversed(self._installed):
+            setattr(variable, attribute, original)
+        self._installed = []
+        self.model.train_function = None  # the next fit traces a step without this callback's updates
+
+    # --- backup -------------------------------------------------------------------------------------------------
+
+    def _backup_path(self):
+        return os.path.join(self.backup_dir, f"tfprune_{type(self).__name__}.npz")
+
+    def _save_backup(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        arrays, values = {}, {}
+        for key, value in self.get_state().items():
+            (arrays if isinstance(value, np.ndarray) else values)[key] = value
+        tmp = self._backup_path() + ".tmp.npz"
+        np.savez(tmp, __json__=np.array(json.dumps(values)), **arrays)
+        os.replace(tmp, self._backup_path())
+
+    def _load_backup(self):
+        if self.backup_dir is None or not os.path.exists(self._backup_path()):
+            return None
+        with np.load(self._backup_path(), allow_pickle=False) as data:
+            state = {key: data[key] for key in data.files if key != "__json__"}
+            state.update(json.loads(str(data["__json__"])))
+        return state
+
+    def get_config(self):
+        return {"min_channels": self.min_channels, "prune_outputs": self.prune_outputs,
+                "backup_dir": self.backup_dir, "verbose": self.verbose}
