@@ -118,3 +118,16 @@ def test_errors_say_what_is_wrong():
         channel_statistics(model, (X, np.zeros(len(X))), ("taylor",))
     with pytest.raises(ValueError, match="needs data"):
         channel_statistics(model, None)
+
+
+def test_map_ranks_agree_with_svd_ranks():
+    from tfprune.criteria.activations import _map_ranks
+
+    rng = np.random.default_rng(7)
+    low = np.einsum("bik,bjk->bij", rng.standard_normal((6, 9, 3)), rng.standard_normal((6, 5, 3)))  # rank ≤ 3
+    maps = np.stack([rng.standard_normal((6, 9, 5)), low, np.zeros((6, 9, 5)),
+                     np.maximum(rng.standard_normal((6, 9, 5)), 0)], axis=-1).astype("float32")
+    expected = np.linalg.matrix_rank(np.moveaxis(maps, -1, 1))  # numpy SVD, same float32 tolerance
+    np.testing.assert_array_equal(_map_ranks(tf.constant(maps)).numpy(), expected)
+    np.testing.assert_array_equal(_map_ranks(tf.constant(maps.transpose(0, 2, 1, 3))).numpy(), expected)
+    assert (expected[:, 1] == 3).all() and (expected[:, 2] == 0).all()
