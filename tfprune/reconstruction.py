@@ -2,13 +2,13 @@
 
 After `rebuild` has sliced the weights, every plain convolution (`Conv1D/2D/3D`, `groups=1`) or `Dense` layer
 that lost input channels is refitted: on sampled output positions, its kernel and bias are the least-squares
-solution (`scipy.linalg.lstsq`) of
+solution (scipy) of
 
-    min_W,b ||X' W + b − Y||²,
+    min_W,b ||X' W + b − Y||²   (+ a tiny ridge term `ridge`, against channels almost never active on the samples)
 
 where `X'` are the layer's input patches in the **pruned** model (whose earlier layers are already refitted, so
-errors do not accumulate) and `Y` the layer's linear output (before any fused activation) in the **original** model,
-on the filters the plan keeps. Layers are refitted in waves: a layer is read once every refitted layer upstream
+errors do not accumulate) and `Y` the layer's linear output (before any fused activation) in the **original**
+model, on the filters the plan keeps. Layers are refitted in waves: a layer is read once every refitted layer upstream
 of it has its new weights, and one inference pass over the data serves all layers of a wave.
 
 Rules for what is refitted (`Reconstruction.skipped` lists the others, with the reason):
@@ -70,7 +70,7 @@ class Reconstruction:
 
 
 def reconstruct(model, slim, plan, data, images=256, locations_per_image=10, batch_size=32, seed=0, verbose=0,
-                graph=None):
+                graph=None, ridge=1e-4):
     """Refit, in place, the layers of `slim` that lost input channels so they reproduce `model`'s outputs.
 
     Works with any plan (LASSO's, L1's, ...); `tfprune.prune(..., criterion="lasso")` calls it. See the module
@@ -87,6 +87,10 @@ def reconstruct(model, slim, plan, data, images=256, locations_per_image=10, bat
         seed: seed of the sampled positions.
         verbose: 1 shows a progress bar.
         graph: `model`'s `ChannelGraph`, if already built.
+        ridge: a small Tikhonov term, relative to the mean squared input value: the fit minimises
+            `||X' W + b − Y||² + λ||W||²` with `λ = ridge × mean(diag(X'ᵀX'))`. It keeps channels that are almost
+            never active on the samples (dead ReLUs) from getting huge weights that fit the sampled positions and
+            blow up elsewhere; 0 is plain least squares, as in He et al.
 
     Returns:
         A `Reconstruction` report.
@@ -107,7 +111,7 @@ def reconstruct(model, slim, plan, data, images=256, locations_per_image=10, bat
     [('next', True)]
     """
     return _Reconstructor(model, slim, plan, data, images, locations_per_image, batch_size, seed, verbose,
-                          graph).run(fit=True)
+                          graph, ridge).run(fit=True)
 
 
 def output_errors(model, slim, plan, data, images=256, locations_per_image=10, batch_size=32, seed=0, graph=None):
@@ -157,7 +161,11 @@ def _upstream(model, paths):
 
 
 class _Reconstructor:
-    def __init__(self, model, slim, plan, data, images, locations_per_image, batch_size, seed, verbose, graph):
+    def __init__(self, model, slim, plan, data, images, locations_per_image, batch_size, seed, verbose, graph,
+                 ridge=0.0):  # output_errors fits nothing
+        if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge >= 0:
+            raise ValueError(f"ridge must be a number >= 0; got {ridge!r}.")
+        self.ridge = float(ridge)
         if data is None:
             raise ValueError("Reconstruction needs data: the inputs to sample feature maps from.")
         self.model, self.slim, self.data = model, slim, data
@@ -259,7 +267,13 @@ class _Reconstructor:
         if not fit:
             return LayerFit(path, len(flat), unknowns, error_before, error_before)
         design = np.hstack([flat, np.ones((len(flat), 1))]) if bias is not None else flat
-        solution = linalg.lstsq(design, target, check_finite=False)[0]
+        if self.ridge == 0:
+            solution = linalg.lstsq(design, target, check_finite=False)[0]
+        else:  # normal equations with λ = ridge × mean squared input on the kernel entries (not on the bias)
+            normal = design.T @ design
+            weights = np.arange(flat.shape[1])
+            normal[weights, weights] += self.ridge * float(np.mean(np.diag(normal)[weights]))
+            solution = linalg.solve(normal, design.T @ target, assume_a="pos", check_finite=False)
         error_after = float(np.linalg.norm(design @ solution - target)) / scale
         layer.kernel.assign(solution[: flat.shape[1]].reshape(kernel.shape).astype(kernel.dtype))
         if bias is not None:

@@ -187,6 +187,7 @@ class LassoSelection:
         seed: seed of the sampled positions (None: a fresh one, kept for the object's lifetime so that selection
             and reconstruction see the same positions).
         verbose: 1 shows progress bars, 0 is silent.
+        ridge: the reconstruction's relative Tikhonov term (see `tfprune.reconstruction.reconstruct`).
 
     Example:
 
@@ -202,13 +203,16 @@ class LassoSelection:
     4
     """
 
-    def __init__(self, images=256, locations_per_image=10, batch_size=32, seed=None, verbose=0):
+    def __init__(self, images=256, locations_per_image=10, batch_size=32, seed=None, verbose=0, ridge=1e-4):
         for name, value in (("images", images), ("locations_per_image", locations_per_image),
                             ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
         self.images, self.locations_per_image = int(images), int(locations_per_image)
         self.batch_size, self.verbose = int(batch_size), int(verbose)
+        if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge >= 0:
+            raise ValueError(f"ridge must be a number >= 0; got {ridge!r}.")
+        self.ridge = float(ridge)
         self.seed = int(np.random.SeedSequence().entropy % (1 << 63)) if seed is None else int(seed)
         self.selections = {}  # group name -> {"alpha", "exact", "consumers", "beta"} of the last plan
         self.reconstruction = None  # the report of the last reconstruct()
@@ -216,7 +220,7 @@ class LassoSelection:
 
     def get_config(self):
         return {"images": self.images, "locations_per_image": self.locations_per_image,
-                "batch_size": self.batch_size, "seed": self.seed, "verbose": self.verbose}
+                "batch_size": self.batch_size, "seed": self.seed, "verbose": self.verbose, "ridge": self.ridge}
 
     # ---- measuring --------------------------------------------------------------------------------------------
 
@@ -302,7 +306,8 @@ class LassoSelection:
 
         self.reconstruction = reconstruct(model, slim, plan, data, images=self.images,
                                           locations_per_image=self.locations_per_image,
-                                          batch_size=self.batch_size, seed=self.seed, verbose=self.verbose)
+                                          batch_size=self.batch_size, seed=self.seed, verbose=self.verbose,
+                                          ridge=self.ridge)
         return slim
 
 
@@ -320,12 +325,13 @@ def _contribution_gram(patches, kernel, channels, width):
     onehot = None if one_to_one else np.eye(width, dtype=np.float32)[channels]  # (positions, channels)
     chunk = max(1, _CHUNK_VALUES // max(1, positions * filters))
     gram = np.zeros((width, width))
+    by_position = kernel.transpose(1, 0, 2)  # (positions, kernel positions, filters)
     for start in range(0, len(patches), chunk):
-        part = np.einsum("skp,kpo->spo", patches[start: start + chunk], kernel, optimize=True)
+        part = np.matmul(patches[start: start + chunk].transpose(2, 0, 1), by_position)  # (positions, s, filters)
+        flat = part.reshape(positions, -1)
         if onehot is not None:
-            part = np.einsum("spo,pc->sco", part, onehot, optimize=True)
-        flat = part.transpose(1, 0, 2).reshape(width, -1).astype(np.float64)
-        gram += flat @ flat.T
+            flat = onehot.T @ flat
+        gram += flat @ flat.T  # float32 products, summed in float64 chunk by chunk
     return gram
 
 
