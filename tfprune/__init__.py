@@ -3,40 +3,46 @@
 model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebuild (a new, smaller model) → export.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from tfprune import callbacks
-from tfprune.benchmarking import benchmark
-from tfprune.budgets import scratch_b_epochs
-from tfprune.counting import count_macs, count_params
-from tfprune.errors import PlanError, UnsupportedModelError
-from tfprune.exporting import export
-from tfprune.graph import ChannelGraph, Group
-from tfprune.masking import mask
-from tfprune.planning import plan
-from tfprune.plans import Plan
-from tfprune.pruning import prune
-from tfprune.rebuilding import rebuild
-from tfprune.sensitivity_analysis import SensitivityResult, sensitivity
-from tfprune.summaries import summary
+# Public name -> the module that defines it. Each is imported on first use (PEP 562), so `import tfprune` and
+# `tfprune --help` do not load TensorFlow; add new public names here (not as `from ... import` lines).
+_PUBLIC = {
+    "ChannelGraph": "tfprune.graph",
+    "Group": "tfprune.graph",
+    "Plan": "tfprune.plans",
+    "PlanError": "tfprune.errors",
+    "SensitivityResult": "tfprune.sensitivity_analysis",
+    "UnsupportedModelError": "tfprune.errors",
+    "benchmark": "tfprune.benchmarking",
+    "callbacks": "tfprune.callbacks",
+    "count_macs": "tfprune.counting",
+    "count_params": "tfprune.counting",
+    "export": "tfprune.exporting",
+    "mask": "tfprune.masking",
+    "plan": "tfprune.planning",
+    "prune": "tfprune.pruning",
+    "rebuild": "tfprune.rebuilding",
+    "scratch_b_epochs": "tfprune.budgets",
+    "sensitivity": "tfprune.sensitivity_analysis",
+    "summary": "tfprune.summaries",
+}
 
-__all__ = [
-    "ChannelGraph",
-    "Group",
-    "Plan",
-    "PlanError",
-    "SensitivityResult",
-    "UnsupportedModelError",
-    "benchmark",
-    "callbacks",
-    "count_macs",
-    "count_params",
-    "export",
-    "mask",
-    "plan",
-    "prune",
-    "rebuild",
-    "scratch_b_epochs",
-    "sensitivity",
-    "summary",
-]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfprune' has no attribute {name!r}")
+    value = importlib.import_module(module)
+    if module != f"tfprune.{name}":
+        value = getattr(value, name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

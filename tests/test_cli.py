@@ -1,0 +1,157 @@
+"""The `tfprune` console script, run for real (installed next to this Python) on real small files."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tfprune
+
+EXECUTABLE = Path(sys.executable).parent / "tfprune"
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+
+
+def run(*args, cwd):
+    if not EXECUTABLE.exists():
+        pytest.fail(f"The tfprune console script is not installed at {EXECUTABLE}: run "
+                    f"`{sys.executable} -m pip install -e .` in the repository to install it.")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([str(EXECUTABLE), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def one_error_line(done, command, *fragments):
+    """The command failed with exit status 1 and exactly one line on stderr, naming the command and the fragments."""
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"tfprune {command}: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@keras.saving.register_keras_serializable(package="tfprune_cli_test")
+class Doubling(keras.layers.Layer):
+    """A custom layer registered in this process only: the console script does not know it."""
+
+    def call(self, x):
+        return 2 * x
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(16, 3, activation="relu", name="c1"),
+                              keras.layers.Conv2D(16, 3, activation="relu", name="c2"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")],
+                             name="tiny")
+    model.save(folder / "model.keras")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "data.npz", x=rng.random((12, 12, 12, 3), dtype=np.float32), y=np.arange(12) % 3)
+
+    (folder / "text.keras").write_text("not a model\n")
+    whole = (folder / "model.keras").read_bytes()
+    (folder / "truncated.keras").write_bytes(whole[: len(whole) // 2])
+    with zipfile.ZipFile(folder / "other.keras", "w") as archive:
+        archive.writestr("notes.txt", "a zip, but no Keras model inside")
+    inputs = keras.Input((12, 12, 3))
+    keras.Model(inputs, Doubling()(keras.layers.Conv2D(4, 3)(inputs))).save(folder / "custom.keras")
+    return folder, model
+
+
+def test_help_is_quick_and_complete(files):
+    folder, _ = files
+    done = run("--help", cwd=folder)
+    assert done.returncode == 0
+    for command in ("summary", "prune", "rebuild", "export", "bench"):
+        assert command in done.stdout
+        sub = run(command, "--help", cwd=folder)
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: tfprune {command}"), sub.stderr
+        assert "--json" in sub.stdout
+    usage = run("prune", "model.keras", cwd=folder)  # required options missing: argparse's usage error
+    assert usage.returncode == 2 and "--ratio" in usage.stderr
+    imported = subprocess.run([sys.executable, "-c", "import sys, tfprune.cli; print('tensorflow' in sys.modules)"],
+                              capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"  # --help and the input checks never wait for TensorFlow
+
+
+def test_summary_prune_rebuild_export_bench(files):
+    folder, model = files
+    done = run("summary", "model.keras", "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["params"], summary["macs"]) == (tfprune.count_params(model), tfprune.count_macs(model))
+    assert [layer["path"] for layer in summary["layers"]] == ["c1", "c2", "head"]
+
+    done = run("prune", "model.keras", "--ratio", "0.5", "--criterion", "l2", "--scope", "global",
+               "--plan-out", "plan.json", "-o", "slim.keras", "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    pruned = json.loads(done.stdout)
+    plan = tfprune.Plan.load(folder / "plan.json")
+    expected = tfprune.rebuild(model, tfprune.plan(model, 0.5, criterion="l2", scope="global"))
+    slim = keras.models.load_model(folder / "slim.keras")
+    assert plan == tfprune.plan(model, 0.5, criterion="l2", scope="global")
+    assert pruned["after"] == {"params": tfprune.count_params(expected), "macs": tfprune.count_macs(expected)}
+    assert pruned["before"]["params"] == tfprune.count_params(model) > pruned["after"]["params"]
+    for a, b in zip(slim.get_weights(), expected.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    done = run("rebuild", "model.keras", "plan.json", "-o", "again.keras", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert "wrote again.keras" in done.stdout and "params" in done.stdout
+    for a, b in zip(keras.models.load_model(folder / "again.keras").get_weights(), slim.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    done = run("export", "slim.keras", "--format", "tflite", "--quantize", "int8", "--calibration", "data.npz",
+               "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    exported = json.loads(done.stdout)
+    assert exported["path"] == "slim_int8.tflite" and (folder / "slim_int8.tflite").stat().st_size == \
+        exported["size_bytes"]
+    assert exported["quantize"] == "int8" and 0 <= exported["accuracy"] <= 1
+    data = np.load(folder / "data.npz")
+    assert exported["reference_accuracy"] == pytest.approx(
+        float(np.mean(slim(data["x"]).numpy().argmax(-1) == data["y"])))
+
+    done = run("bench", "model.keras", "slim.keras", "slim_int8.tflite", "--batch-sizes", "1", "--threads", "all",
+               "--runs", "2", "--warmup", "0", "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    bench = json.loads(done.stdout)
+    assert bench["reference"] == "model.keras"
+    measured = {(row["model"], row["engine"]) for row in bench["rows"]}
+    assert measured == {("model.keras", "tensorflow"), ("slim.keras", "tensorflow"), ("model.keras", "tflite"),
+                        ("slim.keras", "tflite"), ("slim_int8.tflite", "tflite")}
+    assert all(row["median_ms"] > 0 and row["runs"] == 2 for row in bench["rows"])
+
+
+def test_bad_files_give_one_line(files):
+    folder, _ = files
+    one_error_line(run("summary", "missing.keras", cwd=folder), "summary", "missing.keras", "no such file")
+    one_error_line(run("summary", "text.keras", cwd=folder), "summary", "text.keras", "not a Keras model file")
+    one_error_line(run("prune", "truncated.keras", "--ratio", "0.5", "-o", "out.keras", cwd=folder), "prune",
+                   "truncated.keras", "not a Keras model file")
+    one_error_line(run("export", "other.keras", cwd=folder), "export", "other.keras", "no config.json")
+    one_error_line(run("bench", "model.keras", "data.npz", cwd=folder), "bench", "data.npz", "expected a .keras")
+    one_error_line(run("bench", "model.keras", "text.tflite", cwd=folder), "bench", "text.tflite", "no such file")
+    assert not (folder / "out.keras").exists()
+
+
+def test_custom_objects_bad_ratio_and_bad_plan_give_one_line(files):
+    folder, _ = files
+    one_error_line(run("summary", "custom.keras", cwd=folder), "summary", "custom.keras",
+                   "custom objects that are not registered", "tfprune_cli_test>Doubling")
+    one_error_line(run("prune", "model.keras", "--ratio", "1.5", "-o", "bad.keras", cwd=folder), "prune",
+                   "ratio must be a number in [0, 1)")
+    (folder / "other_plan.json").write_text(json.dumps(
+        {"format": "tfprune.plan/1", "groups": {"c1": {"width": 32, "keep": [0, 1]}}}))
+    one_error_line(run("rebuild", "model.keras", "other_plan.json", "-o", "bad.keras", cwd=folder), "rebuild",
+                   "the plan belongs to another model")
+    assert not (folder / "bad.keras").exists()
