@@ -36,8 +36,6 @@ import numpy as np
 from tfprune.capturing import LayerInputs, NotEnoughData
 from tfprune.patches import LinearPatches, why_not_linear
 
-_CHUNK_VALUES = 1 << 22  # floats per intermediate (samples × positions × filters) block
-
 
 def lasso_keep(gram, n_keep, max_steps=60):
     """Choose `n_keep` of the channels whose contributions have Gram matrix `gram`, by LASSO on their coefficients.
@@ -256,20 +254,23 @@ class LassoSelection:
                     geometry[path] = LinearPatches(layer, x.shape[1:])
                     where[path] = geometry[path].sample_positions(self.images, self.locations_per_image,
                                                                   sampling_seed(self.seed, path))
-                kernel, _ = geometry[path].weights(layer)
                 patches = geometry[path].extract(x, where[path][seen: seen + n])
-                for group, positions, channels in wanted[path]:
-                    gram = _contribution_gram(patches[:, :, positions], kernel[:, positions, :], channels,
-                                              group.width)
+                for group, positions, _ in wanted[path]:
+                    flat = patches[:, :, positions].reshape(len(patches), -1)
                     key = (path, group.name)
-                    sums[key] = sums.get(key, 0) + gram
+                    sums[key] = sums.get(key, 0.0) + (flat.T @ flat).astype(np.float64)  # float32 products
             seen += n
             if progress:
                 progress.update(seen)
-        for (path, name), gram in sums.items():
-            energy = float(gram.sum())  # ||Σ_c Z_c||²
-            if energy > 0:
-                grams[name].append((path, gram / energy))
+        for path, entries in wanted.items():
+            kernel, _ = geometry[path].weights(graph.layers[path]) if path in geometry else (None, None)
+            for group, positions, channels in entries:
+                if (path, group.name) not in sums:
+                    continue
+                gram = _contribution_gram(sums[path, group.name], kernel[:, positions, :], channels, group.width)
+                energy = float(gram.sum())  # ||Σ_c Z_c||²
+                if energy > 0:
+                    grams[group.name].append((path, gram / energy))
         self._measured = (graph, data, grams)
         return grams
 
@@ -311,28 +312,26 @@ class LassoSelection:
         return slim
 
 
-def _contribution_gram(patches, kernel, channels, width):
+def _contribution_gram(moments, kernel, channels, width):
     """`G[c, d] = <Z_c, Z_d>` summed over samples and filters, `Z_c` the output part due to channel c.
 
+    With `P = Σ_s vec(patch_s) vec(patch_s)ᵀ` (kernel positions × input positions, flattened) and `Z_c = patch_c ·
+    W_c`, `<Z_c, Z_d> = Σ (P ∘ W Wᵀ)` over the entries of channels c and d: the cost is that of the second moments,
+    not of every sample's contribution to every filter.
+
     Args:
-        patches: `(samples, kernel positions, input positions)` of the group's input positions.
-        kernel: `(kernel positions, input positions, filters)`.
+        moments: `(k·p, k·p)` second moments of the patches restricted to the group's input positions.
+        kernel: `(kernel positions k, input positions p, filters)`.
         channels: the group channel of each input position.
         width: the group's width.
     """
-    positions, filters = kernel.shape[1], kernel.shape[2]
-    one_to_one = positions == width and np.array_equal(channels, np.arange(width))
-    onehot = None if one_to_one else np.eye(width, dtype=np.float32)[channels]  # (positions, channels)
-    chunk = max(1, _CHUNK_VALUES // max(1, positions * filters))
-    gram = np.zeros((width, width))
-    by_position = kernel.transpose(1, 0, 2)  # (positions, kernel positions, filters)
-    for start in range(0, len(patches), chunk):
-        part = np.matmul(patches[start: start + chunk].transpose(2, 0, 1), by_position)  # (positions, s, filters)
-        flat = part.reshape(positions, -1)
-        if onehot is not None:
-            flat = onehot.T @ flat
-        gram += flat @ flat.T  # float32 products, summed in float64 chunk by chunk
-    return gram
+    k, positions, _ = kernel.shape
+    flat = kernel.reshape(k * positions, -1).astype(np.float64)
+    products = (moments * (flat @ flat.T)).reshape(k, positions, k, positions).sum(axis=(0, 2))
+    if positions == width and np.array_equal(channels, np.arange(width)):
+        return products
+    onehot = np.eye(width)[channels]  # (positions, channels)
+    return onehot.T @ products @ onehot
 
 
 def _batches(taps, data, batch_size, images):
