@@ -25,6 +25,7 @@ _PUBLIC = {
     "plan": "tfprune.planning",
     "prune": "tfprune.pruning",
     "rebuild": "tfprune.rebuilding",
+    "reconstruct": "tfprune.reconstruction",
     "scratch_b_epochs": "tfprune.budgets",
     "sensitivity": "tfprune.sensitivity_analysis",
     "summary": "tfprune.summaries",
