@@ -145,12 +145,14 @@ def test_targets_channels_macs_and_metric_floor():
     channels = history.history["dropnet_channels"]
     first = next(i for i, c in enumerate(channels) if c <= 0.6)  # stops at the first step at or below the target
     assert all(c == channels[first] for c in channels[first:]) and len(by_channels.history) == first + 1
+    assert channels[first] == pytest.approx(13 / 22)  # the last step only as large as needed: 7+9 → 6+7, not 5+7
 
     by_macs = DropNet(x[:16], fraction=0.3, target={"macs": 0.5}, rewind=None)
     history = cnn().fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[by_macs])
     macs = history.history["dropnet_macs"]
     first = next(i for i, m in enumerate(macs) if m <= 0.5)
     assert all(m == macs[first] for m in macs[first:]) and len(by_macs.history) == first + 1 and first > 0
+    assert macs[first] > 0.4
 
     model = cnn()
     floor = DropNet(x[:16], fraction=0.3, target={"score": 0.5}, rewind=None)

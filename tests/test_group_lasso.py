@@ -83,7 +83,18 @@ def test_shape_and_depth_groups_regularise_without_pruning():
     lasso = GroupLasso(strength=5.0, groups=("shape", "depth"))
     model.fit(*data(), epochs=2, batch_size=16, verbose=0, callbacks=[lasso])
     assert np.all(model.get_layer("conv1").kernel.numpy() == 0)  # a strong depth penalty zeroes whole kernels
-    assert len(lasso.plan().keep["conv1"]) == 8  # but only filter and channel groups are pruned
+    assert lasso.plan().keep == {}  # but only filter and channel groups are pruned
+
+
+def test_plan_by_ratio_removes_the_smallest_norms_globally():
+    model = two_convs()
+    scale(model, "conv1", (..., slice(0, 3)), 1e-2)
+    scale(model, "conv2", (..., slice(0, 2)), 1e-2)
+    lasso = GroupLasso(strength=1e-4)
+    model.fit(*data(16), epochs=1, verbose=0, callbacks=[lasso])
+    plan = lasso.plan(ratio=5 / 14)
+    np.testing.assert_array_equal(plan.keep["conv1"], [3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(plan.keep["conv2"], [2, 3, 4, 5])
 
 
 def test_reduced_axes():

@@ -28,7 +28,8 @@ class DropNet(PruningCallback):
       (or after dividing by each group's mean with `normalize="mean"`).
 
     At least one channel goes per step (per group in layer scope) unless the group is at `min_channels`; ties are
-    broken at random (seeded). Masked channels are exactly zero at every forward pass, whatever the optimizer: their
+    broken at random (seeded). The step that reaches a channels or MACs target is made only as large as needed to
+    reach it. Masked channels are exactly zero at every forward pass, whatever the optimizer: their
     weights are multiplied by a 0/1 mask inside the train step after every optimizer update. After a step, the
     surviving weights may be rewound: `rewind="initial"` (the paper's default) to the weights before training,
     `rewind=k` to those after epoch k, None to keep training them. The optimizer's state is not reset.
@@ -183,20 +184,33 @@ class DropNet(PruningCallback):
         seconds = time.perf_counter() - start
         values = {name: stats[name]["mean_abs"] for name in self._keep if name in stats}
         scores = {name: self._ranks(v, self._keep[name]) for name, v in values.items()}
-        if self.scope == "layer":
-            removals = {name: self.graph[name].width - len(self._keep[name])
-                        + max(1, math.floor(self.fraction * len(self._keep[name]))) for name in values}
-        else:
-            removals = self._global_removals(values)
-        plan = plan_removals(self.graph, scores, removals, self.min_channels)
+        tie = self._rng.random(sum(len(self._keep[name]) for name in values))
+
+        def step_plan(fraction):
+            if self.scope == "layer":
+                removals = {name: self.graph[name].width - len(self._keep[name])
+                            + max(1, math.floor(fraction * len(self._keep[name]))) for name in values}
+            else:
+                removals = self._global_removals(values, fraction, tie)
+            return plan_removals(self.graph, scores, removals, self.min_channels)
+
+        plan = step_plan(self.fraction)
+        if self.target and self.target[0] in ("channels", "macs") and self._target_met(*self.plan_report(plan)):
+            # the step reaches the target: take the smallest step that still does, to land close to it
+            lo, hi = 0.0, self.fraction
+            for _ in range(8):
+                candidate = step_plan((lo + hi) / 2)
+                if self._target_met(*self.plan_report(candidate)):
+                    hi, plan = (lo + hi) / 2, candidate
+                else:
+                    lo = (lo + hi) / 2
         self._keep.update({name: np.asarray(k) for name, k in plan.keep.items()})
         return seconds
 
-    def _global_removals(self, values):
+    def _global_removals(self, values, fraction, tie):
         live = [(name, c, v[c] / (v[self._keep[name]].mean() or 1.0) if self.normalize else v[c])
                 for name, v in values.items() for c in self._keep[name]]
-        budget = max(1, math.floor(self.fraction * len(live)))
-        tie = self._rng.random(len(live))
+        budget = max(1, math.floor(fraction * len(live)))
         removals = {name: self.graph[name].width - len(self._keep[name]) for name in values}
         room = {name: len(self._keep[name]) - self.min_channels for name in values}
         for i in np.lexsort((tie, [value for _, _, value in live])):

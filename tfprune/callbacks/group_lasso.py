@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from tfprune.callbacks.pruning_callback import PruningCallback, check_non_negative
-from tfprune.planning import check_positive_int, plan_removals
+from tfprune.planning import check_positive_int, check_ratio, global_removals, plan_removals
 
 # Which kernel axes one group of each kind spans, for a kernel (*spatial, in, out) (Dense: (in, out)).
 KINDS = ("filter", "channel", "shape", "depth")
@@ -135,37 +135,45 @@ class GroupLasso(PruningCallback):
         return [(path, kind, np.sqrt(np.square(kernel.numpy()).sum(axis=_reduced_axes(kind, len(kernel.shape)))))
                 for path, kernel, kind in self._penalised()]
 
-    def plan(self, round_to=1):
-        """Remove the channels whose groups reached zero (see the class docstring).
+    def scores(self):
+        """`{group name: per-channel norm}`: for each channel, the largest norm of its groups ("filter": the filters
+        of the layers creating it; "channel": the input slices of the layers reading it), for every prunable group
+        whose creating (or reading) layers are all penalised."""
+        norms = {(path, kind): n for path, kind, n in self.group_norms()}
+        scores = {}
+        for group in self.graph.prunable_groups:
+            for kind, side in (("filter", "out"), ("channel", "in")):
+                makers = [m for m in group.members if m.side == side and _mixes_channels(self.graph.layers.get(
+                    m.layer))]
+                if kind not in self.groups or not makers or any((m.layer, kind) not in norms for m in makers):
+                    continue  # a layer on this side is not penalised: its channels cannot be shown unused
+                per_channel = scores.get(group.name, np.zeros(group.width))
+                for m in makers:
+                    elems = self.graph.recorded(m.layer)[side]
+                    per_channel = np.maximum(per_channel, self.graph.scatter(group, elems, norms[(m.layer, kind)],
+                                                                             reduce=np.maximum))
+                scores[group.name] = per_channel
+        return scores
+
+    def plan(self, ratio=None, round_to=1):
+        """The plan by group norms.
 
         Args:
+            ratio: None removes the channels whose groups reached zero (norm at most `threshold`, see the class
+                docstring); a number in [0, 1) removes that fraction of all scored channels, those with the
+                smallest norms (one global threshold, as Network Slimming does with BN scales).
             round_to: kept counts are rounded up to a multiple of this (which may keep some zero channels).
 
         Returns:
             A `tfprune.Plan` for the trained model.
         """
         round_to = check_positive_int(round_to, "round_to")
-        norms = {(path, kind): n for path, kind, n in self.group_norms()}
-        scores, removals = {}, {}
-        for group in self.graph.prunable_groups:
-            zero = np.zeros(group.width, bool)
-            largest = np.zeros(group.width)
-            for kind, side in (("filter", "out"), ("channel", "in")):
-                if kind not in self.groups:
-                    continue
-                makers = [m for m in group.members if m.side == side and _mixes_channels(self.graph.layers.get(
-                    m.layer))]
-                if not makers or any((m.layer, kind) not in norms for m in makers):
-                    continue  # a layer on this side is not penalised: its channels cannot be shown unused
-                per_channel = np.zeros(group.width)
-                for m in makers:
-                    elems = self.graph.recorded(m.layer)[side]
-                    per_channel = np.maximum(per_channel, self.graph.scatter(group, elems, norms[(m.layer, kind)],
-                                                                             reduce=np.maximum))
-                zero |= per_channel <= self.threshold
-                largest = np.maximum(largest, per_channel)
-            scores[group.name] = np.where(zero, 0.0, largest + 1.0)
-            removals[group.name] = int(zero.sum())
+        scores = self.scores()
+        if ratio is None:
+            removals = {name: int((s <= self.threshold).sum()) for name, s in scores.items()}
+        else:
+            groups = [self.graph[name] for name in scores]
+            removals = global_removals(groups, scores, check_ratio(ratio), self.min_channels, normalize=None)
         return plan_removals(self.graph, scores, removals, self.min_channels, round_to)
 
     def on_epoch_end(self, epoch, logs=None):
