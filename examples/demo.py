@@ -117,9 +117,6 @@ def main(argv):
     logging.info("Fashion-MNIST: %d training and %d test images", len(x_train), len(x_test))
 
     model = small_vgg()
-    for layer in model.layers:  # a few hundred steps only: let BatchNorm's running statistics keep up
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
     trained_curve = train(model, data, FLAGS.epochs, 1e-3)
     slim = prune_step(model, FLAGS.ratio)
     pruned_accuracy = accuracy(slim, x_test, y_test)
