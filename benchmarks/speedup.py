@@ -1,0 +1,280 @@
+"""Removed channels against hidden zeros: measured speed-up of tfprune and of tfmot's unstructured pruning.
+
+    nice -n 10 python benchmarks/speedup.py [--models=ResNet50,VGG16] [--targets=0.5,0.75] [--runs=10]
+
+For each keras.applications model (random weights: nothing downloads) and each MACs target (0.5 = half the MACs
+removed), finds by bisection the per-layer L1 ratio whose rebuilt model has that MACs ratio, exports the original and
+the slim models to float32 TFLite with `tfprune.export`, and times them with `tfprune.benchmark` (batch 1, one
+thread and all threads, TFLite and TensorFlow). Side by side, in the same timing run, TF Model Optimization's
+`prune_low_magnitude` at the same sparsity (the fraction of MACs tfprune removed) on a tf-keras twin of the model
+with the same weights (benchmarks/tfmot_twin.py, in a subprocess with TF_USE_LEGACY_KERAS=1). Sizes are of the
+.tflite files, raw and gzip-compressed (where unstructured zeros pay off).
+
+Writes benchmarks/results/speedup.md (tables), speedup.json (all figures) and speedup.png (latency ratio against
+MACs ratio).
+"""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+from absl import app, flags, logging
+
+import tfprune
+from tfprune.benchmarking import available_threads
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["ResNet50", "MobileNetV2", "VGG16", "EfficientNetB0", "DenseNet121"],
+                  "keras.applications constructors.")
+flags.DEFINE_integer("input_size", 224, "Height and width of the input.")
+flags.DEFINE_list("targets", ["0.5", "0.75"], "Fractions of the MACs to remove.")
+flags.DEFINE_float("tolerance", 0.01, "Bisection stops when the MACs ratio is this close to its target.")
+flags.DEFINE_integer("bisection_steps", 12, "At most this many plan+rebuild steps per target.")
+flags.DEFINE_integer("runs", 10, "Timed calls per model and setting.")
+flags.DEFINE_integer("warmup", 2, "Untimed calls before them.")
+flags.DEFINE_bool("tfmot", True, "Also measure tfmot's prune_low_magnitude (needs the tfmot extra).")
+flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                    "Where speedup.md and speedup.png go.")
+
+CONV_DOMINATED = ("ResNet50", "VGG16", "DenseNet121")  # dense convolutions, no depthwise: the latency goal's models
+
+
+def slim_for_macs(model, graph, target):
+    """Bisect the per-layer ratio so that MACs(slim)/MACs(model) is within the tolerance of 1 - target."""
+    goal, base = 1 - target, tfprune.count_macs(model)
+    low, high, best = 0.0, 0.99, None
+    for _ in range(FLAGS.bisection_steps):
+        ratio = (low + high) / 2
+        slim = tfprune.rebuild(model, tfprune.plan(model, ratio, graph=graph), graph=graph)
+        macs_ratio = tfprune.count_macs(slim) / base
+        if best is None or abs(macs_ratio - goal) < abs(best[1] - goal):
+            best = (ratio, macs_ratio, slim)
+        if abs(macs_ratio - goal) <= FLAGS.tolerance:
+            break
+        low, high = (ratio, high) if macs_ratio > goal else (low, ratio)
+    return best
+
+
+def gzip_size(path):
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), compresslevel=6))
+
+
+def tfmot_twin(name, model, sparsities, workdir):
+    """Run benchmarks/tfmot_twin.py; {"dense": path, "sparse": {str(sparsity): {"path", "zero_fraction"}}}."""
+    weights = os.path.join(workdir, "weights.npz")
+    np.savez(weights, *model.get_weights())
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfmot_twin.py")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, script, f"--model={name}", f"--input_size={FLAGS.input_size}",
+                           f"--weights={weights}", f"--sparsities={','.join(map(str, sparsities))}",
+                           f"--out_dir={workdir}"], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"tfmot twin of {name} failed (exit {done.returncode}); its last output lines:\n"
+                           + "\n".join(done.stderr.strip().splitlines()[-15:]))
+    with open(os.path.join(workdir, "twin.json")) as f:
+        return json.load(f)
+
+
+def measure(name, workdir):
+    size = FLAGS.input_size
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    graph = tfprune.ChannelGraph(model)
+    targets = [float(t) for t in FLAGS.targets]
+    variants = {"dense": model}
+    found = {}
+    for target in targets:
+        start = time.perf_counter()
+        ratio, macs_ratio, slim = slim_for_macs(model, graph, target)
+        found[target] = (ratio, macs_ratio)
+        variants[f"tfprune {target:g}"] = slim
+        logging.info("%s: target %.2f -> per-layer ratio %.3f, MACs ratio %.3f (%.0f s)", name, target, ratio,
+                     macs_ratio, time.perf_counter() - start)
+    files = {}
+    for label, m in variants.items():
+        files[label] = tfprune.export(m, os.path.join(workdir, f"{label.replace(' ', '_')}.tflite"),
+                                      format="tflite").path
+    logging.info("%s: TFLite files written", name)
+    sparsities = {target: round(1 - found[target][1], 4) for target in targets}  # tfmot at tfprune's real sparsity
+    twin = None
+    if FLAGS.tfmot:
+        twin = tfmot_twin(name, model, list(sparsities.values()), workdir)
+        files["tfmot dense"] = twin["dense"]
+        for target, sparsity in sparsities.items():
+            files[f"tfmot {target:g}"] = twin["sparse"][str(sparsity)]["path"]
+        logging.info("%s: tfmot files written", name)
+
+    threads = sorted({1, available_threads()})
+    tflite = tfprune.benchmark(files, batch_sizes=(1,), threads=threads, engines=("tflite",), runs=FLAGS.runs,
+                               warmup=FLAGS.warmup, progress=lambda m: logging.info("%s: %s", name, m))
+    tf_report = tfprune.benchmark(variants, batch_sizes=(1,), threads=threads, engines=("tensorflow",),
+                                  runs=FLAGS.runs, warmup=FLAGS.warmup,
+                                  progress=lambda m: logging.info("%s: %s", name, m))
+
+    def ms(report, label, engine, n):
+        return report.get(label, engine, 1, n).median_ms
+
+    record = {"model": name, "input": size, "threads": threads, "targets": []}
+    dense = {"macs": tfprune.count_macs(model), "params": tfprune.count_params(model),
+             "bytes": os.path.getsize(files["dense"]), "gzip": gzip_size(files["dense"]),
+             "tflite_ms": {n: ms(tflite, "dense", "tflite", n) for n in threads},
+             "tf_ms": {n: ms(tf_report, "dense", "tensorflow", n) for n in threads}}
+    record["dense"] = dense
+    if twin:
+        record["tfmot_dense"] = {"bytes": os.path.getsize(files["tfmot dense"]),
+                                 "gzip": gzip_size(files["tfmot dense"]),
+                                 "tflite_ms": {n: ms(tflite, "tfmot dense", "tflite", n) for n in threads}}
+    for target in targets:
+        label = f"tfprune {target:g}"
+        slim = variants[label]
+        entry = {"target": target, "layer_ratio": found[target][0], "macs": tfprune.count_macs(slim),
+                 "params": tfprune.count_params(slim), "bytes": os.path.getsize(files[label]),
+                 "gzip": gzip_size(files[label]),
+                 "tflite_ms": {n: ms(tflite, label, "tflite", n) for n in threads},
+                 "tf_ms": {n: ms(tf_report, label, "tensorflow", n) for n in threads}}
+        if twin:
+            sparse = f"tfmot {target:g}"
+            entry["tfmot"] = {"sparsity": sparsities[target],
+                              "zero_fraction": twin["sparse"][str(sparsities[target])]["zero_fraction"],
+                              "bytes": os.path.getsize(files[sparse]), "gzip": gzip_size(files[sparse]),
+                              "tflite_ms": {n: ms(tflite, sparse, "tflite", n) for n in threads}}
+        record["targets"].append(entry)
+    return record
+
+
+def ratio_rows(records):
+    """The main table: ratios slim/dense (tfprune) and sparse/dense-twin (tfmot), one row per model and target."""
+    threads = records[0]["threads"]
+    every = threads[-1]
+    head = ["model", "MACs removed (target)", "per-layer ratio", "MACs ratio", "params ratio", ".tflite size ratio",
+            "gzip size ratio", "TFLite latency ratio, 1 thread", f"TFLite latency ratio, {every} threads",
+            "TF latency ratio, 1 thread", f"TF latency ratio, {every} threads", "TFLite within 10% of MACs",
+            "tfmot zeros", "tfmot .tflite size ratio", "tfmot gzip size ratio", "tfmot TFLite latency ratio, 1 thread",
+            f"tfmot TFLite latency ratio, {every} threads"]
+    rows = [head]
+    for r in records:
+        d = r["dense"]
+        for t in r["targets"]:
+            macs = t["macs"] / d["macs"]
+            lite1 = t["tflite_ms"][1] / d["tflite_ms"][1]
+            row = [r["model"], f"{t['target']:.0%}", f"{t['layer_ratio']:.3f}", f"{macs:.3f}",
+                   f"{t['params'] / d['params']:.3f}", f"{t['bytes'] / d['bytes']:.3f}", f"{t['gzip'] / d['gzip']:.3f}",
+                   f"{lite1:.3f}", f"{t['tflite_ms'][every] / d['tflite_ms'][every]:.3f}",
+                   f"{t['tf_ms'][1] / d['tf_ms'][1]:.3f}", f"{t['tf_ms'][every] / d['tf_ms'][every]:.3f}",
+                   "yes" if abs(lite1 - macs) <= 0.1 * macs else "no"]
+            if "tfmot" in t:
+                m, md = t["tfmot"], r["tfmot_dense"]
+                row += [f"{m['zero_fraction']:.3f}", f"{m['bytes'] / md['bytes']:.3f}", f"{m['gzip'] / md['gzip']:.3f}",
+                        f"{m['tflite_ms'][1] / md['tflite_ms'][1]:.3f}",
+                        f"{m['tflite_ms'][every] / md['tflite_ms'][every]:.3f}"]
+            else:
+                row += ["—"] * 5
+            rows.append(row)
+    return rows
+
+
+def absolute_rows(records):
+    """Absolute figures behind the ratios."""
+    threads = records[0]["threads"]
+    every = threads[-1]
+    rows = [["model", "variant", "MACs", "params", ".tflite MB", "gzip MB", "TFLite ms, 1 thread",
+             f"TFLite ms, {every} threads", "TF ms, 1 thread", f"TF ms, {every} threads"]]
+
+    def add(model, variant, v, macs="", params=""):
+        tf_ms = v.get("tf_ms", {})
+        rows.append([model, variant, macs, params, f"{v['bytes'] / 1e6:.1f}", f"{v['gzip'] / 1e6:.1f}",
+                     f"{v['tflite_ms'][1]:.1f}", f"{v['tflite_ms'][every]:.1f}",
+                     f"{tf_ms[1]:.1f}" if tf_ms else "—", f"{tf_ms[every]:.1f}" if tf_ms else "—"])
+
+    for r in records:
+        d = r["dense"]
+        add(r["model"], "original", d, f"{d['macs'] / 1e9:.2f}G", f"{d['params'] / 1e6:.2f}M")
+        for t in r["targets"]:
+            add(r["model"], f"tfprune −{t['target']:.0%} MACs", t, f"{t['macs'] / 1e9:.2f}G",
+                f"{t['params'] / 1e6:.2f}M")
+        if "tfmot_dense" in r:
+            add(r["model"], "tf-keras twin (tfmot, dense)", r["tfmot_dense"], f"{d['macs'] / 1e9:.2f}G",
+                f"{d['params'] / 1e6:.2f}M")
+            for t in r["targets"]:
+                add(r["model"], f"tfmot {t['tfmot']['zero_fraction']:.0%} zeros", t["tfmot"],
+                    f"{d['macs'] / 1e9:.2f}G", f"{d['params'] / 1e6:.2f}M")
+    return rows
+
+
+def markdown(rows):
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows[1:]])
+
+
+def plot(records, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, r in zip(colours, records, strict=False):
+        d = r["dense"]
+        macs = [1.0] + [t["macs"] / d["macs"] for t in r["targets"]]  # every line starts at the original (1, 1)
+        ax.plot(macs, [1.0] + [t["tflite_ms"][1] / d["tflite_ms"][1] for t in r["targets"]], "o-", color=colour,
+                label=f"{r['model']} tfprune (TFLite)")
+        ax.plot(macs, [1.0] + [t["tf_ms"][1] / d["tf_ms"][1] for t in r["targets"]], "s:", color=colour, alpha=0.6,
+                label=f"{r['model']} tfprune (TF)")
+        if "tfmot_dense" in r:
+            md = r["tfmot_dense"]
+            ax.plot([1.0] + [1 - t["tfmot"]["zero_fraction"] for t in r["targets"]],
+                    [1.0] + [t["tfmot"]["tflite_ms"][1] / md["tflite_ms"][1] for t in r["targets"]], "x--",
+                    color=colour,
+                    label=f"{r['model']} tfmot (TFLite)")
+    ax.plot([0, 1.2], [0, 1.2], color="black", linewidth=0.8, label="latency ratio = MACs ratio")
+    ax.set_xlim(0, 1.05)
+    ax.set_ylim(0, 1.3)
+    ax.set_xlabel("MACs ratio (tfprune) / non-zero weight fraction (tfmot)")
+    ax.set_ylabel("latency ratio, batch 1, 1 thread")
+    ax.set_title(f"Pruned / original latency, {records[0]['input']}×{records[0]['input']}, this CPU")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv):
+    del argv
+    for name in FLAGS.models:
+        if not hasattr(keras.applications, name):
+            raise app.UsageError(f"--models: {name} is not a keras.applications constructor.")
+    started = time.perf_counter()
+    records = []
+    for name in FLAGS.models:
+        with tempfile.TemporaryDirectory() as workdir:
+            records.append(measure(name, workdir))
+        keras.backend.clear_session()
+        logging.info("%s done after %.0f s in all", name, time.perf_counter() - started)
+    ratios, absolute = markdown(ratio_rows(records)), markdown(absolute_rows(records))
+    print(ratios)
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    threads = records[0]["threads"]
+    with open(os.path.join(FLAGS.out_dir, "speedup.md"), "w") as f:
+        f.write(f"keras.applications models, random weights, {FLAGS.input_size}×{FLAGS.input_size}, batch 1, "
+                f"L1 per-layer ratio found by bisection for each MACs target; float32 TFLite (XNNPACK) and "
+                f"TensorFlow (tf.function); median of {FLAGS.runs} timed calls after {FLAGS.warmup} warm-up calls, "
+                f"all variants of a model timed in turn in the same run; {threads[-1]} CPU threads available "
+                f"(shared machine, `nice -n 10`). Ratios are pruned / original; tfmot ratios are pruned / its own "
+                f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
+                f"MACs removed), stripped, float32 TFLite. Total run {time.perf_counter() - started:.0f} s.\n\n")
+        f.write(ratios + "\n\nAbsolute figures:\n\n" + absolute + "\n")
+    with open(os.path.join(FLAGS.out_dir, "speedup.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    plot(records, os.path.join(FLAGS.out_dir, "speedup.png"))
+    print(f"written speedup.md, speedup.json and speedup.png in {FLAGS.out_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)
