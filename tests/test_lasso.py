@@ -223,3 +223,26 @@ def test_a_layer_with_too_few_samples_is_left_sliced_with_a_warning():
         report = reconstruct(model, slim, plan, images(20), images=20)
     assert "head" in report.skipped and not report.fits
     np.testing.assert_array_equal(slim.get_layer("head").kernel.numpy(), sliced)
+
+
+def test_concatenated_groups_and_sequential_conv1d():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 1, activation="relu", name="b")(inputs)
+    x = keras.layers.Conv2D(5, 3, name="reader")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    lasso = LassoSelection(images=32, seed=0)
+    slim = tfprune.prune(model, 0.5, criterion=lasso, data=images(32, (8, 8, 3)))
+    assert slim.get_layer("reader").kernel.shape == (3, 3, 5, 3)  # 3 of 6 + 2 of 4 in, 3 of 5 out
+    assert lasso.selections["a"]["consumers"] == lasso.selections["b"]["consumers"] == ["reader"]
+    assert [f.path for f in lasso.reconstruction.fits] == ["reader", "head"]
+    assert all(f.error_after < f.error_before for f in lasso.reconstruction.fits)
+
+    sequential = keras.Sequential([keras.Input((16, 2)), keras.layers.Conv1D(8, 3, activation="relu", name="c1"),
+                                   keras.layers.Conv1D(4, 3, padding="causal", name="c2"),
+                                   keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2, name="out")])
+    lasso = LassoSelection(images=32, seed=0)
+    slim = tfprune.prune(sequential, 0.5, criterion=lasso, data=images(32, (16, 2)))
+    assert isinstance(slim, keras.Sequential) and slim.get_layer("c2").kernel.shape == (3, 4, 2)
+    assert [f.path for f in lasso.reconstruction.fits] == ["c2", "out"]
