@@ -41,6 +41,23 @@ def compiled(model):
     return model
 
 
+def recalibrate_batchnorm(model, x, batch_size=250):
+    """Set every BatchNormalization's moving statistics to their average over `x` (in batches, training mode).
+
+    Brief training with Keras' default momentum (0.99) leaves moving statistics far from the batch statistics
+    (small_resnet after 3 epochs: 0.87 training accuracy, 0.20 test accuracy in inference mode), so the original
+    models and every fine-tuned model are recalibrated on training images before they are evaluated.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.momentum for layer in norms]
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        for layer in norms:
+            layer.momentum = i / (i + 1)  # a running mean over the batches
+        model(x[start: start + batch_size], training=True)
+    for layer, momentum in zip(norms, saved, strict=True):
+        layer.momentum = momentum
+
+
 def accuracy(model, x, y):
     return float((np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y).mean())
 
@@ -62,6 +79,7 @@ def run_model(name, data):
     t0 = time.perf_counter()
     model.fit(x_train, y_train, epochs=FLAGS.epochs, batch_size=128, verbose=0)
     train_s = time.perf_counter() - t0
+    recalibrate_batchnorm(model, x_train[:5000])
     base_acc = accuracy(model, x_test, y_test)
     sample = x_train[: FLAGS.images]
     options = dict(images=FLAGS.images, locations_per_image=FLAGS.locations, seed=FLAGS.seed)
@@ -90,6 +108,7 @@ def run_model(name, data):
         err = logits_error(model, slim, x_test)
         keras.utils.set_random_seed(FLAGS.seed)
         compiled(slim).fit(x_train, y_train, epochs=FLAGS.finetune_epochs, batch_size=128, verbose=0)
+        recalibrate_batchnorm(slim, x_train[:5000])
         tuned_acc = accuracy(slim, x_test, y_test)
         rows.append((label, macs, err, pruned_acc, tuned_acc))
         print(f"{name} | {label} | MACs ×{macs:.2f} | logits error {err:.3f} | acc {pruned_acc:.4f} → "
@@ -104,7 +123,10 @@ def main(argv):
              f"trained {FLAGS.epochs} epochs (Adam 1e-3, batch 128); {FLAGS.ratio:.0%} of the channels of every "
              f"prunable group removed; LASSO and reconstruction sample {FLAGS.images} training images × "
              f"{FLAGS.locations} positions per layer; errors measured on held-out test images; fine-tune "
-             f"{FLAGS.finetune_epochs} epoch(s). {os.cpu_count()} CPU cores, shared.",
+             f"{FLAGS.finetune_epochs} epoch(s). BatchNorm moving statistics of the original models and of every "
+             "fine-tuned model are recomputed on 5000 training images before evaluation (short training leaves them "
+             "stale); the 'accuracy pruned' column is without any recalibration: the pruning method alone. "
+             f"{os.cpu_count()} CPU cores, shared.",
              "", "Command: `nice -n 10 python benchmarks/lasso.py " + " ".join(
                  f"--{k}={getattr(FLAGS, k)}" for k in ("ratio", "epochs", "finetune_epochs", "images")) + "`", ""]
     for name in FLAGS.models:

@@ -95,6 +95,14 @@ def test_plan_keeps_exactly_the_requested_count_in_every_group():
     assert all(s["exact"] for s in lasso.selections.values())
 
 
+def test_global_scope_ranks_by_the_lasso_path():
+    model = vgg_like()
+    lasso = LassoSelection(images=24, seed=0)
+    plan = tfprune.plan(model, 0.4, criterion=lasso, scope="global", data=images(24, (12, 12, 3)))
+    assert sum(len(v) for v in plan.keep.values()) == 36 - 14  # floor(0.4 × 36) channels removed in all
+    assert not lasso.selections  # no per-group target count in global scope
+
+
 def test_reconstruction_beats_l1_pruning_at_the_same_width():
     """Relative error of the logits on held-out inputs, and of every refitted layer's output."""
     model = vgg_like()

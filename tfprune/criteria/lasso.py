@@ -87,7 +87,7 @@ def lasso_keep(gram, n_keep, max_steps=60):
     alpha_max = float(np.abs(design.T @ target).max()) / rows  # the smallest α with β = 0
     solver = Lasso(fit_intercept=False, max_iter=20000, tol=1e-8, warm_start=True, selection="cyclic")
     exit_alpha = np.zeros(width)
-    tried = {}  # nonzero count -> (relative alpha, beta), the closest to n_keep from either side
+    tried = {}  # nonzero count -> (relative alpha, beta) of the first α that gave it
 
     def solve(relative):
         solver.set_params(alpha=relative * alpha_max)
