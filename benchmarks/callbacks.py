@@ -1,0 +1,191 @@
+"""Training-time pruning on Fashion-MNIST: DropNet (layer, global), Network Slimming and group lasso at about 50% and
+75% fewer MACs, and the comparison of "Rethinking the Value of Network Pruning" on each slim architecture.
+
+    python benchmarks/callbacks.py                       # writes benchmarks/results/callbacks.{md,png}
+    python benchmarks/callbacks.py --train_size=60000 --epochs=20 --finetune_epochs=5   # the full-size run
+
+For each reference CNN (tfprune.models.small_vgg, small_resnet), from one random initialisation θ0:
+  baseline       the unpruned model trained for E epochs;
+  per method and target: the method's callback trains from θ0 for E epochs, the plan meets the MACs target (DropNet
+  stops at it; Network Slimming and group lasso threshold their scores globally, bisected to it), then the slim
+  architecture is
+    fine-tuned   from the trained weights for F epochs,
+    lottery      rewound to θ0 (the surviving channels' initial weights) and trained E epochs,
+    scratch-E    re-initialised and trained E epochs,
+    scratch-B    re-initialised and trained E × MACs(full) / MACs(slim) epochs (the same compute as the baseline).
+Every accuracy is top-1 on the held-out test images. SGD with momentum 0.9 throughout.
+"""
+
+import os
+import time
+
+import keras
+import matplotlib
+from absl import app, flags, logging
+
+import tfprune
+from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["vgg", "resnet"], "Reference CNNs: vgg, resnet.")
+flags.DEFINE_list("methods", ["dropnet", "dropnet_global", "slimming", "group_lasso"], "Methods to run.")
+flags.DEFINE_list("targets", ["0.5", "0.25"], "MACs ratios to reach.")
+flags.DEFINE_integer("train_size", 8000, "Training images (of 60,000).")
+flags.DEFINE_integer("test_size", 2000, "Test images (of 10,000).")
+flags.DEFINE_integer("epochs", 3, "E: epochs of the baseline, of training with a callback, of lottery and scratch-E.")
+flags.DEFINE_integer("finetune_epochs", 2, "F: epochs of fine-tuning.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate (momentum 0.9).")
+flags.DEFINE_float("dropnet_fraction", 0.3, "DropNet's fraction of the remaining channels masked per epoch.")
+flags.DEFINE_integer("seed", 0, "Seed of the data subset, θ0 and every run.")
+flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "callbacks"), "Output path prefix.")
+
+BUILDERS = {"vgg": tfprune.models.small_vgg, "resnet": tfprune.models.small_resnet}
+LABELS = {"dropnet": "DropNet (layer)", "dropnet_global": "DropNet (global)", "slimming": "Network Slimming",
+          "group_lasso": "Group lasso (SSL)"}
+REGIMES = ("fine-tune", "lottery", "scratch-E", "scratch-B")
+
+
+def compiled(model):
+    model.compile(keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def train(model, data, epochs, callbacks=()):
+    (x, y), _ = data
+    keras.utils.set_random_seed(FLAGS.seed)
+    if epochs:
+        model.fit(x, y, epochs=epochs, batch_size=FLAGS.batch_size, callbacks=list(callbacks), verbose=0)
+    return model
+
+
+def accuracy(model, data):
+    _, (x_test, y_test) = data
+    return float(model.evaluate(x_test, y_test, batch_size=512, verbose=0)[1])
+
+
+def callback_for(method, model_name, x_sample, target):
+    if method.startswith("dropnet"):
+        scope = "global" if method == "dropnet_global" else "layer"
+        return DropNet(x_sample, fraction=FLAGS.dropnet_fraction, scope=scope, target={"macs": target}, rewind=None,
+                       seed=FLAGS.seed)
+    if method == "slimming":  # the paper's strengths
+        return NetworkSlimming(l1=1e-5 if model_name == "resnet" else 1e-4)
+    return GroupLasso(strength=1e-3, groups="filter")
+
+
+def slim_architectures(model_name, method, theta0, data, targets):
+    """Train with the method's callback from θ0; yield (target, trained model, plan, MACs ratio) per target."""
+    (x, _), _ = data
+    shared = None
+    for target in targets:
+        if method.startswith("dropnet") or shared is None:
+            model = compiled(BUILDERS[model_name]())
+            model.set_weights(theta0)
+            initial = {v.path: w for v, w in zip(model.weights, theta0, strict=True)}
+            callback = callback_for(method, model_name, x[:1024], target)
+            train(model, data, FLAGS.epochs, [callback])
+            shared = (model, callback, initial)
+        model, callback, initial = shared
+        if isinstance(callback, DropNet):
+            plan = callback.plan()
+            macs = callback.history[-1]["macs"] if callback.history else 1.0
+        else:
+            plan, macs = tfprune.plan_for_macs(model, target, callback.plan, graph=callback.graph)
+        yield target, model, callback, plan, macs, initial
+
+
+def run_model(model_name, data):
+    keras.utils.set_random_seed(FLAGS.seed)
+    model = compiled(BUILDERS[model_name]())
+    theta0 = model.get_weights()
+    start = time.perf_counter()
+    train(model, data, FLAGS.epochs)
+    baseline = {"model": model.name, "accuracy": accuracy(model, data), "macs": tfprune.count_macs(model),
+                "params": tfprune.count_params(model), "seconds": time.perf_counter() - start}
+    logging.info("%s baseline: accuracy %.4f", model.name, baseline["accuracy"])
+    rows = []
+    targets = [float(t) for t in FLAGS.targets]
+    for method in FLAGS.methods:
+        architectures = slim_architectures(model_name, method, theta0, data, targets)
+        for target, trained, callback, plan, macs, initial in architectures:
+            row = {"model": model.name, "method": method, "target": target, "macs_ratio": macs,
+                   "trained": accuracy(trained, data)}
+            slim = compiled(callback.slim_model(plan))
+            row["params_ratio"] = tfprune.count_params(slim) / baseline["params"]
+            row["pruned"] = accuracy(slim, data)
+            row["fine-tune"] = accuracy(train(slim, data, FLAGS.finetune_epochs), data)
+            lottery = compiled(callback.slim_model(plan, reinit="lottery", initial_weights=initial))
+            row["lottery"] = accuracy(train(lottery, data, FLAGS.epochs), data)
+            scratch = compiled(callback.slim_model(plan, reinit="scratch", seed=FLAGS.seed))
+            row["scratch-E"] = accuracy(train(scratch, data, FLAGS.epochs), data)
+            budget = tfprune.scratch_b_epochs(FLAGS.epochs, trained, slim)
+            scratch = compiled(callback.slim_model(plan, reinit="scratch", seed=FLAGS.seed))
+            row["scratch-B"] = accuracy(train(scratch, data, budget), data)
+            row["scratch_b_epochs"] = budget
+            logging.info("%s", row)
+            rows.append(row)
+    return baseline, rows
+
+
+def table(baselines, rows):
+    lines = [f"Fashion-MNIST, {FLAGS.train_size} training / {FLAGS.test_size} test images, E = {FLAGS.epochs} "
+             f"epochs, fine-tuning F = {FLAGS.finetune_epochs} epochs, SGD {FLAGS.learning_rate} momentum 0.9, "
+             f"batch {FLAGS.batch_size}, seed {FLAGS.seed}; DropNet masks {FLAGS.dropnet_fraction:.0%} of the "
+             "remaining channels per epoch; Network Slimming l1 1e-4 (VGG) / 1e-5 (ResNet), proximal; group lasso "
+             "1e-3 on filters, proximal. 2 CPU cores (`python benchmarks/callbacks.py`).", ""]
+    for baseline in baselines:
+        lines.append(f"**{baseline['model']}**: unpruned accuracy {baseline['accuracy']:.4f} after E epochs, "
+                     f"{baseline['params']:,} params, {baseline['macs']:,} MACs.")
+    lines += ["", "| model | method | MACs ratio | params ratio | with callback | pruned | fine-tuned | lottery (θ0) "
+              "| scratch-E | scratch-B (epochs) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {LABELS[r['method']]} | {r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | "
+                     f"{r['trained']:.4f} | {r['pruned']:.4f} | {r['fine-tune']:.4f} | {r['lottery']:.4f} | "
+                     f"{r['scratch-E']:.4f} | {r['scratch-B']:.4f} ({r['scratch_b_epochs']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(baselines, rows, path):
+    fig, axes = plt.subplots(1, len(baselines), figsize=(6.5 * len(baselines), 4.5), squeeze=False)
+    markers = dict(zip(FLAGS.methods, "osD^v", strict=False))
+    colors = dict(zip(REGIMES, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
+    for ax, baseline in zip(axes[0], baselines, strict=True):
+        ax.axhline(baseline["accuracy"], color="black", linestyle="--", label="unpruned")
+        for r in (r for r in rows if r["model"] == baseline["model"]):
+            for regime in REGIMES:
+                ax.scatter(r["macs_ratio"], r[regime], marker=markers[r["method"]], color=colors[regime])
+        for regime in REGIMES:
+            ax.scatter([], [], color=colors[regime], marker="s", label=regime)
+        for method in FLAGS.methods:
+            ax.scatter([], [], color="gray", marker=markers[method], label=LABELS[method])
+        ax.set(title=baseline["model"], xlabel="MACs remaining (slim / original)", ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv):
+    del argv
+    data = tfprune.datasets.fashion_mnist(train_size=FLAGS.train_size, test_size=FLAGS.test_size, seed=FLAGS.seed)
+    baselines, rows = [], []
+    for name in FLAGS.models:
+        baseline, model_rows = run_model(name, data)
+        baselines.append(baseline)
+        rows += model_rows
+    text = table(baselines, rows)
+    print(text)
+    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
+    with open(FLAGS.out + ".md", "w") as f:
+        f.write(text)
+    plot(baselines, rows, FLAGS.out + ".png")
+    logging.info("wrote %s.md and %s.png", FLAGS.out, FLAGS.out)
+
+
+if __name__ == "__main__":
+    app.run(main)
