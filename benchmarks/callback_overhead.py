@@ -1,0 +1,103 @@
+"""What the pruning callbacks cost during `fit`: epoch time with NetworkSlimming, GroupLasso or DropNet active over
+plain `fit`, and DropNet's measuring pass over an epoch, measured in the same run.
+
+    python benchmarks/callback_overhead.py            # writes benchmarks/results/callback_overhead.md
+
+Plain, NetworkSlimming, GroupLasso and DropNet fits of the same model and data take turns, `--rounds` times,
+`--epochs` epochs each; an epoch's time runs from the start of the epoch to the end of every callback's
+`on_epoch_end` (the per-epoch logs and DropNet's pruning step included). The first epoch of each fit (tracing) is
+left out; the medians of the others are compared. Goals: ≤ 1.05× for NetworkSlimming and GroupLasso; DropNet's
+measuring pass ≤ 10% of an epoch.
+"""
+
+import os
+import statistics
+import time
+
+import keras
+from absl import app, flags, logging
+
+import tfprune
+from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["vgg", "resnet"], "Reference CNNs: vgg, resnet.")
+flags.DEFINE_integer("train_size", 8000, "Training images per epoch.")
+flags.DEFINE_integer("sample_size", 1024, "Images DropNet measures activations on.")
+flags.DEFINE_integer("epochs", 4, "Epochs per fit (the first is not timed).")
+flags.DEFINE_integer("rounds", 2, "Rounds of plain / callback fits taking turns.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "callback_overhead.md"), "Output.")
+
+BUILDERS = {"vgg": tfprune.models.small_vgg, "resnet": tfprune.models.small_resnet}
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Put last: times each epoch from its start to the end of every callback's `on_epoch_end`."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def variants(x_sample):
+    return {
+        "plain": lambda: [],
+        "NetworkSlimming": lambda: [NetworkSlimming(l1=1e-4)],
+        "GroupLasso": lambda: [GroupLasso(strength=1e-4, groups=("filter", "channel"))],
+        # a small fraction and no target: one pruning step (and measuring pass) at the end of every epoch
+        "DropNet": lambda: [DropNet(x_sample, fraction=0.02, rewind=None)],
+    }
+
+
+def measure(name, x, y):
+    times = {}
+    measuring = []
+    for _ in range(FLAGS.rounds):
+        for variant, make in variants(x[:FLAGS.sample_size]).items():
+            keras.utils.set_random_seed(0)
+            model = BUILDERS[name]()
+            model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+            callbacks = make()
+            timer = EpochTimer()
+            model.fit(x, y, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0, callbacks=callbacks + [timer])
+            times.setdefault(variant, []).extend(timer.seconds[1:])
+            if variant == "DropNet":
+                measuring.extend(step["measure_seconds"] for step in callbacks[0].history[1:])
+    medians = {variant: statistics.median(seconds) for variant, seconds in times.items()}
+    return medians, statistics.median(measuring)
+
+
+def main(argv):
+    del argv
+    (x, y), _ = tfprune.datasets.fashion_mnist(train_size=FLAGS.train_size, test_size=1)
+    lines = [f"Fashion-MNIST, {FLAGS.train_size} images per epoch, batch {FLAGS.batch_size}, median of "
+             f"{FLAGS.rounds} × {FLAGS.epochs - 1} epochs per variant (first epoch of each fit left out), fits taking "
+             f"turns; DropNet measures on {FLAGS.sample_size} images. 2 CPU cores "
+             "(`python benchmarks/callback_overhead.py`).", "",
+             "| model | plain epoch s | NetworkSlimming s (ratio) | GroupLasso s (ratio) | DropNet s (ratio) "
+             "| DropNet measuring pass s (share of a plain epoch) |", "|---|---|---|---|---|---|"]
+    for name in FLAGS.models:
+        medians, measuring = measure(name, x, y)
+        plain = medians["plain"]
+        cells = [f"{medians[v]:.2f} ({medians[v] / plain:.3f}×)" for v in ("NetworkSlimming", "GroupLasso",
+                                                                          "DropNet")]
+        lines.append(f"| {BUILDERS[name]().name} | {plain:.2f} | " + " | ".join(cells)
+                     + f" | {measuring:.2f} ({measuring / plain:.1%}) |")
+        logging.info("%s", lines[-1])
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
+    with open(FLAGS.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
