@@ -99,7 +99,7 @@ def slim_architectures(model_name, method, theta0, data, targets):
         yield target, model, callback, plan, macs, initial
 
 
-def run_model(model_name, data):
+def run_model(model_name, data, report):
     keras.utils.set_random_seed(FLAGS.seed)
     model = compiled(BUILDERS[model_name]())
     theta0 = model.get_weights()
@@ -109,6 +109,7 @@ def run_model(model_name, data):
                 "params": tfprune.count_params(model), "seconds": time.perf_counter() - start}
     logging.info("%s baseline: accuracy %.4f", model.name, baseline["accuracy"])
     rows = []
+    report(baseline, rows)
     targets = [float(t) for t in FLAGS.targets]
     for method in FLAGS.methods:
         architectures = slim_architectures(model_name, method, theta0, data, targets)
@@ -129,6 +130,7 @@ def run_model(model_name, data):
             row["scratch_b_epochs"] = budget
             logging.info("%s", row)
             rows.append(row)
+            report(baseline, rows)
     return baseline, rows
 
 
@@ -173,17 +175,21 @@ def plot(baselines, rows, path):
 def main(argv):
     del argv
     data = tfprune.datasets.fashion_mnist(train_size=FLAGS.train_size, test_size=FLAGS.test_size, seed=FLAGS.seed)
+    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
     baselines, rows = [], []
+
+    def report(baseline, model_rows):  # rewrite the results after every run, so a long run can be followed
+        done = [b for b in baselines if b["model"] != baseline["model"]] + [baseline]
+        everything = [r for r in rows if r["model"] != baseline["model"]] + model_rows
+        with open(FLAGS.out + ".md", "w") as f:
+            f.write(table(done, everything))
+        plot(done, everything, FLAGS.out + ".png")
+
     for name in FLAGS.models:
-        baseline, model_rows = run_model(name, data)
+        baseline, model_rows = run_model(name, data, report)
         baselines.append(baseline)
         rows += model_rows
-    text = table(baselines, rows)
-    print(text)
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out + ".md", "w") as f:
-        f.write(text)
-    plot(baselines, rows, FLAGS.out + ".png")
+    print(table(baselines, rows))
     logging.info("wrote %s.md and %s.png", FLAGS.out, FLAGS.out)
 
 
