@@ -5,26 +5,16 @@ import numpy as np
 import pytest
 
 import tfprune
+from tests.training_problems import classes as data
+from tests.training_problems import classifier
 from tfprune.callbacks import DropNet
 from tfprune.masking import weight_masks
 
 
 def cnn(optimizer="adam", jit_compile="auto"):
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((6, 6, 2))
-    x = keras.layers.Conv2D(10, 3, padding="same", name="conv1")(inputs)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(x))
-    x = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2")(x)
-    outputs = keras.layers.Dense(3, activation="softmax", name="out")(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inputs, outputs)
+    model = classifier()
     model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
     return model
-
-
-def data(n=48):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 6, 6, 2)).astype("float32")
-    return x, (x[..., 0].mean(axis=(1, 2)) > 0).astype("int64") + (x[..., 1].mean(axis=(1, 2)) > 0)
 
 
 def assert_masked_exactly(model, plan):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.training_problems import regression as data
 from tfprune.callbacks import GroupLasso
 from tfprune.callbacks.group_lasso import _reduced_axes
 
@@ -17,12 +18,6 @@ def two_convs():
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.SGD(0.05), "mse")
     return model
-
-
-def data(n=64):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 6, 6, 2)).astype("float32")
-    return x, x.mean(axis=(1, 2, 3))[:, None]
 
 
 def scale(model, layer, index, factor):

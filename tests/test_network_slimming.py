@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tfprune
+from tests.training_problems import regression as data
 from tfprune.callbacks import NetworkSlimming
 
 
@@ -25,12 +26,6 @@ def bn_net(gammas, second_gammas=None):
             model.get_layer(name).gamma.assign(np.asarray(values, "float32"))
     model.compile(keras.optimizers.SGD(0.05), "mse")
     return model
-
-
-def data(n=64):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 6, 6, 2)).astype("float32")
-    return x, x.mean(axis=(1, 2, 3))[:, None]
 
 
 SMALL_FIRST = [1e-3] * 4 + [1.0] * 4

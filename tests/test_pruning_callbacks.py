@@ -8,24 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.training_problems import classes as data
+from tests.training_problems import classifier
 from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
 from tfprune.masking import weight_masks
 
 
 def cnn():
-    keras.utils.set_random_seed(2)
-    inputs = keras.Input((6, 6, 2))
-    x = keras.layers.Conv2D(10, 3, padding="same", name="conv1")(inputs)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(x))
-    x = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="conv2")(x)
-    outputs = keras.layers.Dense(3, activation="softmax", name="out")(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, outputs)
-
-
-def data(n=48):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 6, 6, 2)).astype("float32")
-    return x, (x[..., 0].mean(axis=(1, 2)) > 0).astype("int64") + (x[..., 1].mean(axis=(1, 2)) > 0)
+    return classifier(seed=2)
 
 
 def compiled(model, optimizer=None):
