@@ -254,3 +254,19 @@ def test_concatenated_groups_and_sequential_conv1d():
     slim = tfprune.prune(sequential, 0.5, criterion=lasso, data=images(32, (16, 2)))
     assert isinstance(slim, keras.Sequential) and slim.get_layer("c2").kernel.shape == (3, 4, 2)
     assert [f.path for f in lasso.reconstruction.fits] == ["c2", "out"]
+
+
+def test_shared_layers_are_counted_and_not_refitted():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 1, name="c")(inputs)
+    shared = keras.layers.Conv2D(4, 1, name="shared")
+    x = shared(shared(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    taps = LayerInputs(model, ["shared"])
+    list(taps.batches(images(2, (6, 6, 3))))
+    assert taps.calls == {"shared": 2}
+    plan = tfprune.Plan(keep={"c": [0, 1]}, widths={"c": 4})
+    report = reconstruct(model, tfprune.rebuild(model, plan), plan, images(8, (6, 6, 3)), images=8)
+    assert report.skipped == {"shared": "shared: called 2 times"}
+    assert [f.path for f in report.fits] == ["head"]

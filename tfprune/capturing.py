@@ -2,7 +2,8 @@
 
 The model's graph is walked with `keras_nodes.run_nodes` (nested sub-models included) inside a `tf.function`;
 each batch is one graph call that returns the first input tensor of every requested layer, in inference mode
-(`training=False`). Layers are named by their path ("submodel/layer"), as in `ChannelGraph.layers`.
+(`training=False`); layers after the last one needed are not computed. Layers are named by their path
+("submodel/layer"), as in `ChannelGraph.layers`.
 """
 
 import keras
@@ -50,11 +51,14 @@ class LayerInputs:
     def _walk(self, model, inputs, prefix, found):
         def call(node, values):
             op, path = node.operation, prefix + node.operation.name
+            tensors = [values[id(t)] for t in node.arguments.keras_tensors]
             if path in self.calls:
                 self.calls[path] += 1
-                found.setdefault(path, values[id(node.arguments.keras_tensors[0])])
+                found.setdefault(path, tensors[0])
             if is_graph_model(op):
-                return self._walk(op, [values[id(t)] for t in node.arguments.keras_tensors], path + "/", found)
+                return self._walk(op, tensors, path + "/", found)
+            if len(found) == len(self.paths) or any(t is None for t in tensors):
+                return [None] * len(node.outputs)  # every tap is read: the rest is only walked to count calls
             args, kwargs = node.arguments.fill_in(values)
             if "training" in getattr(op, "_call_context_args", ()):
                 kwargs["training"] = False
