@@ -257,8 +257,12 @@ def main(argv):
             records.append(measure(name, workdir))
         keras.backend.clear_session()
         logging.info("%s done after %.0f s in all", name, time.perf_counter() - started)
+        write(records, time.perf_counter() - started)  # after every model, so a late failure loses nothing
+
+
+def write(records, seconds):
     ratios, absolute = markdown(ratio_rows(records)), markdown(absolute_rows(records))
-    print(ratios)
+    print(ratios, flush=True)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     threads = records[0]["threads"]
     with open(os.path.join(FLAGS.out_dir, "speedup.md"), "w") as f:
@@ -268,12 +272,12 @@ def main(argv):
                 f"all variants of a model timed in turn in the same run; {threads[-1]} CPU threads available "
                 f"(shared machine, `nice -n 10`). Ratios are pruned / original; tfmot ratios are pruned / its own "
                 f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
-                f"MACs removed), stripped, float32 TFLite. Total run {time.perf_counter() - started:.0f} s.\n\n")
+                f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s.\n\n")
         f.write(ratios + "\n\nAbsolute figures:\n\n" + absolute + "\n")
     with open(os.path.join(FLAGS.out_dir, "speedup.json"), "w") as f:
         json.dump(records, f, indent=1)
     plot(records, os.path.join(FLAGS.out_dir, "speedup.png"))
-    print(f"written speedup.md, speedup.json and speedup.png in {FLAGS.out_dir}")
+    print(f"written speedup.md, speedup.json and speedup.png in {FLAGS.out_dir}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ keras.applications model (same constructor, same arguments), loads the Keras 3 m
 speedup.py as weights.npz, in `model.get_weights()` order), and writes to `out_dir`:
 
 - dense.tflite: the twin itself, converted to TFLite;
-- sparse_<s>.tflite for each sparsity s: `tfmot.sparsity.keras.prune_low_magnitude` with `ConstantSparsity(s)`,
+- sparse_<s>.tflite for each sparsity s: `tfmot.sparsity.keras.prune_low_magnitude` with `ConstantSparsity(s)` on
+  every Conv2D and Dense layer (not depthwise, as tfmot's default; layers tfmot cannot wrap, e.g. Rescaling, stay),
   one optimizer step at learning rate 0 with `UpdatePruningStep` (which applies the magnitude masks; the weights do
   not otherwise move), `strip_pruning`, converted to TFLite;
 - twin.json: the files and, for each sparsity, the fraction of zeros in the pruned kernels.
@@ -57,16 +58,22 @@ def main(argv):
     logging.info("%s: tf-keras twin written", FLAGS.model)
     x = np.zeros((1, size, size, 3), np.float32)
     y = np.zeros((1,), np.int64)
+    prunable = (tf_keras.layers.Conv2D, tf_keras.layers.Dense)  # tfmot's default leaves depthwise kernels dense
     for sparsity in map(float, FLAGS.sparsities):
         schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0, frequency=1)
-        pruned = tfmot.sparsity.keras.prune_low_magnitude(twin, pruning_schedule=schedule)
+
+        def wrap(layer, schedule=schedule):  # tfmot refuses layers it has no pruning rule for (Rescaling, ...)
+            if isinstance(layer, prunable) and not isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+                return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+            return layer
+
+        pruned = tf_keras.models.clone_model(twin, clone_function=wrap)
         pruned.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.0),
                        loss="sparse_categorical_crossentropy")
         pruned.fit(x, y, epochs=1, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
         stripped = tfmot.sparsity.keras.strip_pruning(pruned)
         kernels = [layer.kernel.numpy() for layer in stripped.layers
-                   if isinstance(layer, tf_keras.layers.Conv2D | tf_keras.layers.Dense)
-                   and not isinstance(layer, tf_keras.layers.DepthwiseConv2D)]  # tfmot leaves depthwise dense
+                   if isinstance(layer, prunable) and not isinstance(layer, tf_keras.layers.DepthwiseConv2D)]
         zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
         result["sparse"][str(sparsity)] = {"path": write_tflite(stripped, f"sparse_{sparsity}.tflite"),
                                            "zero_fraction": zeros}
