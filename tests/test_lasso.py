@@ -87,6 +87,13 @@ def test_alpha_search_hits_every_requested_count(seed):
         assert np.array_equal(kept, np.flatnonzero(beta)) or n_keep == 12
 
 
+def test_counts_lasso_cannot_give_are_reported_and_still_met():
+    z = np.random.default_rng(0).normal(size=(100, 1))
+    gram = np.tile(z, (1, 3)).T @ np.tile(z, (1, 3))  # three identical channels: one coefficient carries them all
+    kept, _, _, exact, _ = lasso_keep(gram, 2)
+    assert not exact and len(kept) == 2
+
+
 def test_plan_keeps_exactly_the_requested_count_in_every_group():
     model = vgg_like()
     lasso = LassoSelection(images=24, seed=0)
