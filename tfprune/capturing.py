@@ -46,7 +46,7 @@ class LayerInputs:
         if not self.paths:
             raise ValueError("LayerInputs needs at least one layer path.")
         self.calls = {}  # path -> how many times the walk called the layer (filled when traced)
-        self._function = tf.function(self._read, reduce_retracing=True)
+        self._function = tf.function(self._read, reduce_retracing=True, autograph=False)  # plain Python control flow
 
     def _walk(self, model, inputs, prefix, found):
         def call(node, values):
