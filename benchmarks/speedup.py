@@ -39,6 +39,8 @@ flags.DEFINE_integer("bisection_steps", 12, "At most this many plan+rebuild step
 flags.DEFINE_integer("runs", 10, "Timed calls per model and setting.")
 flags.DEFINE_integer("warmup", 2, "Untimed calls before them.")
 flags.DEFINE_bool("tfmot", True, "Also measure tfmot's prune_low_magnitude (needs the tfmot extra).")
+flags.DEFINE_list("merge", [], "Measure nothing: write the tables and plot from these speedup.json files (runs of "
+                  "this script on different models), in order.")
 flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                     "Where speedup.md and speedup.png go.")
 
@@ -251,13 +253,31 @@ def main(argv):
         if not hasattr(keras.applications, name):
             raise app.UsageError(f"--models: {name} is not a keras.applications constructor.")
     started = time.perf_counter()
+    if FLAGS.merge:
+        records = []
+        for path in FLAGS.merge:
+            with open(path) as f:
+                records += [_int_keys(r) for r in json.load(f)]
+        write(records, sum(r.get("seconds", 0) for r in records))
+        return
     records = []
     for name in FLAGS.models:
         with tempfile.TemporaryDirectory() as workdir:
+            start = time.perf_counter()
             records.append(measure(name, workdir))
+            records[-1]["seconds"] = time.perf_counter() - start
         keras.backend.clear_session()
         logging.info("%s done after %.0f s in all", name, time.perf_counter() - started)
         write(records, time.perf_counter() - started)  # after every model, so a late failure loses nothing
+
+
+def _int_keys(value):
+    """JSON turns the thread-count keys into strings; turn them back."""
+    if isinstance(value, dict):
+        return {int(k) if k.isdigit() else k: _int_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_int_keys(v) for v in value]
+    return value
 
 
 def write(records, seconds):
