@@ -170,7 +170,10 @@ def ratio_rows(records):
                    f"{lite1:.3f}", f"{t['tflite_ms'][every] / d['tflite_ms'][every]:.3f}",
                    f"{t['tf_ms'][1] / d['tf_ms'][1]:.3f}", f"{t['tf_ms'][every] / d['tf_ms'][every]:.3f}",
                    "yes" if abs(lite1 - macs) <= 0.1 * macs else "no"]
-            if "tfmot" in t:
+            if "tfmot" in t and abs(t["tfmot"]["zero_fraction"] - t["tfmot"]["sparsity"]) > 0.01:
+                row += [f"{t['tfmot']['zero_fraction']:.3f} (asked {t['tfmot']['sparsity']:.3f}): invalid run"] + \
+                    ["—"] * 4
+            elif "tfmot" in t:
                 m, md = t["tfmot"], r["tfmot_dense"]
                 row += [f"{m['zero_fraction']:.3f}", f"{m['bytes'] / md['bytes']:.3f}", f"{m['gzip'] / md['gzip']:.3f}",
                         f"{m['tflite_ms'][1] / md['tflite_ms'][1]:.3f}",

@@ -39,14 +39,17 @@ def main(argv):
     import tf_keras
 
     size = FLAGS.input_size
-    twin = getattr(tf_keras.applications, FLAGS.model)(weights=None, input_shape=(size, size, 3))
     with np.load(FLAGS.weights) as stored:
         weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    expected = [tuple(w.shape) for w in twin.get_weights()]
-    if [tuple(w.shape) for w in weights] != expected:
-        raise ValueError(f"The tf-keras twin of {FLAGS.model} has {len(expected)} weights whose shapes differ from "
-                         f"the Keras 3 model's {len(weights)}; the twin is not the same architecture.")
-    twin.set_weights(weights)
+
+    def make_twin():  # a fresh twin for every use: tfmot's wrappers take over (and mask) the layers they wrap
+        twin = getattr(tf_keras.applications, FLAGS.model)(weights=None, input_shape=(size, size, 3))
+        expected = [tuple(w.shape) for w in twin.get_weights()]
+        if [tuple(w.shape) for w in weights] != expected:
+            raise ValueError(f"The tf-keras twin of {FLAGS.model} has {len(expected)} weights whose shapes differ "
+                             f"from the Keras 3 model's {len(weights)}; the twin is not the same architecture.")
+        twin.set_weights(weights)
+        return twin
 
     def write_tflite(model, name):
         path = os.path.join(FLAGS.out_dir, name)
@@ -54,7 +57,7 @@ def main(argv):
             f.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
         return path
 
-    result = {"dense": write_tflite(twin, "dense.tflite"), "sparse": {}}
+    result = {"dense": write_tflite(make_twin(), "dense.tflite"), "sparse": {}}
     logging.info("%s: tf-keras twin written", FLAGS.model)
     x = np.zeros((1, size, size, 3), np.float32)
     y = np.zeros((1,), np.int64)
@@ -67,7 +70,7 @@ def main(argv):
                 return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
             return layer
 
-        pruned = tf_keras.models.clone_model(twin, clone_function=wrap)
+        pruned = tf_keras.models.clone_model(make_twin(), clone_function=wrap)
         pruned.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.0),
                        loss="sparse_categorical_crossentropy")
         pruned.fit(x, y, epochs=1, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
@@ -75,6 +78,8 @@ def main(argv):
         kernels = [layer.kernel.numpy() for layer in stripped.layers
                    if isinstance(layer, prunable) and not isinstance(layer, tf_keras.layers.DepthwiseConv2D)]
         zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+        if abs(zeros - sparsity) > 0.01:
+            raise RuntimeError(f"tfmot left {zeros:.3f} of the pruned kernels' weights zero, not {sparsity}.")
         result["sparse"][str(sparsity)] = {"path": write_tflite(stripped, f"sparse_{sparsity}.tflite"),
                                            "zero_fraction": zeros}
         logging.info("%s: tfmot sparsity %.2f written (%.3f of conv/dense kernel weights are zero)",
