@@ -150,6 +150,11 @@ def measure(name, workdir):
     return record
 
 
+def _valid_tfmot(target):
+    """Whether tfmot zeroed the fraction of weights it was asked to (a broken run did not)."""
+    return abs(target["tfmot"]["zero_fraction"] - target["tfmot"]["sparsity"]) <= 0.01
+
+
 def ratio_rows(records):
     """The main table: ratios slim/dense (tfprune) and sparse/dense-twin (tfmot), one row per model and target."""
     threads = records[0]["threads"]
@@ -170,7 +175,7 @@ def ratio_rows(records):
                    f"{lite1:.3f}", f"{t['tflite_ms'][every] / d['tflite_ms'][every]:.3f}",
                    f"{t['tf_ms'][1] / d['tf_ms'][1]:.3f}", f"{t['tf_ms'][every] / d['tf_ms'][every]:.3f}",
                    "yes" if abs(lite1 - macs) <= 0.1 * macs else "no"]
-            if "tfmot" in t and abs(t["tfmot"]["zero_fraction"] - t["tfmot"]["sparsity"]) > 0.01:
+            if "tfmot" in t and not _valid_tfmot(t):
                 row += [f"{t['tfmot']['zero_fraction']:.3f} (asked {t['tfmot']['sparsity']:.3f}): invalid run"] + \
                     ["—"] * 4
             elif "tfmot" in t:
@@ -234,8 +239,9 @@ def plot(records, path):
                 label=f"{r['model']} tfprune (TF)")
         if "tfmot_dense" in r:
             md = r["tfmot_dense"]
-            ax.plot([1.0] + [1 - t["tfmot"]["zero_fraction"] for t in r["targets"]],
-                    [1.0] + [t["tfmot"]["tflite_ms"][1] / md["tflite_ms"][1] for t in r["targets"]], "x--",
+            valid = [t for t in r["targets"] if _valid_tfmot(t)]
+            ax.plot([1.0] + [1 - t["tfmot"]["zero_fraction"] for t in valid],
+                    [1.0] + [t["tfmot"]["tflite_ms"][1] / md["tflite_ms"][1] for t in valid], "x--",
                     color=colour,
                     label=f"{r['model']} tfmot (TFLite)")
     ax.plot([0, 1.2], [0, 1.2], color="black", linewidth=0.8, label="latency ratio = MACs ratio")
