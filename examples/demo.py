@@ -1,11 +1,12 @@
 """The main job: train a small CNN on Fashion-MNIST, prune it, fine-tune, export and compare before/after.
 
-    python examples/demo.py [--output_dir=demo_output] [--ratio=0.5] [--epochs=3] [--finetune_epochs=2]
+    python examples/demo.py [--output_dir=demo_output] [--target_macs=0.25] [--epochs=3] [--finetune_epochs=2]
 
 1. Trains `tfprune.models.small_vgg()` on a subset of the real Fashion-MNIST (`tfprune.datasets.fashion_mnist()`,
    read offline from the Debian package's copy).
-2. Prunes it: `prune_step` below (one-shot L1 filter norm, `--ratio` of every prunable group) returns a physically
-   smaller keras.Model.
+   While it trains, the `tfprune.callbacks.DropNet` callback masks, at the end of every epoch, the channels with the
+   lowest mean activation (a share of the remaining ones), until the masked model has `--target_macs` of the MACs.
+2. Rebuilds: `dropnet.slim_model()` returns a physically smaller keras.Model without the masked channels.
 3. Fine-tunes the slim model.
 4. Exports both models as SavedModel and TFLite with `tfprune.export`, which reloads each artefact and checks it
    (the TFLite accuracy on test images is reported).
@@ -26,7 +27,8 @@ from tfprune.models import small_vgg
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Where the models, exports and demo.png go.")
-flags.DEFINE_float("ratio", 0.5, "Fraction of the channels of every prunable group to remove, in [0, 1).")
+flags.DEFINE_float("target_macs", 0.25, "MACs of the pruned model over the original's, in (0, 1].")
+flags.DEFINE_float("fraction", 0.4, "DropNet: share of the remaining channels masked at the end of each epoch.")
 flags.DEFINE_integer("train_size", 12000, "Training images (a random subset of the 60,000).")
 flags.DEFINE_integer("test_size", 10000, "Test images (a random subset of the 10,000).")
 flags.DEFINE_integer("export_check_size", 2000, "Test images the TFLite files are checked and scored on.")
@@ -37,22 +39,12 @@ flags.DEFINE_integer("runs", 200, "Timed TFLite calls per model (batch 1, one th
 flags.DEFINE_integer("seed", 0, "Random seed (data subset, initial weights).")
 
 
-def prune_step(model, ratio):
-    """The pruning step of the demo: one-shot L1 filter-norm pruning of a trained model.
-
-    Keeps the (1 - ratio) filters of largest L1 norm in every prunable channel group and returns a new, smaller
-    keras.Model with the surviving weights; `model` is left as it is. A training-time method (a callback from
-    `tfprune.callbacks` handing out a plan after `fit`) can replace this function: it has to return the slim model.
-    """
-    return tfprune.prune(model, ratio, criterion="l1")
-
-
-def train(model, data, epochs, learning_rate):
+def train(model, data, epochs, learning_rate, callbacks=()):
     (x_train, y_train), (x_test, y_test) = data
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     history = model.fit(x_train, y_train, batch_size=FLAGS.batch_size, epochs=epochs,
-                        validation_data=(x_test, y_test), verbose=2)
+                        validation_data=(x_test, y_test), verbose=2, callbacks=list(callbacks))
     return history.history["val_accuracy"]
 
 
@@ -101,7 +93,7 @@ def plot(curves, ratios, path):
     right.bar_label(bars, fmt="%.2f")
     right.axhline(1.0, color="black", linewidth=0.8)
     right.set_ylabel("pruned / original")
-    right.set_title(f"After pruning {FLAGS.ratio:.0%} of the channels per layer")
+    right.set_title(f"DropNet to {FLAGS.target_macs:.0%} of the MACs, then fine-tuning")
     right.tick_params(axis="x", labelrotation=15)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -117,8 +109,10 @@ def main(argv):
     logging.info("Fashion-MNIST: %d training and %d test images", len(x_train), len(x_test))
 
     model = small_vgg()
-    trained_curve = train(model, data, FLAGS.epochs, 1e-3)
-    slim = prune_step(model, FLAGS.ratio)
+    dropnet = tfprune.callbacks.DropNet(x_train[:1024], fraction=FLAGS.fraction, target={"macs": FLAGS.target_macs},
+                                        rewind=None, seed=FLAGS.seed, verbose=1)
+    trained_curve = train(model, data, FLAGS.epochs, 1e-3, callbacks=[dropnet])
+    slim = dropnet.slim_model()
     pruned_accuracy = accuracy(slim, x_test, y_test)
     logging.info("pruned: test accuracy %.4f before fine-tuning", pruned_accuracy)
     tuned_curve = train(slim, data, FLAGS.finetune_epochs, 5e-4)
@@ -142,7 +136,7 @@ def main(argv):
     def row(label, key, show, ratio=True):
         return [label, show(before[key]), show(after[key]), f"{after[key] / before[key]:.2f}" if ratio else ""]
 
-    rows = [["", "original", f"pruned {FLAGS.ratio:.0%} + fine-tuned", "after/before"],
+    rows = [["", "trained (full size, masked)", "rebuilt + fine-tuned", "after/before"],
             row(f"test accuracy (Keras, {len(x_test):,} images)", "accuracy", "{:.4f}".format, ratio=False),
             row(f"test accuracy (TFLite, {len(check_x):,} images)", "tflite_accuracy", "{:.4f}".format, ratio=False),
             row("parameters", "params", "{:,}".format),
@@ -151,7 +145,7 @@ def main(argv):
             row(".tflite file (bytes)", "tflite_bytes", "{:,}".format),
             row("SavedModel (bytes)", "saved_model_bytes", "{:,}".format)]
     print(f"\nsmall_vgg on Fashion-MNIST ({len(x_train):,} training images, {FLAGS.epochs} epochs; "
-          f"one-shot L1 pruning, {FLAGS.finetune_epochs} fine-tuning epochs; "
+          f"DropNet during training, {FLAGS.finetune_epochs} fine-tuning epochs; "
           f"accuracy right after pruning, before fine-tuning: {pruned_accuracy:.4f})\n")
     print(table(rows))
     ratios = {key: after[key] / before[key] for key in ("params", "macs", "latency", "tflite_bytes")}
