@@ -21,6 +21,7 @@ import time
 
 import keras
 import matplotlib
+import matplotlib.patches
 from absl import app, flags, logging
 
 import tfprune
@@ -162,7 +163,7 @@ def plot(baselines, rows, path):
             for regime in REGIMES:
                 ax.scatter(r["macs_ratio"], r[regime], marker=markers[r["method"]], color=colors[regime])
         for regime in REGIMES:
-            ax.scatter([], [], color=colors[regime], marker="s", label=regime)
+            ax.add_patch(matplotlib.patches.Rectangle((0, 0), 0, 0, color=colors[regime], label=regime))
         for method in FLAGS.methods:
             ax.scatter([], [], color="gray", marker=markers[method], label=LABELS[method])
         ax.set(title=baseline["model"], xlabel="MACs remaining (slim / original)", ylabel="test accuracy")
