@@ -1,7 +1,8 @@
 """Training-time pruning on Fashion-MNIST: DropNet (layer, global), Network Slimming and group lasso at about 50% and
 75% fewer MACs, and the comparison of "Rethinking the Value of Network Pruning" on each slim architecture.
 
-    python benchmarks/callbacks.py                       # writes benchmarks/results/callbacks.{md,png}
+    python benchmarks/callbacks.py                       # writes benchmarks/results/callbacks.{md,json,png}
+    python benchmarks/callbacks.py --replot              # redraws .md and .png from callbacks.json, no training
     python benchmarks/callbacks.py --train_size=60000 --epochs=20 --finetune_epochs=5   # the full-size run
 
 For each reference CNN (tfprune.models.small_vgg, small_resnet), from one random initialisation θ0:
@@ -16,6 +17,7 @@ For each reference CNN (tfprune.models.small_vgg, small_resnet), from one random
 Every accuracy is top-1 on the held-out test images. SGD with momentum 0.9 throughout.
 """
 
+import json
 import os
 import time
 
@@ -43,6 +45,10 @@ flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate (momentum 0.9).")
 flags.DEFINE_float("dropnet_fraction", 0.3, "DropNet's fraction of the remaining channels masked per epoch.")
 flags.DEFINE_integer("seed", 0, "Seed of the data subset, θ0 and every run.")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "callbacks"), "Output path prefix.")
+flags.DEFINE_bool("replot", False, "Train nothing: rewrite the table and plot from the .json of an earlier run.")
+
+SETTINGS = ("train_size", "test_size", "epochs", "finetune_epochs", "learning_rate", "batch_size", "seed",
+            "dropnet_fraction", "methods")
 
 BUILDERS = {"vgg": tfprune.models.small_vgg, "resnet": tfprune.models.small_resnet}
 LABELS = {"dropnet": "DropNet (layer)", "dropnet_global": "DropNet (global)", "slimming": "Network Slimming",
@@ -135,10 +141,11 @@ def run_model(model_name, data, report):
     return baseline, rows
 
 
-def table(baselines, rows):
-    lines = [f"Fashion-MNIST, {FLAGS.train_size} training / {FLAGS.test_size} test images, E = {FLAGS.epochs} "
-             f"epochs, fine-tuning F = {FLAGS.finetune_epochs} epochs, SGD {FLAGS.learning_rate} momentum 0.9, "
-             f"batch {FLAGS.batch_size}, seed {FLAGS.seed}; DropNet masks {FLAGS.dropnet_fraction:.0%} of the "
+def table(settings, baselines, rows):
+    s = settings
+    lines = [f"Fashion-MNIST, {s['train_size']} training / {s['test_size']} test images, E = {s['epochs']} "
+             f"epochs, fine-tuning F = {s['finetune_epochs']} epochs, SGD {s['learning_rate']} momentum 0.9, "
+             f"batch {s['batch_size']}, seed {s['seed']}; DropNet masks {s['dropnet_fraction']:.0%} of the "
              "remaining channels per epoch; Network Slimming l1 1e-4 (VGG) / 1e-5 (ResNet), proximal; group lasso "
              "1e-3 on filters, proximal. 2 CPU cores (`python benchmarks/callbacks.py`).", ""]
     for baseline in baselines:
@@ -153,9 +160,10 @@ def table(baselines, rows):
     return "\n".join(lines) + "\n"
 
 
-def plot(baselines, rows, path):
-    fig, axes = plt.subplots(1, len(baselines), figsize=(6.5 * len(baselines), 4.5), squeeze=False)
-    markers = dict(zip(FLAGS.methods, "osD^v", strict=False))
+def plot(settings, baselines, rows, path):
+    fig, axes = plt.subplots(1, len(baselines), figsize=(6.5 * len(baselines), 5), squeeze=False,
+                             layout="constrained")
+    markers = dict(zip(settings["methods"], "osD^v", strict=False))
     colors = dict(zip(REGIMES, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
     for ax, baseline in zip(axes[0], baselines, strict=True):
         ax.axhline(baseline["accuracy"], color="black", linestyle="--", label="unpruned")
@@ -164,34 +172,46 @@ def plot(baselines, rows, path):
                 ax.scatter(r["macs_ratio"], r[regime], marker=markers[r["method"]], color=colors[regime])
         for regime in REGIMES:
             ax.add_patch(matplotlib.patches.Rectangle((0, 0), 0, 0, color=colors[regime], label=regime))
-        for method in FLAGS.methods:
+        for method in settings["methods"]:
             ax.scatter([], [], color="gray", marker=markers[method], label=LABELS[method])
         ax.set(title=baseline["model"], xlabel="MACs remaining (slim / original)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=8)
     fig.savefig(path, dpi=120)
+
+
+def write(results):
+    """Write the .json (every figure), the .md table and the .png plot of `results`."""
+    with open(FLAGS.out + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(FLAGS.out + ".md", "w") as f:
+        f.write(table(**results))
+    plot(**results, path=FLAGS.out + ".png")
 
 
 def main(argv):
     del argv
-    data = tfprune.datasets.fashion_mnist(train_size=FLAGS.train_size, test_size=FLAGS.test_size, seed=FLAGS.seed)
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
+    if FLAGS.replot:
+        with open(FLAGS.out + ".json") as f:
+            write(json.load(f))
+        logging.info("rewrote %s.md and %s.png from %s.json", FLAGS.out, FLAGS.out, FLAGS.out)
+        return
+    data = tfprune.datasets.fashion_mnist(train_size=FLAGS.train_size, test_size=FLAGS.test_size, seed=FLAGS.seed)
+    settings = {name: FLAGS[name].value for name in SETTINGS}
     baselines, rows = [], []
 
     def report(baseline, model_rows):  # rewrite the results after every run, so a long run can be followed
         done = [b for b in baselines if b["model"] != baseline["model"]] + [baseline]
         everything = [r for r in rows if r["model"] != baseline["model"]] + model_rows
-        with open(FLAGS.out + ".md", "w") as f:
-            f.write(table(done, everything))
-        plot(done, everything, FLAGS.out + ".png")
+        write({"settings": settings, "baselines": done, "rows": everything})
 
     for name in FLAGS.models:
         baseline, model_rows = run_model(name, data, report)
         baselines.append(baseline)
         rows += model_rows
-    print(table(baselines, rows))
-    logging.info("wrote %s.md and %s.png", FLAGS.out, FLAGS.out)
+    print(table(settings, baselines, rows))
+    logging.info("wrote %s.{json,md,png}", FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -47,20 +47,27 @@ NOTES = """Reading the tables:
   (the sensitivity curves, which prune one group at a time, stay much higher at the same ratio).
 * After fine-tuning, rows can beat the unpruned model: the reference models are trained only briefly, and the
   fine-tuning epoch continues their training. Compare the rows with each other, and mind the noise of a single run.
-* The He et al. LASSO row is left for `benchmarks/results/lasso.md` (selection with least-squares reconstruction)."""
+* He et al.'s rows select by LASSO on 512 training images × 10 positions per layer; "+ reconstruction" then refits
+  each pruned layer by least squares against the original network's outputs (`tfprune.prune(..., criterion=
+  "lasso")`). Reconstruction is what rescues the accuracy before fine-tuning; `benchmarks/results/lasso.md` has the
+  per-layer errors, and `lasso_cost.md` the cost of the refit on ResNet50."""
 
 
 def criteria_to_compare():
-    """`{row label: (criterion factory, needs labels)}`; ratios come from the uniform search unless noted."""
+    """`{row label: (criterion factory, needs labels, reconstruct)}`; ratios come from the uniform search unless
+    noted. The two He et al. rows share one LassoSelection, so its measurement pass runs once."""
+    lasso = criteria.LassoSelection(images=SAMPLE, seed=0)
     return {
-        "L1 (Li et al.)": (lambda: "l1", False),
-        "L1 greedy (Li et al.)": (lambda: criteria.FilterNorm(variant="greedy"), False),
-        "L1 + sensitivity ratios": (lambda: "l1", False),
-        "HRank (4×128 images)": (lambda: criteria.HRank(batch_size=128, steps=4, verbose=0), False),
-        "mean activation": (lambda: criteria.MeanActivation(batch_size=128, verbose=0), False),
-        "APoZ": (lambda: criteria.APoZ(batch_size=128, verbose=0), False),
-        "Taylor": (lambda: criteria.Taylor(batch_size=128, verbose=0), True),
-        "random": (lambda: "random", False),
+        "L1 (Li et al.)": (lambda: "l1", False, False),
+        "L1 greedy (Li et al.)": (lambda: criteria.FilterNorm(variant="greedy"), False, False),
+        "L1 + sensitivity ratios": (lambda: "l1", False, False),
+        "HRank (4×128 images)": (lambda: criteria.HRank(batch_size=128, steps=4, verbose=0), False, False),
+        "mean activation": (lambda: criteria.MeanActivation(batch_size=128, verbose=0), False, False),
+        "APoZ": (lambda: criteria.APoZ(batch_size=128, verbose=0), False, False),
+        "Taylor": (lambda: criteria.Taylor(batch_size=128, verbose=0), True, False),
+        "He et al. LASSO, no reconstruction": (lambda: lasso, False, False),
+        "He et al. LASSO + reconstruction": (lambda: lasso, False, True),
+        "random": (lambda: "random", False, False),
     }
 
 
@@ -110,15 +117,18 @@ def run_model(name, data):
 
     rows = []
     sample = (x_train[:SAMPLE], y_train[:SAMPLE])
-    for label, (factory, needs_labels) in criteria_to_compare().items():
+    for label, (factory, needs_labels, refit) in criteria_to_compare().items():
         crit = factory()
         ratios = {k: v for k, v in sens_ratios.items() if v > 0} if "sensitivity" in label else ratio
         t0 = time.perf_counter()
         plan = tfprune.plan(model, ratios, criterion=crit, data=sample if needs_labels else sample[0], graph=graph,
                             seed=0)
-        plan_s = time.perf_counter() - t0 + (sens_s if "sensitivity" in label else 0)
         keras.utils.set_random_seed(0)
-        slim = compiled(tfprune.rebuild(model, plan, graph=graph), lr=5e-4)
+        slim = tfprune.rebuild(model, plan, graph=graph)
+        if refit:
+            crit.reconstruct(model, slim, plan, sample[0])
+        plan_s = time.perf_counter() - t0 + (sens_s if "sensitivity" in label else 0)
+        slim = compiled(slim, lr=5e-4)
         before = accuracy(slim, x_test, y_test)
         slim.fit(x_train, y_train, batch_size=64, epochs=FLAGS.finetune_epochs, verbose=0)
         after = accuracy(slim, x_test, y_test)
@@ -142,7 +152,9 @@ def cost_on_resnet50():
              ("APoZ", lambda: criteria.APoZ(batch_size=32, verbose=0), x),
              ("HRank", lambda: criteria.HRank(batch_size=32, steps=None, verbose=0), x),
              ("Taylor", lambda: criteria.Taylor(loss="sparse_categorical_crossentropy", batch_size=32, verbose=0),
-              (x, y))]
+              (x, y)),
+             ("He et al. LASSO (selection; refit: lasso_cost.md)",
+              lambda: criteria.LassoSelection(images=FLAGS.cost_images, batch_size=32, seed=0), x)]
     for label, factory, data in timed:
         crit = factory()
         t0 = time.perf_counter()
@@ -198,12 +210,11 @@ def main(argv):
         lines += [f"## {name}", "",
                   f"Unpruned: test accuracy {res['baseline']:.4f}, {res['macs'] / 1e6:.2f}M MACs; uniform ratio "
                   f"{res['ratio']} per group; training {res['train_s']:.0f} s.", "",
-                  "| criterion | MACs kept | accuracy before fine-tuning | after fine-tuning | plan s |",
+                  "| criterion | MACs kept | accuracy before fine-tuning | after fine-tuning | plan (+ refit) s |",
                   "|---|---|---|---|---|"]
         lines += [f"| {label} | {macs:.2f} | {before:.4f} | {after:.4f} | {plan_s:.1f} |"
                   for label, macs, before, after, plan_s in res["rows"]]
-        lines += ["| He et al. LASSO (+ reconstruction) | — | — | — | — |", "",
-                  "Sensitivity curves (L1, no retraining):", "", res["sensitivity"].table(), "",
+        lines += ["", "Sensitivity curves (L1, no retraining):", "", res["sensitivity"].table(), "",
                   f"![sensitivity](criteria_sensitivity_{name}.png)", ""]
     lines += ["![accuracy by criterion](criteria.png)", "", NOTES, ""]
     if cost:
