@@ -35,6 +35,8 @@ flags.DEFINE_list("models", ["ResNet50", "MobileNetV2", "VGG16", "EfficientNetB0
 flags.DEFINE_integer("input_size", 224, "Height and width of the input.")
 flags.DEFINE_list("targets", ["0.5", "0.75"], "Fractions of the MACs to remove.")
 flags.DEFINE_float("tolerance", 0.01, "Bisection stops when the MACs ratio is this close to its target.")
+flags.DEFINE_integer("round_to", 8, "Kept channel counts are rounded up to a multiple of this (1: no rounding). "
+                     "XNNPACK runs widths that are multiples of 8 faster: benchmarks/channel_alignment.py.")
 flags.DEFINE_integer("bisection_steps", 12, "At most this many plan+rebuild steps per target.")
 flags.DEFINE_integer("runs", 10, "Timed calls per model and setting.")
 flags.DEFINE_integer("warmup", 2, "Untimed calls before them.")
@@ -44,6 +46,7 @@ flags.DEFINE_list("merge", [], "Measure nothing: write the tables and plot from 
 flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                     "Where speedup.md and speedup.png go.")
 
+LOAD = os.getloadavg()  # of the machine when the run starts: the timings are only as good as the machine is quiet
 CONV_DOMINATED = ("ResNet50", "VGG16", "DenseNet121")  # dense convolutions, no depthwise: the latency goal's models
 
 
@@ -53,7 +56,7 @@ def slim_for_macs(model, graph, target):
     low, high, best = 0.0, 0.99, None
     for _ in range(FLAGS.bisection_steps):
         ratio = (low + high) / 2
-        slim = tfprune.rebuild(model, tfprune.plan(model, ratio, graph=graph), graph=graph)
+        slim = tfprune.rebuild(model, tfprune.plan(model, ratio, graph=graph, round_to=FLAGS.round_to), graph=graph)
         macs_ratio = tfprune.count_macs(slim) / base
         if best is None or abs(macs_ratio - goal) < abs(best[1] - goal):
             best = (ratio, macs_ratio, slim)
@@ -122,7 +125,7 @@ def measure(name, workdir):
     def ms(report, label, engine, n):
         return report.get(label, engine, 1, n).median_ms
 
-    record = {"model": name, "input": size, "threads": threads, "targets": []}
+    record = {"model": name, "input": size, "round_to": FLAGS.round_to, "threads": threads, "targets": []}
     dense = {"macs": tfprune.count_macs(model), "params": tfprune.count_params(model),
              "bytes": os.path.getsize(files["dense"]), "gzip": gzip_size(files["dense"]),
              "tflite_ms": {n: ms(tflite, "dense", "tflite", n) for n in threads},
@@ -296,10 +299,12 @@ def write(records, seconds):
     threads = records[0]["threads"]
     with open(os.path.join(FLAGS.out_dir, "speedup.md"), "w") as f:
         f.write(f"keras.applications models, random weights, {FLAGS.input_size}×{FLAGS.input_size}, batch 1, "
-                f"L1 per-layer ratio found by bisection for each MACs target; float32 TFLite (XNNPACK) and "
+                f"L1 per-layer ratio found by bisection for each MACs target, kept widths rounded up to multiples "
+                f"of {FLAGS.round_to}; float32 TFLite (XNNPACK) and "
                 f"TensorFlow (tf.function); median of {FLAGS.runs} timed calls after {FLAGS.warmup} warm-up calls, "
                 f"all variants of a model timed in turn in the same run; {threads[-1]} CPU threads available "
-                f"(shared machine, `nice -n 10`). Ratios are pruned / original; tfmot ratios are pruned / its own "
+                f"(load average {LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). Ratios are "
+                f"pruned / original; tfmot ratios are pruned / its own "
                 f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
                 f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s.\n\n")
         f.write(ratios + "\n\nAbsolute figures:\n\n" + absolute + "\n")
