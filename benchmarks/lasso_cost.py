@@ -42,7 +42,8 @@ def main(argv):
     refit = time.perf_counter() - t0
     exact = sum(s["exact"] for s in lasso.selections.values())
     lines = [f"ResNet50, 224×224, random weights and inputs, {FLAGS.images} images × {FLAGS.locations} positions, "
-             f"{FLAGS.ratio:.0%} of every prunable group, {os.cpu_count()} CPU cores (shared with other jobs).", "",
+             f"{FLAGS.ratio:.0%} of every prunable group, {os.cpu_count()} CPU cores, load average "
+             f"{os.getloadavg()[0]:.1f} at the end.", "",
              "| step | seconds |", "|---|---|",
              f"| LASSO measurement pass (one inference pass, patch moments of {len(plan.keep)} groups' readers) "
              f"| {measure:.1f} |",
