@@ -3,6 +3,9 @@
 
     python benchmarks/callbacks.py                       # writes benchmarks/results/callbacks.{md,json,png}
     python benchmarks/callbacks.py --replot              # redraws .md and .png from callbacks.json, no training
+    python benchmarks/callbacks.py --seed=1 --out=benchmarks/results/callbacks_seed1      # another seed, then
+    python benchmarks/callbacks.py --merge=benchmarks/results/callbacks.json,benchmarks/results/callbacks_seed1.json
+                                                         # mean ± standard deviation over seeds: callbacks_seeds.md
     python benchmarks/callbacks.py --train_size=60000 --epochs=20 --finetune_epochs=5   # the full-size run
 
 For each reference CNN (tfprune.models.small_vgg, small_resnet), from one random initialisation θ0:
@@ -19,6 +22,7 @@ Every accuracy is top-1 on the held-out test images. SGD with momentum 0.9 throu
 
 import json
 import os
+import statistics
 import time
 
 import keras
@@ -46,6 +50,8 @@ flags.DEFINE_float("dropnet_fraction", 0.3, "DropNet's fraction of the remaining
 flags.DEFINE_integer("seed", 0, "Seed of the data subset, θ0 and every run.")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "callbacks"), "Output path prefix.")
 flags.DEFINE_bool("replot", False, "Train nothing: rewrite the table and plot from the .json of an earlier run.")
+flags.DEFINE_list("merge", [], "Train nothing: summarise these .json files (runs with different seeds) over seeds "
+                  "into <out>_seeds.md.")
 
 SETTINGS = ("train_size", "test_size", "epochs", "finetune_epochs", "learning_rate", "batch_size", "seed",
             "dropnet_fraction", "methods")
@@ -189,9 +195,45 @@ def write(results):
     plot(**results, path=FLAGS.out + ".png")
 
 
+def seeds_table(runs):
+    """Mean ± standard deviation over runs of each (model, method, target) that every run has."""
+    def spread(values):
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else \
+            f"{values[0]:.4f}"
+
+    keyed = [{(r["model"], r["method"], r["target"]): r for r in run["rows"]} for run in runs]
+    seeds = [run["settings"]["seed"] for run in runs]
+    lines = [f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))} (each seed draws its own data "
+             "subset, θ0 and batches; all else as in callbacks.md). `python benchmarks/callbacks.py --merge="
+             + ",".join(os.path.basename(p) for p in FLAGS.merge) + "`", ""]
+    for model in dict.fromkeys(b["model"] for b in runs[0]["baselines"]):
+        accuracies = [b["accuracy"] for run in runs for b in run["baselines"] if b["model"] == model]
+        lines.append(f"**{model}**: unpruned accuracy {spread(accuracies)}.")
+    lines += ["", "| model | method | MACs ratio | fine-tuned | lottery (θ0) | scratch-E | scratch-B | "
+              "scratch-B − fine-tuned |", "|---|---|---|---|---|---|---|---|"]
+    for key in keyed[0]:
+        if not all(key in k for k in keyed):
+            continue
+        rows = [k[key] for k in keyed]
+        cells = [spread([r[regime] for r in rows]) for regime in REGIMES]
+        gain = spread([r["scratch-B"] - r["fine-tune"] for r in rows])
+        lines.append(f"| {key[0]} | {LABELS[key[1]]} | {statistics.mean(r['macs_ratio'] for r in rows):.3f} | "
+                     + " | ".join(cells) + f" | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv):
     del argv
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
+    if FLAGS.merge:
+        runs = []
+        for path in FLAGS.merge:
+            with open(path) as f:
+                runs.append(json.load(f))
+        with open(FLAGS.out + "_seeds.md", "w") as f:
+            f.write(seeds_table(runs))
+        logging.info("wrote %s_seeds.md", FLAGS.out)
+        return
     if FLAGS.replot:
         with open(FLAGS.out + ".json") as f:
             write(json.load(f))
