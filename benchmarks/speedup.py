@@ -1,6 +1,6 @@
 """Removed channels against hidden zeros: measured speed-up of tfprune and of tfmot's unstructured pruning.
 
-    nice -n 10 python benchmarks/speedup.py [--models=ResNet50,VGG16] [--targets=0.5,0.75] [--runs=10]
+    nice -n 10 python benchmarks/speedup.py [--models=ResNet50,VGG16] [--targets=0.5,0.75] [--runs=20] [--round_to=16]
 
 For each keras.applications model (random weights: nothing downloads) and each MACs target (0.5 = half the MACs
 removed), finds by bisection the per-layer L1 ratio whose rebuilt model has that MACs ratio, exports the original and
@@ -38,8 +38,8 @@ flags.DEFINE_float("tolerance", 0.01, "Bisection stops when the MACs ratio is th
 flags.DEFINE_integer("round_to", 16, "Kept channel counts are rounded up to a multiple of this (1: no rounding). "
                      "XNNPACK computes channels in blocks of 16 with AVX-512: benchmarks/channel_alignment.py.")
 flags.DEFINE_integer("bisection_steps", 12, "At most this many plan+rebuild steps per target.")
-flags.DEFINE_integer("runs", 10, "Timed calls per model and setting.")
-flags.DEFINE_integer("warmup", 2, "Untimed calls before them.")
+flags.DEFINE_integer("runs", 20, "Timed calls per model and setting.")
+flags.DEFINE_integer("warmup", 3, "Untimed calls before them.")
 flags.DEFINE_bool("tfmot", True, "Also measure tfmot's prune_low_magnitude (needs the tfmot extra).")
 flags.DEFINE_list("merge", [], "Measure nothing: write the tables and plot from these speedup.json files (runs of "
                   "this script on different models), in order.")
