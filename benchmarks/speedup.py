@@ -3,12 +3,13 @@
     nice -n 10 python benchmarks/speedup.py [--models=ResNet50,VGG16] [--targets=0.5,0.75] [--runs=20] [--round_to=16]
 
 For each keras.applications model (random weights: nothing downloads) and each MACs target (0.5 = half the MACs
-removed), finds by bisection the per-layer L1 ratio whose rebuilt model has that MACs ratio, exports the original and
-the slim models to float32 TFLite with `tfprune.export`, and times them with `tfprune.benchmark` (batch 1, one
-thread and all threads, TFLite and TensorFlow). Side by side, in the same timing run, TF Model Optimization's
-`prune_low_magnitude` at the same sparsity (the fraction of MACs tfprune removed) on a tf-keras twin of the model
-with the same weights (benchmarks/tfmot_twin.py, in a subprocess with TF_USE_LEGACY_KERAS=1). Sizes are of the
-.tflite files, raw and gzip-compressed (where unstructured zeros pay off).
+removed), finds by bisection the per-layer L1 ratio (kept widths rounded up to multiples of --round_to) whose
+rebuilt model has that MACs ratio, exports the original and the slim models to float32 TFLite with `tfprune.export`,
+and times them with `tfprune.benchmark` (batch 1, one thread and all threads, TFLite and TensorFlow). Side by side,
+in the same timing run, TF Model Optimization's `prune_low_magnitude` at the same sparsity (the fraction of MACs
+tfprune removed) on a tf-keras twin of the model with the same weights (benchmarks/tfmot_twin.py, in a subprocess
+with TF_USE_LEGACY_KERAS=1). Sizes are of the .tflite files, raw and gzip-compressed (where unstructured zeros pay
+off).
 
 Writes benchmarks/results/speedup.md (tables), speedup.json (all figures) and speedup.png (latency ratio against
 MACs ratio).
