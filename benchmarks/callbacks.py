@@ -196,29 +196,32 @@ def write(results):
 
 
 def seeds_table(runs):
-    """Mean ± standard deviation over runs of each (model, method, target) that every run has."""
+    """Mean ± standard deviation of each (model, method, target) over the runs that have it (at least two)."""
     def spread(values):
-        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else \
-            f"{values[0]:.4f}"
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
-    keyed = [{(r["model"], r["method"], r["target"]): r for r in run["rows"]} for run in runs]
     seeds = [run["settings"]["seed"] for run in runs]
     lines = [f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))} (each seed draws its own data "
-             "subset, θ0 and batches; all else as in callbacks.md). `python benchmarks/callbacks.py --merge="
-             + ",".join(os.path.basename(p) for p in FLAGS.merge) + "`", ""]
-    for model in dict.fromkeys(b["model"] for b in runs[0]["baselines"]):
+             "subset, θ0 and batches; all else as in callbacks.md); n: how many of the runs have the row. "
+             "`python benchmarks/callbacks.py --merge=" + ",".join(os.path.basename(p) for p in FLAGS.merge) + "`",
+             ""]
+    for model in dict.fromkeys(b["model"] for run in runs for b in run["baselines"]):
         accuracies = [b["accuracy"] for run in runs for b in run["baselines"] if b["model"] == model]
-        lines.append(f"**{model}**: unpruned accuracy {spread(accuracies)}.")
-    lines += ["", "| model | method | MACs ratio | fine-tuned | lottery (θ0) | scratch-E | scratch-B | "
-              "scratch-B − fine-tuned |", "|---|---|---|---|---|---|---|---|"]
-    for key in keyed[0]:
-        if not all(key in k for k in keyed):
+        if len(accuracies) > 1:
+            lines.append(f"**{model}**: unpruned accuracy {spread(accuracies)} (n = {len(accuracies)}).")
+    lines += ["", "| model | method | target MACs | n | MACs ratio | fine-tuned | lottery (θ0) | scratch-E | scratch-B "
+              "| scratch-B − fine-tuned |", "|---|---|---|---|---|---|---|---|---|---|"]
+    grouped = {}
+    for run in runs:
+        for r in run["rows"]:
+            grouped.setdefault((r["model"], r["method"], r["target"]), []).append(r)
+    for (model, method, target), rows in grouped.items():
+        if len(rows) < 2:
             continue
-        rows = [k[key] for k in keyed]
         cells = [spread([r[regime] for r in rows]) for regime in REGIMES]
         gain = spread([r["scratch-B"] - r["fine-tune"] for r in rows])
-        lines.append(f"| {key[0]} | {LABELS[key[1]]} | {statistics.mean(r['macs_ratio'] for r in rows):.3f} | "
-                     + " | ".join(cells) + f" | {gain} |")
+        lines.append(f"| {model} | {LABELS[method]} | {target:g} | {len(rows)} | "
+                     f"{statistics.mean(r['macs_ratio'] for r in rows):.3f} | " + " | ".join(cells) + f" | {gain} |")
     return "\n".join(lines) + "\n"
 
 
