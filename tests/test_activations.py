@@ -81,12 +81,13 @@ def test_taylor_matches_gradient_tape_on_a_keras_model():
     stats = channel_statistics(model, (X, y), ("taylor",), loss=loss, batch_size=3)
     # By hand: the head_conv group is read by the Dense through global pooling; differentiate there.
     c = probe.predict(X, verbose=0)[2]
-    pooled = tf.constant(c.mean(axis=(1, 2)))
-    with tf.GradientTape() as tape:
-        tape.watch(pooled)
-        total = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, model.get_layer("out")(pooled),
-                                                                           from_logits=True))
-    expected = np.abs(pooled.numpy() * tape.gradient(total, pooled).numpy()).mean(axis=0)
+    pooled = c.mean(axis=(1, 2))
+    kernel, bias = model.get_layer("out").get_weights()
+    logits = pooled @ kernel + bias
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    gradient = (softmax - np.eye(2)[y]) @ kernel.T  # d(sum of cross-entropies)/d pooled, by hand
+    expected = np.abs(pooled * gradient).mean(axis=0)
     np.testing.assert_allclose(stats["head_conv"]["taylor"], expected, rtol=1e-4)
     assert stats["stem"]["taylor"].shape == (4,) and (stats["stem"]["taylor"] > 0).all()
 
@@ -97,14 +98,15 @@ def test_taps_trace_once_read_only_and_see_masking():
     taps = ActivationTaps(model)
     first = taps.channel_statistics(X, "mean_abs", batch_size=4)  # batches of 4, 4 and 2
     again = taps.channel_statistics(X, "mean_abs", batch_size=3)
-    assert taps.traces == 1
+    # TensorFlow traces once for every batch size; JAX once per batch shape (4, 2, then 3, 1)
+    assert taps.traces == (1 if keras.backend.backend() == "tensorflow" else 4)
     np.testing.assert_allclose(first["stem"]["mean_abs"], again["stem"]["mean_abs"], rtol=1e-5)
     for w, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(w, b)
     plan = tfprune.Plan(keep={"head_conv": [0, 1, 2]}, widths={"head_conv": 5})
     tfprune.mask(model, plan)
     masked = taps.channel_statistics(tf.data.Dataset.from_tensor_slices(X).batch(5), "mean_abs")
-    assert taps.traces == 1
+    assert taps.traces == (1 if keras.backend.backend() == "tensorflow" else 5)
     assert (masked["head_conv"]["mean_abs"][3:] == 0).all() and (masked["head_conv"]["mean_abs"][:3] > 0).all()
 
 
@@ -128,6 +130,8 @@ def test_map_ranks_agree_with_svd_ranks():
     maps = np.stack([rng.standard_normal((6, 9, 5)), low, np.zeros((6, 9, 5)),
                      np.maximum(rng.standard_normal((6, 9, 5)), 0)], axis=-1).astype("float32")
     expected = np.linalg.matrix_rank(np.moveaxis(maps, -1, 1))  # numpy SVD, same float32 tolerance
-    np.testing.assert_array_equal(_map_ranks(tf.constant(maps)).numpy(), expected)
-    np.testing.assert_array_equal(_map_ranks(tf.constant(maps.transpose(0, 2, 1, 3))).numpy(), expected)
+    ranks = keras.ops.convert_to_numpy(_map_ranks(keras.ops.convert_to_tensor(maps)))
+    np.testing.assert_array_equal(ranks, expected)
+    ranks = keras.ops.convert_to_numpy(_map_ranks(keras.ops.convert_to_tensor(maps.transpose(0, 2, 1, 3))))
+    np.testing.assert_array_equal(ranks, expected)
     assert (expected[:, 1] == 3).all() and (expected[:, 2] == 0).all()

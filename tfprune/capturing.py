@@ -1,16 +1,17 @@
 """LayerInputs: the tensors that chosen layers of a model read, batch by batch, from one traced graph walk.
 
-The model's graph is walked with `keras_nodes.run_nodes` (nested sub-models included) inside a `tf.function`;
-each batch is one graph call that returns the first input tensor of every requested layer, in inference mode
+The model's graph is walked with `keras_nodes.run_nodes` (nested sub-models included) inside one compiled function
+(`tfprune.backends.compile_function`: a `tf.function` on TensorFlow, a `jax.jit` on JAX); each batch is one call
+that returns the first input tensor of every requested layer, in inference mode
 (`training=False`); layers after the last one needed are not computed. Layers are named by their path
 ("submodel/layer"), as in `ChannelGraph.layers`.
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras.src.trainers import data_adapters
 
+from tfprune import backends
 from tfprune.graph.keras_nodes import functional_of, is_graph_model, run_nodes
 
 
@@ -46,7 +47,7 @@ class LayerInputs:
         if not self.paths:
             raise ValueError("LayerInputs needs at least one layer path.")
         self.calls = {}  # path -> how many times the walk called the layer (filled when traced)
-        self._function = tf.function(self._read, reduce_retracing=True, autograph=False)  # plain Python control flow
+        self._function = backends.compile_function(self._read, lambda: self.model.variables)
 
     def _walk(self, model, inputs, prefix, found):
         def call(node, values):
@@ -66,7 +67,7 @@ class LayerInputs:
 
         return run_nodes(model, inputs, call)
 
-    def _read(self, inputs):
+    def _read(self, *inputs):
         self.calls = dict.fromkeys(self.paths, 0)
         found = {}
         self._walk(self.model, list(inputs), "", found)
@@ -89,17 +90,27 @@ class LayerInputs:
             raise ValueError("No data: pass the inputs to read the layers on (anything model.predict accepts).")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-        adapter = data_adapters.get_data_adapter(x=data, batch_size=batch_size, shuffle=False)
         seen = 0
-        for batch in adapter.get_tf_dataset():
+        for flat in self._input_batches(data, batch_size):
             if examples is not None and seen >= examples:
                 break
-            x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-            flat = [tf.convert_to_tensor(v) for v in keras.tree.flatten(x)]
             if examples is not None and seen + int(flat[0].shape[0]) > examples:
                 flat = [v[: examples - seen] for v in flat]
             seen += int(flat[0].shape[0])
-            yield {path: np.asarray(value) for path, value in self._function(flat).items()}
+            with backends.local_computation():
+                found = self._function(*flat)
+            yield {path: backends.host_array(value) for path, value in found.items()}
         if examples is not None and seen < examples:
             raise NotEnoughData(f"data has {seen} examples but {examples} were asked for; pass more data or ask "
                                 "for fewer examples.")
+
+    @staticmethod
+    def _input_batches(data, batch_size):
+        """The flat input arrays of each batch of `data`, read on this process alone (not sharded across the
+        processes of a multi-process `keras.distribution` run)."""
+        with backends.local_computation():
+            adapter = data_adapters.get_data_adapter(x=data, batch_size=batch_size, shuffle=False)
+            batches = adapter.get_numpy_iterator()
+        for batch in batches:
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            yield [np.asarray(v) for v in keras.tree.flatten(x)]

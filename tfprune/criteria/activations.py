@@ -11,9 +11,15 @@ Positions are mapped to channels with the graph's element→channel map (`Channe
 layer reads (groups reaching the model output only) are not measured.
 
 **One pass.** The model's graph is walked once (`keras_nodes.run_nodes`, nested sub-models and shared layers
-included) inside a `tf.function`: each batch is one graph call returning small per-channel sums; Python only adds
-them up. Layers run in inference mode (`training=False`). `ActivationTaps` keeps the traced functions, so measuring
-the same model again (e.g. after masking more channels in place) costs one pass and no retracing.
+included) inside one compiled function (`tfprune.backends.compile_function`: a `tf.function` on TensorFlow, a
+`jax.jit` on JAX): each batch is one call returning small per-channel sums; Python only adds them up. Layers
+run in inference mode (`training=False`). `ActivationTaps` keeps the traced functions, so measuring the same model
+again (e.g. after masking more channels in place) costs one pass and no retracing (on JAX: one trace per batch
+shape).
+
+**Multi-process runs** (`keras.distribution` on JAX): every process measures all of `data` on its own copy of the
+weights, not a shard of it, so give every process the same measuring data; the statistics are compared across
+processes and a `ValueError` says so if they differ.
 
 **Statistics** (per channel, over every value or map of every measured tensor of the channel):
 
@@ -38,9 +44,10 @@ import itertools
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 from keras.src.trainers import data_adapters
 
+from tfprune import backends
 from tfprune.graph import ChannelGraph
 from tfprune.graph.keras_nodes import functional_of, is_graph_model, model_inputs, run_nodes
 from tfprune.graph.rules import producers, reshaping
@@ -78,7 +85,7 @@ class ActivationTaps:
         self.graph = graph or ChannelGraph(model)
         if self.graph.model is not model:
             raise ValueError("graph was built for another model; pass the ChannelGraph of this model.")
-        self._functions = {}  # (statistics, loss) -> (tf.function, taps filled at trace time)
+        self._functions = {}  # (statistics, loss) -> (compiled function, taps filled at trace time)
         self.traces = 0  # how many times a walk was traced (tests and curious users)
 
     # ---- the walk --------------------------------------------------------------------------------------------
@@ -104,13 +111,18 @@ class ActivationTaps:
             return None
         return values[id(source)], before
 
-    def _walk(self, model, inputs, prefix, taps):
-        """Run `model` on tensors, appending `(value, elems)` for every tensor a consumer reads (once each)."""
+    def _walk(self, model, inputs, prefix, taps, hook, count):
+        """Run `model` on tensors, appending `(value, elems)` for every tensor a consumer reads (once each).
+
+        Every tensor a layer makes goes through `hook(key, value)` (see `backends.gradients_at`); `count` is a
+        one-element list numbering the layer calls of the whole walk, nested models included, for the keys.
+        """
 
         def call(node, values):
             op, path = node.operation, prefix + node.operation.name
             if is_graph_model(op):
-                return self._walk(op, [values[id(t)] for t in node.arguments.keras_tensors], path + "/", taps)
+                return self._walk(op, [values[id(t)] for t in node.arguments.keras_tensors], path + "/", taps, hook,
+                                  count)
             if self._is_consumer(path):
                 source = node.arguments.keras_tensors[0]
                 elems = self.graph.recorded(path)["in"]
@@ -120,7 +132,8 @@ class ActivationTaps:
             args, kwargs = node.arguments.fill_in(values)
             if "training" in getattr(op, "_call_context_args", ()):
                 kwargs["training"] = False
-            return keras.tree.flatten(op(*args, **kwargs))
+            count[0] += 1
+            return [hook(f"{count[0]}:{i}", value) for i, value in enumerate(keras.tree.flatten(op(*args, **kwargs)))]
 
         return run_nodes(model, inputs, call)
 
@@ -133,21 +146,25 @@ class ActivationTaps:
         loss_fn = _per_example_loss(loss, self.model) if needs_gradient else None
 
         def measure(x, y):
-            inputs = [tf.cast(v, t.dtype) for v, t in zip(keras.tree.flatten(x), model_inputs(self.model),
-                                                          strict=True)]
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch([v for v in inputs if v.dtype.is_floating])
-                taps = []
-                outputs = self._walk(self.model, inputs, "", taps)
-                total = loss_fn(y, outputs) if needs_gradient else None
-            grads = (tape.gradient(total, [value for value, _ in taps],
-                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                     if needs_gradient else [None] * len(taps))
-            self.traces += 1
-            taps_info[:] = [elems for _, elems in taps]
-            return [_tap_sums(value, grad, statistics) for (value, _), grad in zip(taps, grads, strict=True)]
+            inputs = [ops.cast(v, t.dtype) for v, t in zip(keras.tree.flatten(x), model_inputs(self.model),
+                                                           strict=True)]
 
-        self._functions[key] = (tf.function(measure, reduce_retracing=True), taps_info)
+            def forward(hook):
+                taps = []
+                walk_inputs = [hook(f"input:{i}", v) for i, v in enumerate(inputs)]
+                outputs = self._walk(self.model, walk_inputs, "", taps, hook, [0])
+                taps_info[:] = [elems for _, elems in taps]
+                return (loss_fn(y, outputs) if needs_gradient else None), [value for value, _ in taps]
+
+            if needs_gradient:
+                values, grads = backends.gradients_at(forward)
+            else:
+                values = forward(lambda key, value: value)[1]
+                grads = [None] * len(values)
+            self.traces += 1
+            return [_tap_sums(value, grad, statistics) for value, grad in zip(values, grads, strict=True)]
+
+        self._functions[key] = (backends.compile_function(measure, lambda: self.model.variables), taps_info)
         return self._functions[key]
 
     # ---- public ----------------------------------------------------------------------------------------------
@@ -178,6 +195,14 @@ class ActivationTaps:
             raise ValueError(f"steps must be None or an integer >= 1; got {steps!r}.")
         if data is None:
             raise ValueError("channel_statistics needs data: the inputs (and, for 'taylor', labels) to measure on.")
+        # Every process of a multi-process keras.distribution run measures all of `data` on its own copy of the
+        # weights (no sharding), so that all take the same decisions; `same_on_all_processes` checks it.
+        with backends.local_computation():
+            sums, taps_info = self._measure(data, statistics, loss, batch_size, steps, verbose)
+        backends.same_on_all_processes(sums, "The activation statistics measured on each process's data")
+        return self._per_group(sums, taps_info, statistics)
+
+    def _measure(self, data, statistics, loss, batch_size, steps, verbose):
         function, taps_info = self._function(statistics, loss)
         data_x, data_y, data_weights = (*data, None)[:3] if _is_xy_tuple(data) else (data, None, None)
         adapter = data_adapters.get_data_adapter(x=data_x, y=data_y, sample_weight=data_weights,
@@ -185,21 +210,19 @@ class ActivationTaps:
         target = steps if steps is not None else adapter.num_batches
         progress = keras.utils.Progbar(target, verbose=verbose, unit_name="batch") if verbose else None
         sums = None
-        for step, batch in enumerate(itertools.islice(adapter.get_tf_dataset(), steps)):
+        for step, batch in enumerate(itertools.islice(adapter.get_numpy_iterator(), steps)):
             x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
             if "taylor" in statistics and y is None:
                 raise ValueError("The 'taylor' statistic needs labels: give data as (x, y) arrays or a dataset "
                                  "of (x, y) batches.")
-            if step == 0:  # one trace for every batch size (a smaller last batch would trace again)
-                function.get_concrete_function(*tf.nest.map_structure(_any_batch_size, (x, y)))
-            result = [{k: v.numpy().astype(np.float64) for k, v in tap.items()} for tap in function(x, y)]
+            result = [{k: backends.host_array(v).astype(np.float64) for k, v in tap.items()} for tap in function(x, y)]
             sums = result if sums is None else [{k: s[k] + r[k] for k in s} for s, r in zip(sums, result,
                                                                                               strict=True)]
             if progress:
                 progress.update(step + 1)
         if sums is None:
             raise ValueError("data gave no batch to measure on.")
-        return self._per_group(sums, taps_info, statistics)
+        return sums, list(taps_info)
 
     def _per_group(self, sums, taps_info, statistics):
         graph = self.graph
@@ -221,10 +244,6 @@ class ActivationTaps:
         return out
 
 
-def _any_batch_size(tensor):
-    return None if tensor is None else tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype)
-
-
 def _is_xy_tuple(data):
     """A tuple `(x, y)` or `(x, y, sample_weight)`, as in `validation_data` (not a dataset or a single array)."""
     return isinstance(data, tuple) and len(data) in (2, 3)
@@ -232,22 +251,21 @@ def _is_xy_tuple(data):
 
 def _tap_sums(value, grad, statistics):
     """Per-position sums of one tapped tensor for one batch, and how many values and maps each position has."""
-    x = tf.cast(value, tf.float32)
-    shape = tf.shape(x)
-    width = shape[-1]
-    batch = tf.cast(shape[0], tf.float64)
-    axes = list(range(len(x.shape) - 1))
-    per_map = tf.reshape(x, [shape[0], -1, width])  # (batch, positions, channels)
-    sums = {"maps": batch, "values": tf.cast(tf.shape(per_map)[1], tf.float64) * batch}
+    x = ops.cast(value, "float32")
+    shape = ops.shape(x)
+    axes = tuple(range(len(x.shape) - 1))
+    per_map = ops.reshape(x, (shape[0], -1, shape[-1]))  # (batch, positions, channels)
+    maps = ops.cast(shape[0], "float32")
+    sums = {"maps": maps, "values": ops.cast(ops.shape(per_map)[1], "float32") * maps}
     if "mean_abs" in statistics:
-        sums["mean_abs"] = tf.reduce_sum(tf.abs(x), axis=axes)
+        sums["mean_abs"] = ops.sum(ops.abs(x), axis=axes)
     if "zero_fraction" in statistics:
-        sums["zero_fraction"] = tf.reduce_sum(tf.cast(tf.equal(x, 0.0), tf.float32), axis=axes)
+        sums["zero_fraction"] = ops.sum(ops.cast(ops.equal(x, 0.0), "float32"), axis=axes)
     if "rank" in statistics:
-        sums["rank"] = tf.reduce_sum(_map_ranks(x), axis=0)
+        sums["rank"] = ops.sum(_map_ranks(x), axis=0)
     if "taylor" in statistics:
-        product = per_map * tf.reshape(tf.cast(grad, tf.float32), tf.shape(per_map))
-        sums["taylor"] = tf.reduce_sum(tf.abs(tf.reduce_mean(product, axis=1)), axis=0)
+        product = per_map * ops.reshape(ops.cast(grad, "float32"), ops.shape(per_map))
+        sums["taylor"] = ops.sum(ops.abs(ops.mean(product, axis=1)), axis=0)
     return sums
 
 
@@ -255,23 +273,30 @@ def _map_ranks(x):
     """Matrix rank of every (example, channel) map of `x` (batch, *spatial, channels), as float32 (batch, channels).
 
     A singular value counts when it exceeds max(rows, cols) · ε(float32) · σ_max, the tolerance of
-    `tf.linalg.matrix_rank` and `torch.linalg.matrix_rank` for float32 maps. The singular values are taken as the
-    square roots of the eigenvalues of the float64 Gram matrix of the smaller side: the same ranks as an SVD, about
-    three times faster on CPU, and float64 resolves σ² far below that tolerance.
+    `tf.linalg.matrix_rank` and `torch.linalg.matrix_rank` for float32 maps. Where float64 is available (TensorFlow;
+    JAX with `jax_enable_x64`) the singular values are taken as the square roots of the eigenvalues of the float64
+    Gram matrix of the smaller side: the same ranks as an SVD, about three times faster on CPU, and float64
+    resolves σ² far below that tolerance. Without float64 (JAX by default) they come from a float32 SVD, as in
+    `matrix_rank` itself.
     """
     spatial = x.shape[1:-1]
-    shape = tf.shape(x)
+    shape = ops.shape(x)
     cols = spatial[-1] if len(spatial) else 1
     rows = int(np.prod(spatial[:-1])) if all(d is not None for d in spatial[:-1]) else None
-    maps = tf.transpose(tf.reshape(x, [shape[0], -1, cols if cols is not None else shape[-2], shape[-1]]),
-                        [0, 3, 1, 2])  # (batch, channels, rows, cols)
-    maps = tf.cast(maps, tf.float64)
-    by_columns = rows is not None and cols is not None and cols < rows
-    gram = tf.matmul(maps, maps, transpose_a=by_columns, transpose_b=not by_columns)
-    eigenvalues = tf.linalg.eigvalsh(gram)  # ascending
-    size = tf.cast(tf.maximum(tf.shape(maps)[-1], tf.shape(maps)[-2]), tf.float64)
-    tolerance = eigenvalues[..., -1:] * tf.square(size * np.finfo(np.float32).eps)
-    return tf.reduce_sum(tf.cast(eigenvalues > tolerance, tf.float32), axis=-1)
+    maps = ops.transpose(ops.reshape(x, (shape[0], -1, cols if cols is not None else shape[-2], shape[-1])),
+                         (0, 3, 1, 2))  # (batch, channels, rows, cols)
+    size = ops.cast(ops.maximum(ops.shape(maps)[-1], ops.shape(maps)[-2]), "float32")
+    if backends.float64_available():
+        maps = ops.cast(maps, "float64")
+        by_columns = rows is not None and cols is not None and cols < rows
+        gram = ops.matmul(ops.swapaxes(maps, -1, -2), maps) if by_columns else ops.matmul(
+            maps, ops.swapaxes(maps, -1, -2))
+        squares = ops.eigh(gram)[0]  # ascending
+        tolerance = squares[..., -1:] * ops.square(ops.cast(size, "float64") * np.finfo(np.float32).eps)
+        return ops.sum(ops.cast(squares > tolerance, "float32"), axis=-1)
+    singular = ops.svd(maps, full_matrices=False, compute_uv=False)  # descending
+    tolerance = singular[..., :1] * size * np.finfo(np.float32).eps
+    return ops.sum(ops.cast(singular > tolerance, "float32"), axis=-1)
 
 
 def _check_statistics(statistics):
@@ -308,10 +333,10 @@ def _per_example_loss(loss, model):
     def total(y, outputs):
         predictions = outputs[0] if n_outputs == 1 else keras.tree.pack_sequence_as(
             functional_of(model)._outputs_struct, outputs)
-        values = tf.cast(fn(y, predictions), tf.float32)
-        if values.shape.rank == 0:  # an already averaged loss: back to a sum over the batch
-            return values * tf.cast(tf.shape(keras.tree.flatten(predictions)[0])[0], tf.float32)
-        return tf.reduce_sum(values)
+        values = ops.cast(fn(y, predictions), "float32")
+        if len(values.shape) == 0:  # an already averaged loss: back to a sum over the batch
+            return values * ops.cast(ops.shape(keras.tree.flatten(predictions)[0])[0], "float32")
+        return ops.sum(values)
 
     return total
 
