@@ -81,6 +81,7 @@ PROFILED = {
 }
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("case", sorted(PROFILED))
 def test_macs_agree_with_tensorflow_profiler(case):
     model = PROFILED[case]()

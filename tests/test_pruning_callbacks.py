@@ -23,6 +23,7 @@ def compiled(model, optimizer=None):
     return model
 
 
+@pytest.mark.tensorflow_only
 def test_mirrored_strategy_on_two_cpus():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2

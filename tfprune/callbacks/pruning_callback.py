@@ -2,11 +2,20 @@
 
 During `fit` a pruning callback may change weights after every optimizer step (a mask, a proximal step) and add
 penalties to the loss. Both run inside the compiled train step, not in per-batch Python: the updates are installed
-as Keras variable constraints (which the optimizer applies right after each update, in the same `tf.function`,
-with `jit_compile` and under `tf.distribute` strategies) and the penalties as variable regularizers (which Keras adds
-to the loss). What may change between epochs (the masks) lives in non-trainable `tf.Variable`s that the compiled
-step reads, so changing a mask does not retrace anything. Both are removed again when `fit` ends, so the model is
-left as it was given, apart from its trained weights.
+as Keras variable constraints (which the optimizer applies right after each update, in the same compiled step, on
+every backend, with `jit_compile` and under `tf.distribute` strategies or `keras.distribution`) and the penalties
+as variable regularizers (which Keras adds to the loss). What may change between epochs (the masks) lives in
+non-trainable `keras.Variable`s that the constraint reads. On TensorFlow the compiled step reads them, so changing
+a mask retraces nothing; on JAX the step is a pure function of the model's own variables, so the masks enter it as
+constants and the callback asks Keras for a new train step after each mask change (one retrace per pruning step).
+Both are removed again when `fit` ends, so the model is left as it was given, apart from its trained weights.
+
+**Multi-process runs** (`keras.distribution.DataParallel` on JAX, one process per host): every process holds the
+same masks and state and takes the same decisions (measurements are made on the same data everywhere and checked
+to agree, see `tfprune.criteria.activations`); JAX itself refuses to assign a variable values that differ between
+processes. The `backup_dir` state is written by process 0 only and read by every process, so `backup_dir` must
+be on a file system all processes share. Distributions that split weights across processes (`ModelParallel`)
+are refused.
 """
 
 import json
@@ -15,10 +24,10 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfprune.counting import count_macs
+from tfprune import backends
 from tfprune.graph import ChannelGraph
+from tfprune.macs_model import MacsModel
 from tfprune.masking import weight_masks
 from tfprune.planning import check_positive_int
 from tfprune.plans import Plan
@@ -54,6 +63,21 @@ class _Sum:
     def __call__(self, value):
         total = self.penalty(value)
         return total if self.original is None else total + self.original(value)
+
+
+def check_distribution(callback):
+    """Refuse a `keras.distribution` the pruning callbacks cannot follow: one that splits weights across devices.
+
+    The callbacks keep whole masks and read whole weights on every process, which `DataParallel` (weights
+    replicated, the batch split) allows; `ModelParallel` shards weights, and is refused with a `ValueError`.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None or isinstance(distribution, keras.distribution.DataParallel):
+        return
+    raise ValueError(
+        f"{type(callback).__name__} runs under no keras.distribution or under keras.distribution.DataParallel "
+        f"(weights replicated on every device); this fit runs under {type(distribution).__name__}, which may "
+        "split weights across devices. Train with DataParallel to prune, then use ModelParallel for the slim model.")
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -119,8 +143,8 @@ class PruningCallback(keras.callbacks.Callback):
             layer = self.graph.layers.get(path)
             for variable in getattr(layer, "trainable_weights", ()):
                 if variable.path not in self._mask_variables:
-                    self._mask_variables[variable.path] = tf.Variable(
-                        tf.ones(variable.shape, variable.dtype), trainable=False, name="tfprune_mask")
+                    self._mask_variables[variable.path] = keras.Variable(
+                        np.ones(variable.shape, variable.dtype), trainable=False, name="tfprune_mask")
 
     def masking_updates(self):
         """The mask constraints, for subclasses that hold masks: `{variable.path: [multiply by its mask]}`."""
@@ -137,7 +161,9 @@ class PruningCallback(keras.callbacks.Callback):
                 self._mask_variables[variable.path].assign(
                     np.ones(variable.shape, variable.dtype) if mask is None else mask.astype(variable.dtype))
             if mask is not None:
-                variable.assign(np.where(mask, variable.numpy(), 0))
+                variable.assign(np.where(mask, backends.host_array(variable), 0))
+        if self._installed and backends.name() == "jax":
+            self.model.make_train_function(force=True)  # the JAX step holds the masks as constants
 
     # --- plan helpers -------------------------------------------------------------------------------------------
 
@@ -162,11 +188,11 @@ class PruningCallback(keras.callbacks.Callback):
         return rebuild(self.model, plan, reinit=reinit, initial_weights=initial_weights, seed=seed, graph=self.graph)
 
     def plan_report(self, plan):
-        """`(fraction of prunable channels kept, MACs ratio)` of `plan` (the MACs of the rebuilt model)."""
+        """`(fraction of prunable channels kept, MACs ratio)` of `plan` (the MACs of the rebuilt model, from
+        `tfprune.macs_model.MacsModel`: nothing is rebuilt)."""
         total = sum(g.width for g in self.graph.prunable_groups)
         removed = sum(self.graph[name].width - len(kept) for name, kept in plan.keep.items())
-        macs = count_macs(rebuild(self.model, plan, graph=self.graph)) if removed else self._full_macs
-        return (total - removed) / max(total, 1), macs / self._full_macs
+        return (total - removed) / max(total, 1), self._macs.ratio(plan)
 
     def _require_model(self):
         if self.graph is None:
@@ -176,9 +202,10 @@ class PruningCallback(keras.callbacks.Callback):
     # --- Keras hooks --------------------------------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        check_distribution(self)
         if self.graph is None or self.graph.model is not self.model:
             self.graph = ChannelGraph(self.model, prune_outputs=self.prune_outputs)
-            self._full_macs = count_macs(self.model)
+            self._macs = MacsModel(self.model, self.graph)
             self._mask_variables = {}
             self.start()
         state = self._load_backup()
@@ -223,6 +250,8 @@ class PruningCallback(keras.callbacks.Callback):
         return os.path.join(self.backup_dir, f"tfprune_{type(self).__name__}.npz")
 
     def _save_backup(self):
+        if backends.process_index() != 0:
+            return  # one writer; every process holds the same state
         os.makedirs(self.backup_dir, exist_ok=True)
         arrays, values = {}, {}
         for key, value in self.get_state().items():
