@@ -222,7 +222,7 @@ class PruningCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._uninstall()
-        if self.backup_dir is not None and os.path.exists(self._backup_path()):
+        if self.backup_dir is not None and backends.process_index() == 0 and os.path.exists(self._backup_path()):
             os.remove(self._backup_path())
 
     def _install(self):

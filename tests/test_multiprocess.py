@@ -1,0 +1,56 @@
+"""Two real processes on 127.0.0.1 train data-parallel with keras.distribution on JAX and prune with every callback.
+
+Each process runs examples/train_multiprocess.py: `fit` with DropNet, then NetworkSlimming, then GroupLasso, each
+on its own half of the training data, with a shared backup_dir; the test asserts that both end with the same plans
+and the same weights, bit for bit. The processes use the JAX backend whatever backend this pytest run uses.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    address = f"127.0.0.1:{free_port()}"
+    start = time.perf_counter()
+    workers = [subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "train_multiprocess.py"), f"--coordinator_address={address}",
+         "--num_processes=2", f"--process_id={i}", f"--out={tmp_path / f'process{i}.npz'}",
+         f"--backup_dir={tmp_path / 'backup'}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = []
+    try:
+        for worker in workers:
+            logs.append(worker.communicate(timeout=400)[0])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for i, (worker, log) in enumerate(zip(workers, logs, strict=True)):
+        assert worker.returncode == 0, f"process {i} failed:\n{log[-3000:]}"
+    print(f"two processes: {time.perf_counter() - start:.1f} s")
+    first, second = (np.load(tmp_path / f"process{i}.npz") for i in range(2))
+    assert sorted(first.files) == sorted(second.files)
+    for callback in ("dropnet", "slimming", "group_lasso"):
+        plans = [k for k in first.files if k.startswith(f"{callback}/plan/")]
+        weights = [k for k in first.files if k.startswith(f"{callback}/weight/")]
+        assert len(plans) == 2 and len(weights) >= 8, (callback, first.files)
+        for key in plans + weights:
+            np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+        assert any(len(first[k]) < 8 for k in plans), f"{callback} pruned nothing"
+    assert not (tmp_path / "backup" / "tfprune_DropNet.npz").exists()  # removed by process 0 when fit ended
