@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprune.backends import require_backend
 from tfprune.graph.keras_nodes import model_inputs
 from tfprune.verification import random_inputs
 
@@ -93,6 +94,9 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=ENGINES, ru
     Every setting (engine × batch size × thread count) times all models in turn, call by call, so that load from
     other processes falls on all of them alike; the ratios compare medians of the same run.
 
+    TensorFlow-bound: needs the Keras TensorFlow backend (`tfprune.backends.BackendError` otherwise); time a
+    model trained under JAX by saving it to a .keras file and benchmarking that file from a TensorFlow process.
+
     - "tensorflow": the Keras model called through one `tf.function` (not `model.predict`). TensorFlow fixes its
       thread pools when it first runs an op, so a thread count other than the one this process already uses is
       measured in a fresh Python subprocess (`tfprune.latency_worker`) with intra- and inter-op threads set to it
@@ -131,6 +135,7 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=ENGINES, ru
     >>> report.get("original", "tensorflow", 1, tfprune.benchmarking.available_threads()).ratio
     1.0
     """
+    require_backend("tensorflow", "tfprune.benchmark")
     batch_sizes = _positive_ints(batch_sizes, "batch_sizes")
     thread_counts = _positive_ints([available_threads() if t is None else t for t in _sequence(threads, "threads")],
                                    "threads")

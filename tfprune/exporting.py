@@ -1,4 +1,9 @@
-"""export(): write a model as .keras, SavedModel or TFLite and check the written artefact against the model."""
+"""export(): write a model as .keras, SavedModel or TFLite and check the written artefact against the model.
+
+TensorFlow-bound: "saved_model" and "tflite" need the Keras TensorFlow backend and raise
+`tfprune.backends.BackendError` under another one (no conversion is attempted); "keras" works on every backend.
+A model trained under JAX is saved with `model.save("model.keras")` and exported from a TensorFlow process.
+"""
 
 import dataclasses
 import os
@@ -8,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprune.backends import require_backend
 from tfprune.graph.keras_nodes import model_inputs
 from tfprune.verification import outputs, random_inputs
 
@@ -91,6 +97,8 @@ def export(model, path, format="saved_model", quantize=None, representative_data
     if quantize == "int8" and representative_data is None:
         raise ValueError("quantize='int8' (full integer quantisation) needs representative_data to calibrate "
                          "activation ranges: an array of example inputs or an iterable of input batches.")
+    if format != "keras":
+        require_backend("tensorflow", f"tfprune.export(format={format!r})")
     if format == "keras" and not str(path).endswith(".keras"):
         raise ValueError(f"format='keras' writes a .keras file, so path must end in '.keras'; got {str(path)!r}.")
     n_inputs = len(model_inputs(model))

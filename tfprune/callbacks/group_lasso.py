@@ -105,11 +105,12 @@ class GroupLasso(PruningCallback):
         if not self.proximal:
             return {}
         updates = {}
+        optimizer = self.model.optimizer  # read here: under JAX, `self.model` inside the traced step would sync state
         for _, kernel, kind in self._penalised():
             axes = _reduced_axes(kind, len(kernel.shape))
 
             def shrink(w, axes=axes):
-                step = keras.ops.cast(self.model.optimizer.learning_rate, w.dtype) * self.strength
+                step = keras.ops.cast(optimizer.learning_rate, w.dtype) * self.strength
                 norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(w), axis=axes, keepdims=True))
                 return w * keras.ops.relu(1 - step / keras.ops.maximum(norm, 1e-30))
 

@@ -74,8 +74,10 @@ class NetworkSlimming(PruningCallback):
         if not self.proximal:
             return {}
 
+        optimizer = self.model.optimizer  # read here: under JAX, `self.model` inside the traced step would sync state
+
         def soft_threshold(gamma):
-            step = keras.ops.cast(self.model.optimizer.learning_rate, gamma.dtype) * self.l1
+            step = keras.ops.cast(optimizer.learning_rate, gamma.dtype) * self.l1
             return keras.ops.sign(gamma) * keras.ops.relu(keras.ops.abs(gamma) - step)
 
         return {gamma.path: [soft_threshold] for _, _, gamma in self._scales()}
