@@ -2,6 +2,10 @@
 plain `fit`, and DropNet's measuring pass over an epoch, measured in the same run.
 
     python benchmarks/callback_overhead.py            # writes benchmarks/results/callback_overhead.md
+    KERAS_BACKEND=jax python benchmarks/callback_overhead.py --out=...   # the same on the JAX backend
+
+The table says which Keras backend ran it. On JAX a DropNet step also costs one retrace of the train step (the
+masks enter the JAX step as constants), which falls in the timed epoch after the step.
 
 Plain, NetworkSlimming, GroupLasso and DropNet fits of the same model and data take turns, `--rounds` times,
 `--epochs` epochs each; an epoch's time runs from the start of the epoch to the end of every callback's
@@ -75,21 +79,29 @@ def measure(name, x, y):
     return medians, statistics.median(measuring)
 
 
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main(argv):
     del argv
     (x, y), _ = tfprune.datasets.fashion_mnist(train_size=FLAGS.train_size, test_size=1)
     lines = [f"Fashion-MNIST, {FLAGS.train_size} images per epoch, batch {FLAGS.batch_size}, median of "
              f"{FLAGS.rounds} × {FLAGS.epochs - 1} epochs per variant (first epoch of each fit left out), fits taking "
              f"turns; DropNet measures on {FLAGS.sample_size} images. 2 CPU cores "
-             "(`python benchmarks/callback_overhead.py`).", "",
-             "| model | plain epoch s | NetworkSlimming s (ratio) | GroupLasso s (ratio) | DropNet s (ratio) "
-             "| DropNet measuring pass s (share of a plain epoch) |", "|---|---|---|---|---|---|"]
+             f"(`python benchmarks/callback_overhead.py`), load average before: {_loadavg()}.", "",
+             "| backend | model | plain epoch s | NetworkSlimming s (ratio) | GroupLasso s (ratio) | DropNet s (ratio) "
+             "| DropNet measuring pass s (share of a plain epoch) |", "|---|---|---|---|---|---|---|"]
     for name in FLAGS.models:
         medians, measuring = measure(name, x, y)
         plain = medians["plain"]
         cells = [f"{medians[v]:.2f} ({medians[v] / plain:.3f}×)" for v in ("NetworkSlimming", "GroupLasso",
                                                                           "DropNet")]
-        lines.append(f"| {BUILDERS[name]().name} | {plain:.2f} | " + " | ".join(cells)
+        lines.append(f"| {keras.backend.backend()} | {BUILDERS[name]().name} | {plain:.2f} | " + " | ".join(cells)
                      + f" | {measuring:.2f} ({measuring / plain:.1%}) |")
         logging.info("%s", lines[-1])
     text = "\n".join(lines) + "\n"

@@ -94,6 +94,7 @@ def test_macs_agree_with_tensorflow_profiler(case):
 # ---- by hand where the profiler has another convention or no count ----------------------------------------
 
 
+@pytest.mark.tensorflow_only
 def test_transposed_conv_counts_one_kernel_per_input_position():
     # The profiler's Conv2DBackpropInput count is output positions / strides · kernel · C_in · filters: exact for
     # "same" padding (output = input · stride), but for "valid" padding the output has k - s extra rows and
