@@ -47,7 +47,9 @@ class DropNet(PruningCallback):
     prunable channels kept), `dropnet_macs` (MACs ratio), `dropnet_steps` (pruning steps so far).
 
     Args:
-        data: inputs to measure on, anything `model.predict` accepts (a sample of the training data).
+        data: inputs to measure on, anything `model.predict` accepts (a sample of the training data). In a
+            multi-process `keras.distribution` run every process measures all of it (not a shard), so give every
+            process the same `data`; the measurements are compared across processes (`ValueError` if they differ).
         fraction: the fraction of the remaining channels removed per step, in (0, 1).
         scope: "layer" or "global".
         every: epochs per cycle (an integer), or "plateau": a step when `monitor` has not improved for `patience`
