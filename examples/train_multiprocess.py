@@ -34,6 +34,8 @@ flags.DEFINE_integer("epochs", 2, "epochs of each of the three trainings")
 flags.DEFINE_integer("examples", 96, "training examples in all (split between the processes)")
 flags.DEFINE_string("backup_dir", None, "a shared directory for the callbacks' state (resume after interruption)")
 flags.DEFINE_string("out", None, "save this process's plans and weights to this .npz file")
+flags.DEFINE_bool("show_disagreement", False, "at the end, measure activations on different data on each process "
+                  "and print how tfprune refuses it")
 
 
 def small_cnn():
@@ -98,6 +100,15 @@ def main(argv):
             results[f"{name}/plan/{group}"] = np.asarray(kept)
         for variable in model.weights:
             results[f"{name}/weight/{variable.path}"] = np.asarray(variable.numpy())
+    if FLAGS.show_disagreement:
+        from tfprune.criteria.activations import channel_statistics
+
+        try:
+            channel_statistics(model, x[FLAGS.process_id * 8:][:8])  # a different sample on each process
+            results["disagreement"] = np.array("not refused")
+        except ValueError as e:
+            results["disagreement"] = np.array(str(e))
+        print(f"process {FLAGS.process_id}: different measuring data: {results['disagreement']}", flush=True)
     if FLAGS.out:
         np.savez(FLAGS.out, **results)
 

@@ -2,7 +2,8 @@
 
 Each process runs examples/train_multiprocess.py: `fit` with DropNet, then NetworkSlimming, then GroupLasso, each
 on its own half of the training data, with a shared backup_dir; the test asserts that both end with the same plans
-and the same weights, bit for bit. The processes use the JAX backend whatever backend this pytest run uses.
+and the same weights, bit for bit, and that measuring different data on the two processes is refused on both.
+The processes use the JAX backend whatever backend this pytest run uses.
 """
 
 import os
@@ -31,7 +32,7 @@ def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
     workers = [subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "train_multiprocess.py"), f"--coordinator_address={address}",
          "--num_processes=2", f"--process_id={i}", f"--out={tmp_path / f'process{i}.npz'}",
-         f"--backup_dir={tmp_path / 'backup'}"],
+         f"--backup_dir={tmp_path / 'backup'}", "--show_disagreement"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []
     try:
@@ -54,3 +55,5 @@ def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
             np.testing.assert_array_equal(first[key], second[key], err_msg=key)
         assert any(len(first[k]) < 8 for k in plans), f"{callback} pruned nothing"
     assert not (tmp_path / "backup" / "tfprune_DropNet.npz").exists()  # removed by process 0 when fit ended
+    for result in (first, second):  # measuring different data on each process is refused on both, saying why
+        assert "differ between the processes" in str(result["disagreement"]), str(result["disagreement"])
