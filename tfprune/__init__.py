@@ -23,6 +23,7 @@ _PUBLIC = {
     "datasets": "tfprune.datasets",
     "export": "tfprune.exporting",
     "macs_model": "tfprune.macs_model",
+    "fine_tune": "tfprune.fine_tuning",
     "mask": "tfprune.masking",
     "models": "tfprune.models",
     "plan": "tfprune.planning",
