@@ -70,8 +70,8 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
         distiller = keras.distillation.Distiller(
             teacher=teacher_view, student=student_view,
             # A KLDivergence instance, not the default "kl_divergence" string: Keras 3.15 resolves the string to a
-            # plain function, which LogitsDistillation then applies to the raw logits instead of the softened
-            # probabilities (without the T² scale), giving a loss near zero that teaches nothing.
+            # plain function, which LogitsDistillation then applies to the raw logits (clipped to [1e-7, 1]) instead
+            # of the softened probabilities; on log-probabilities, all negative, that loss is about 0.
             distillation_losses=keras.distillation.LogitsDistillation(temperature=float(temperature),
                                                                       loss=keras.losses.KLDivergence()),
             student_loss_weight=float(student_loss_weight))
