@@ -77,6 +77,8 @@ class FineTuneFitness:
                 self.masks[variable.path].assign(np.ones(variable.shape) if mask is None else mask)
         for variable, value in zip(self.copy.optimizer.variables, self.optimizer_state, strict=True):
             variable.assign(value)
+        if keras.backend.backend() != "tensorflow":  # a compiled JAX step holds the masks as constants: retrace
+            self.copy.train_function = None
         if self.steps:
             keras.utils.set_random_seed(self.seed)
             self.copy.fit(*self.train, batch_size=None if self.train[1] is None else self.batch_size, epochs=1,
