@@ -50,7 +50,8 @@ flags.DEFINE_integer("limit", 3, "ABC limit of unimproved trials.")
 flags.DEFINE_integer("fitness_steps", 30, "Fine-tuning batches (of 64) of each candidate in a search.")
 flags.DEFINE_integer("fitness_val", 2000, "Validation images each search candidate is scored on.")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "structure_search"), "Output prefix.")
-flags.DEFINE_string("work_dir", "/tmp/tfprune_structure_search", "Where the trained baselines are kept.")
+flags.DEFINE_string("work_dir", os.path.join(os.path.dirname(__file__), "..", ".bench_cache", "structure_search"),
+                    "Where the trained baselines are kept between runs (not committed).")
 flags.DEFINE_bool("report", False, "Run nothing: rewrite the table and plot from the rows.")
 
 BUILDERS = {"vgg": tfprune.models.small_vgg, "resnet": tfprune.models.small_resnet}
