@@ -22,7 +22,8 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
     compiled: compile it for fine-tuning as you see fit.
 
     Args:
-        model: a Functional or Sequential Keras model.
+        model: a Functional, Sequential or subclassed Keras model (custom layers and subclassed models are traced
+            first, see `tfprune.trace`).
         plan: a `Plan` for this model (from `tfprune.plan`, a callback, or `Plan.load`).
         reinit: "keep" slices the model's current weights (fine-tuning); "lottery" slices `initial_weights`
             instead (rewinding to θ0 or θk, as in the lottery ticket hypothesis); "scratch" leaves every layer
@@ -35,7 +36,9 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
 
     Returns:
         The slim `keras.Model`: Sequential for a Sequential model, otherwise a plain Functional model (a subclass
-        of Functional, such as a keras-hub backbone, comes back as `keras.Model` with the same graph and names).
+        of Functional, such as a keras-hub backbone, comes back as `keras.Model` with the same graph and names; a
+        subclassed model comes back as the Functional model of its trace, each opened custom layer as a nested
+        Functional sub-model of the same name).
 
     Example:
 
@@ -55,7 +58,7 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
     plan.validate(graph)
     source = _weight_source(model, initial_weights)
     builder = _Rebuilder(graph, graph.channel_keep(plan), reinit, seed)
-    slim = builder.rebuild_model(model, "")
+    slim = builder.rebuild_model(graph.model, "")  # the model itself, or its trace
     builder.copy_weights(source)
     return slim
 

@@ -60,6 +60,7 @@ _RULES = (
     (_BINARY_OPS, merging.BinaryOp()),
     (_ELEMENTWISE_OPS, passthrough.ElementwiseOp()),
     (numpy_ops.Split, passthrough.SplitOp()),
+    ((numpy_ops.Mean, numpy_ops.Max, numpy_ops.Min, numpy_ops.Sum), passthrough.ReductionOp()),
 )
 
 

@@ -82,3 +82,20 @@ class SplitOp(LayerRule):
             raise NotUnderstood("splits the channels at explicit indices")
         ctx.require_equal_blocks(elems, layer.indices_or_sections)
         return np.split(elems, layer.indices_or_sections)
+
+
+class ReductionOp(LayerRule):
+    """`keras.ops.mean/max/min/sum` over axes other than the channel axis (global pooling written with ops): the
+    channels pass through."""
+
+    def propagate(self, ctx, layer, inputs):
+        elems = single_input(inputs)
+        rank = len(ctx.input_shapes[0])
+        if layer.axis is None:
+            raise NotUnderstood("reduces over every axis, the channels too")
+        axes = [a % rank for a in np.atleast_1d(layer.axis).tolist()]
+        if rank - 1 in axes:
+            raise NotUnderstood("reduces over the channel axis")
+        if ctx.output_shapes[0][-1] != len(elems):
+            raise NotUnderstood("changes the last axis")
+        return [elems]
