@@ -92,8 +92,9 @@ def layer_counts(model, unknown_macs="raise") -> dict:
     >>> counts["conv"].macs, counts["conv"].params, counts["conv"].channels
     (3888, 108, 4)
     """
-    counter = _Counter(macs=True, unknown_macs=unknown_macs)
-    counter.walk(open_model(model).model)
+    opened = open_model(model)
+    counter = _Counter(macs=True, unknown_macs=unknown_macs, channelwise=opened.channelwise)
+    counter.walk(opened.model)
     return counter.counts
 
 
@@ -219,11 +220,12 @@ def count_params(model) -> int:
 class _Counter:
     """Walks a graph model call by call, filling `counts`; with `macs=False` only parameters are counted."""
 
-    def __init__(self, macs, unknown_macs="raise"):
+    def __init__(self, macs, unknown_macs="raise", channelwise=()):
         if unknown_macs not in UNKNOWN_MACS:
             raise ValueError(f"unknown_macs must be one of {UNKNOWN_MACS}; got {unknown_macs!r}.")
         self.macs = macs
         self.unknown_macs = unknown_macs
+        self.channelwise = channelwise  # closed layers shown to act on each channel alone: 0 MACs
         self.counts = {}
         self.seen_weights = set()
 
@@ -268,7 +270,8 @@ class _Counter:
             macs = _macs(op, path, in_shapes, out_shapes)
             if macs is None:
                 macs = _op_macs(op, node, in_shapes, out_shapes) if not isinstance(op, L.Layer) else 0
-                if isinstance(op, L.Layer) and op.weights and not isinstance(op, _ZERO_MACS):
+                if (isinstance(op, L.Layer) and op.weights and not isinstance(op, _ZERO_MACS)
+                        and path not in self.channelwise):
                     macs = self.traced_macs(op, node, path, in_shapes)
             count.macs += macs
 

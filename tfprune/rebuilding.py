@@ -134,6 +134,8 @@ class _Rebuilder:
         is_layer = isinstance(op, keras.layers.Layer)
         if not is_layer and not keep:
             return op  # a stateless keras.ops operation whose arguments do not change
+        if type(op) is keras.layers.Identity:  # its auto-config fails when built with non-serialisable arguments
+            return keras.layers.Identity(name=op.name)
         try:
             config = self.graph.rules[path].updated_config(op, op.get_config(), keep)
             if self.reinit == "scratch" and self.seed is not None:

@@ -18,6 +18,7 @@ from scipy.sparse import csgraph
 from tfprune.errors import PlanError
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, model_outputs, run_nodes
 from tfprune.graph.rules import Boundary, NotUnderstood, rule_for
+from tfprune.graph.rules.passthrough import CheckedChannelwise
 from tfprune.graph.tracing import open_model
 
 
@@ -102,8 +103,8 @@ class _CallContext:
 
 
 class _Builder:
-    def __init__(self, closed=None):
-        self.closed = closed or {}
+    def __init__(self, closed=None, channelwise=()):
+        self.closed, self.channelwise = closed or {}, channelwise
         self.space_names, self.space_widths, self.space_start = [], [], {}
         self.size = 0
         self.edges = []
@@ -155,9 +156,17 @@ class _Builder:
             inner.append(elems)
         return self.walk(model, inner, prefix=path + "/")
 
+    def rule_for(self, op, path):
+        rule = rule_for(op)
+        if path in self.channelwise:
+            return CheckedChannelwise()
+        if path in self.closed and isinstance(rule, Boundary):
+            return type(rule)(self.closed[path])
+        return rule
+
     def call_layer(self, op, path, node, ins):
         ctx = _CallContext(self, path, node)
-        rule = self.rules.get(path) or (Boundary(self.closed[path]) if path in self.closed else rule_for(op))
+        rule = self.rules.get(path) or self.rule_for(op, path)
         try:
             outs = rule.propagate(ctx, op, ins)
         except NotUnderstood as why:
@@ -224,7 +233,7 @@ class ChannelGraph:
         self.model = model = opened.model  # the graph model read: `source` itself, or its trace
         self.closed = opened.closed
         self.prune_outputs = bool(prune_outputs)
-        b = _Builder(self.closed)
+        b = _Builder(self.closed, opened.channelwise)
         inputs = []
         for t in model_inputs(model):
             known = len(t.shape) >= 2 and t.shape[-1] is not None

@@ -40,11 +40,14 @@ class OpenedModel:
         model: a Functional (or Sequential) model of the caller's own layer objects; the caller's model itself
             when there was nothing to open.
         closed: `{layer path: reason}` for every custom layer left closed (a boundary), reasons naming the layer.
+        channelwise: the paths of closed layers shown to pass channels through unchanged (see
+            `_Opener.is_channelwise`): the channel graph treats them as pass-through layers.
         traced: whether anything was opened (`model` is then a new Functional model).
     """
 
     model: keras.Model
     closed: dict
+    channelwise: set
     traced: bool
 
 
@@ -107,9 +110,14 @@ def open_model(model, input_shape=None, seed=0) -> OpenedModel:
 
 
 class _Opener:
+    """Opens a model in two passes: symbolically first, then, only if the whole trace disagrees with the model,
+    layer by layer on real values, to find and close the layers whose traces disagree."""
+
     def __init__(self, seed):
         self.rng = np.random.default_rng(seed)
         self.closed = {}
+        self.channelwise = set()
+        self.checking = False  # the second pass: every opened layer is checked against its trace
 
     # ---- the model --------------------------------------------------------------------------------------------
 
@@ -117,14 +125,23 @@ class _Opener:
         if not isinstance(model, keras.Model):
             raise UnsupportedModelError(f"Expected a keras.Model (Functional, Sequential or subclassed), got "
                                         f"{type(model).__name__}.")
-        if is_graph_model(model):
-            if isinstance(model, keras.Sequential) and model._functional is None:
-                keras_nodes.functional_of(model)  # raises with the reason
-            values = self.example_inputs(model_inputs(model), input_shape)
-            opened = self.open_graph(model, values, prefix="")
-            closed = self.closed
-            return OpenedModel(opened or model, closed, opened is not None)
-        return self.open_subclassed(model, input_shape)
+        if not is_graph_model(model):
+            return self.open_subclassed(model, input_shape)
+        if isinstance(model, keras.Sequential) and model._functional is None:
+            keras_nodes.functional_of(model)  # raises with the reason
+        opened = self.open_graph(model, model_inputs(model), prefix="")
+        if opened is None:
+            return OpenedModel(model, self.closed, self.channelwise, False)
+        values = self.example_inputs(model_inputs(model), input_shape)
+        packed = keras_nodes.pack_like_inputs(model, values)
+        if self.disagreement(model, (packed,), {}, opened, packed):
+            opened = self.open_checked(model, values)
+        return OpenedModel(opened or model, self.closed, self.channelwise, opened is not None)
+
+    def open_checked(self, model, values):
+        """The second pass: open again, checking every opened layer on the values it sees in the model."""
+        self.closed, self.channelwise, self.checking = {}, set(), True
+        return self.open_graph(model, values, prefix="")
 
     def open_subclassed(self, model, input_shape):
         name = f"'{model.name}' ({type(model).__name__})"
@@ -134,28 +151,29 @@ class _Opener:
                 f"Subclassed model {name} was never built, so the shapes of its inputs are unknown. Build it "
                 "first (call it on a batch of data, or model.build(input_shape)), or give the shape of one input "
                 "example: tfprune.trace(model, input_shape=(224, 224, 3)).")
-        _check_call_arguments(model, len(structure), name)
+        _check_call_arguments(model, name)
         inputs = []
-        for i, (key, spec) in enumerate(structure):
-            shape, dtype = spec
+        for i, (key, (shape, dtype)) in enumerate(structure):
             input_name = key if isinstance(key, str) else (model.name + "_input" + (f"_{i}" if i else ""))
             inputs.append(keras.Input(batch_shape=(None, *shape), dtype=dtype, name=input_name))
-        packed = _pack_inputs(structure, inputs, model)
+        packed = _pack_inputs(structure, inputs)
         try:
-            outputs = model.call(packed)
-            raw = keras.Model(packed, outputs, name=model.name)
+            raw = keras.Model(packed, model.call(packed), name=model.name)
         except Exception as e:  # noqa: BLE001 - any failure of the user's call is reported with its first line
             raise UnsupportedModelError(f"Cannot trace subclassed model {name}: its call does not run on symbolic "
                                         f"inputs ({first_line(e)}). Write it with Keras layers and keras.ops, or "
                                         "as a Functional model.") from e
         values = [self.random(tuple(t.shape), t.dtype) for t in model_inputs(raw)]
-        traced = self.open_graph(raw, values, prefix="") or raw
-        packed_values = _pack_inputs(structure, values, model)
+        packed_values = _pack_inputs(structure, values)
+        traced = self.open_graph(raw, model_inputs(raw), prefix="") or raw
         problem = self.disagreement(model, (packed_values,), {}, traced, packed_values)
+        if problem:
+            traced = self.open_checked(raw, values) or raw
+            problem = self.disagreement(model, (packed_values,), {}, traced, packed_values)
         if problem:
             raise UnsupportedModelError(f"The trace of subclassed model {name} does not compute what the model "
                                         f"computes: {problem}. tfprune cannot read this model.")
-        return OpenedModel(traced, self.closed, True)
+        return OpenedModel(traced, self.closed, self.channelwise, True)
 
     def example_inputs(self, tensors, input_shape):
         shapes = [tuple(t.shape[1:]) for t in tensors]
@@ -177,13 +195,15 @@ class _Opener:
     # ---- the graph --------------------------------------------------------------------------------------------
 
     def open_graph(self, model, inputs, prefix):
-        """Open the custom layers of a graph model run on `inputs`; a new Functional model, or None if none opened."""
+        """Open the custom layers of a graph model; a new Functional model, or None if none was opened.
+
+        `inputs` are the model's own Inputs (symbolic pass) or real values (checking pass, where every opened
+        layer is compared with its trace on the values it sees)."""
         replacements = {}
 
         def call(node, values):
             op = node.operation
             path = prefix + op.name
-            args, kwargs = node.arguments.fill_in(values)
             tensors = [values[id(t)] for t in node.arguments.keras_tensors]
             if is_graph_model(op):
                 inner = self.open_graph(op, tensors, path + "/")
@@ -193,6 +213,13 @@ class _Opener:
                 opened = self.open_layer(op, node, path, tensors)
                 if opened is not None:
                     replacements[id(node)] = opened
+                elif self.is_channelwise(op, node, tensors):
+                    self.channelwise.add(path)
+            elif path in self.closed and self.is_channelwise(op, node, tensors):
+                self.channelwise.add(path)
+            if not self.checking:
+                return list(node.outputs)
+            args, kwargs = node.arguments.fill_in(values)
             if isinstance(op, keras.layers.Layer):
                 kwargs = {**kwargs, "training": False}
             return tree.flatten(op(*args, **kwargs))
@@ -214,13 +241,17 @@ class _Opener:
         return True
 
     def open_layer(self, op, node, path, tensors):
-        """The verified trace of one call of a custom layer, or None (with the reason in `closed`)."""
+        """The trace of one call of a custom layer (checked in the checking pass), or None with the reason in
+        `closed`."""
         try:
             raw = trace_call(op, node)
         except Exception as e:  # noqa: BLE001 - any failure of the layer's call closes the layer, with its reason
             self.closed[path] = f"its call could not be traced ({first_line(e)})"
             return None
-        inner = self.open_graph(raw, tensors, path + "/") or raw
+        inner_inputs = tensors if self.checking else model_inputs(raw)
+        inner = self.open_graph(raw, inner_inputs, path + "/") or raw
+        if not self.checking:
+            return inner
         args, kwargs = node.arguments.fill_in(dict(zip((id(t) for t in node.arguments.keras_tensors), tensors,
                                                        strict=True)))
         problem = self.disagreement(op, args, kwargs, inner, tensors if len(tensors) > 1 else tensors[0])
@@ -228,6 +259,49 @@ class _Opener:
             self.closed[path] = f"its trace does not compute what the layer computes: {problem}"
             return None
         return inner
+
+    def is_channelwise(self, op, node, tensors):
+        """Whether a closed layer provably leaves channels where they are: one input and one output of the same
+        shape, no weight with an axis as long as the channels, output channel c depending on input channel c
+        alone, the same function for every channel (outputs permute with the inputs' channels), in inference and
+        training mode. Such a layer (a learnable scalar affine, a custom activation) passes channels through."""
+        if len(node.arguments.keras_tensors) != 1 or len(node.outputs) != 1:
+            return False
+        shape = tuple(node.outputs[0].shape)
+        if shape != tuple(node.arguments.keras_tensors[0].shape) or len(shape) < 2 or shape[-1] in (None, 1):
+            return False
+        width = shape[-1]
+        if any(width in tuple(v.shape) for v in op.weights):
+            return False
+        x = keras.ops.convert_to_numpy(self.random(shape, "float32"))
+        permutation = self.rng.permutation(width)
+        changed = x.copy()
+        changed[..., 0] = self.rng.standard_normal(changed.shape[:-1])
+        args, kwargs = node.arguments.fill_in({id(node.arguments.keras_tensors[0]): None})
+        position = next(i for i, a in enumerate(args) if a is None) if None in args else None
+        if position is None:
+            return False
+        variables = list(op.variables)
+        saved = [keras.ops.convert_to_numpy(v) for v in variables]
+
+        def run(value, training):
+            try:
+                arguments = [*args[:position], keras.ops.convert_to_tensor(value), *args[position + 1:]]
+                return keras.ops.convert_to_numpy(op(*arguments, **{**kwargs, "training": training}))
+            finally:
+                for v, old in zip(variables, saved, strict=True):
+                    v.assign(old)
+
+        try:
+            for training in (False, True):
+                y = run(x, training)
+                if _compare([y[..., permutation]], [run(x[..., permutation], training)]):
+                    return False
+                if _compare([y[..., 1:]], [run(changed, training)[..., 1:]]):
+                    return False
+        except Exception:  # noqa: BLE001 - a layer that cannot be run on its own is not shown to be channelwise
+            return False
+        return True
 
     def disagreement(self, original, args, kwargs, traced, traced_inputs):
         """Why `traced(traced_inputs)` differs from `original(*args, **kwargs)` in inference or training mode, or
@@ -375,7 +449,7 @@ def _input_structure(model, input_shape):
                      f"dict of such shapes; got {input_shape!r}.")
 
 
-def _pack_inputs(structure, flat, model):
+def _pack_inputs(structure, flat):
     if len(structure) == 1 and structure[0][0] == 0:
         return flat[0]
     if isinstance(structure[0][0], str):
@@ -383,7 +457,7 @@ def _pack_inputs(structure, flat, model):
     return list(flat)
 
 
-def _check_call_arguments(model, n_inputs, name):
+def _check_call_arguments(model, name):
     """Refuse a `call` that needs arguments besides its one input structure, `training` and `mask`."""
     parameters = list(inspect.signature(model.call).parameters.values())
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

@@ -30,6 +30,12 @@ class PassThrough(LayerRule):
         return False
 
 
+class CheckedChannelwise(PassThrough):
+    """A layer tfprune could not open but that was shown, by running it, to act on every channel alone and in the
+    same way (a learnable scalar affine, a custom activation written with TensorFlow ops): channels pass through,
+    and the layer is copied unchanged (it has no weight indexed by channels)."""
+
+
 class ActivationLayer(PassThrough):
     """`Activation(...)`: softmax-like functions span the channels; all others act per channel."""
 
