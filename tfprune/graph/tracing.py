@@ -118,6 +118,17 @@ class _Opener:
         self.closed = {}
         self.channelwise = set()
         self.checking = False  # the second pass: every opened layer is checked against its trace
+        self.traces = {}  # id(layer) -> (its opened trace, the shapes and constants of the call it was made for)
+        self.never_open = {}  # id(layer) -> reason, for layers called in ways that one trace cannot cover
+
+    def open_all(self, model, inputs):
+        """`open_graph` from the top; again, without them, when layers turn out to be called in different ways."""
+        while True:
+            self.closed, self.channelwise, self.traces = {}, set(), {}
+            try:
+                return self.open_graph(model, inputs, prefix="")
+            except _CalledDifferently:
+                continue
 
     # ---- the model --------------------------------------------------------------------------------------------
 
@@ -129,7 +140,7 @@ class _Opener:
             return self.open_subclassed(model, input_shape)
         if isinstance(model, keras.Sequential) and model._functional is None:
             keras_nodes.functional_of(model)  # raises with the reason
-        opened = self.open_graph(model, model_inputs(model), prefix="")
+        opened = self.open_all(model, model_inputs(model))
         if opened is None:
             return OpenedModel(model, self.closed, self.channelwise, False)
         values = self.example_inputs(model_inputs(model), input_shape)
@@ -140,8 +151,8 @@ class _Opener:
 
     def open_checked(self, model, values):
         """The second pass: open again, checking every opened layer on the values it sees in the model."""
-        self.closed, self.channelwise, self.checking = {}, set(), True
-        return self.open_graph(model, values, prefix="")
+        self.checking = True
+        return self.open_all(model, values)
 
     def open_subclassed(self, model, input_shape):
         name = f"'{model.name}' ({type(model).__name__})"
@@ -165,7 +176,7 @@ class _Opener:
                                         "as a Functional model.") from e
         values = [self.random(tuple(t.shape), t.dtype) for t in model_inputs(raw)]
         packed_values = _pack_inputs(structure, values)
-        traced = self.open_graph(raw, model_inputs(raw), prefix="") or raw
+        traced = self.open_all(raw, model_inputs(raw)) or raw
         problem = self.disagreement(model, (packed_values,), {}, traced, packed_values)
         if problem:
             traced = self.open_checked(raw, values) or raw
@@ -233,6 +244,9 @@ class _Opener:
         """A layer no rule understands (a custom layer, a Lambda) and that holds no weights of its own."""
         if not isinstance(op, keras.layers.Layer) or not isinstance(rule_for(op), Boundary):
             return False
+        if id(op) in self.never_open:
+            self.closed[path] = self.never_open[id(op)]
+            return False
         own = keras_nodes.own_variables(op)
         if own:
             names = ", ".join(sorted({v.name for v in own})[:3])
@@ -243,13 +257,24 @@ class _Opener:
     def open_layer(self, op, node, path, tensors):
         """The trace of one call of a custom layer (checked in the checking pass), or None with the reason in
         `closed`."""
-        try:
-            raw = trace_call(op, node)
-        except Exception as e:  # noqa: BLE001 - any failure of the layer's call closes the layer, with its reason
-            self.closed[path] = f"its call could not be traced ({first_line(e)})"
-            return None
-        inner_inputs = tensors if self.checking else model_inputs(raw)
-        inner = self.open_graph(raw, inner_inputs, path + "/") or raw
+        signature = (tuple(tuple(t.shape) for t in node.arguments.keras_tensors),
+                     repr([x for x in tree.flatten((node.arguments.args, node.arguments.kwargs))
+                           if not isinstance(x, keras.KerasTensor)]))
+        if id(op) in self.traces:  # a layer called again: the same trace (one sub-model, one name) if it fits
+            inner, first = self.traces[id(op)]
+            if first != signature:
+                self.never_open[id(op)] = ("is called more than once with different input shapes or arguments, "
+                                           "which one trace cannot cover")
+                raise _CalledDifferently
+        else:
+            try:
+                raw = trace_call(op, node)
+            except Exception as e:  # noqa: BLE001 - any failure of the layer's call closes it, with its reason
+                self.closed[path] = f"its call could not be traced ({first_line(e)})"
+                return None
+            inner_inputs = tensors if self.checking else model_inputs(raw)
+            inner = self.open_graph(raw, inner_inputs, path + "/") or raw
+            self.traces[id(op)] = (inner, signature)
         if not self.checking:
             return inner
         args, kwargs = node.arguments.fill_in(dict(zip((id(t) for t in node.arguments.keras_tensors), tensors,
@@ -329,6 +354,10 @@ class _Opener:
             if problem:
                 return f"in {'training' if training else 'inference'} mode {problem}"
         return None
+
+
+class _CalledDifferently(Exception):
+    """A layer opened at one call turned out to be called differently elsewhere: open the model again without it."""
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
