@@ -120,6 +120,7 @@ class _Opener:
         self.checking = False  # the second pass: every opened layer is checked against its trace
         self.traces = {}  # id(layer) -> (its opened trace, the shapes and constants of the call it was made for)
         self.never_open = {}  # id(layer) -> reason, for layers called in ways that one trace cannot cover
+        self.shapes = {}  # id(layer) -> input shapes to trace it with, for layers called on several sizes
 
     def open_all(self, model, inputs):
         """`open_graph` from the top; again, without them, when layers turn out to be called in different ways."""
@@ -257,24 +258,31 @@ class _Opener:
     def open_layer(self, op, node, path, tensors):
         """The trace of one call of a custom layer (checked in the checking pass), or None with the reason in
         `closed`."""
-        signature = (tuple(tuple(t.shape) for t in node.arguments.keras_tensors),
-                     repr([x for x in tree.flatten((node.arguments.args, node.arguments.kwargs))
-                           if not isinstance(x, keras.KerasTensor)]))
+        shapes = self.shapes.get(id(op)) or [tuple(t.shape) for t in node.arguments.keras_tensors]
+        constants = repr([x for x in tree.flatten((node.arguments.args, node.arguments.kwargs))
+                          if not isinstance(x, keras.KerasTensor)])
         if id(op) in self.traces:  # a layer called again: the same trace (one sub-model, one name) if it fits
-            inner, first = self.traces[id(op)]
-            if first != signature:
-                self.never_open[id(op)] = ("is called more than once with different input shapes or arguments, "
-                                           "which one trace cannot cover")
+            inner, (first_shapes, first_constants) = self.traces[id(op)]
+            here = [tuple(t.shape) for t in node.arguments.keras_tensors]
+            if first_constants != constants or len(here) != len(first_shapes) or any(
+                    len(a) != len(b) for a, b in zip(here, first_shapes, strict=True)):
+                self.never_open[id(op)] = ("is called more than once with different arguments, which one trace "
+                                           "cannot cover")
                 raise _CalledDifferently
+            merged = [tuple(None if x != y else x for x, y in zip(a, b, strict=True))
+                      for a, b in zip(here, first_shapes, strict=True)]
+            if merged != first_shapes:  # e.g. a head called on every level of a feature pyramid
+                self.shapes[id(op)] = merged
+                raise _CalledDifferently  # trace it again, for inputs of any size along the differing axes
         else:
             try:
-                raw = trace_call(op, node)
+                raw = trace_call(op, node, shapes=shapes)
             except Exception as e:  # noqa: BLE001 - any failure of the layer's call closes it, with its reason
                 self.closed[path] = f"its call could not be traced ({first_line(e)})"
                 return None
             inner_inputs = tensors if self.checking else model_inputs(raw)
             inner = self.open_graph(raw, inner_inputs, path + "/") or raw
-            self.traces[id(op)] = (inner, signature)
+            self.traces[id(op)] = (inner, (shapes, constants))
         if not self.checking:
             return inner
         args, kwargs = node.arguments.fill_in(dict(zip((id(t) for t in node.arguments.keras_tensors), tensors,
@@ -376,6 +384,10 @@ def trace_call(op, node, shapes=None):
     if len(set(map(id, inputs))) != len(inputs):
         raise ValueError("it is called with the same tensor twice")
     args, kwargs = node.arguments.fill_in(mapping)
+    parameters = inspect.signature(op.call).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        # `training` (and `mask`) reach Layer.__call__ as call-context arguments even when `call` does not take them.
+        kwargs = {k: v for k, v in kwargs.items() if k in parameters or k not in ("training", "mask")}
     outputs = tree.flatten(op.call(*args, **kwargs))
     if len(outputs) != len(node.outputs):
         raise ValueError(f"its call returned {len(outputs)} tensors on symbolic inputs, {len(node.outputs)} in the "

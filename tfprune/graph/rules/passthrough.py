@@ -42,6 +42,12 @@ class ActivationLayer(PassThrough):
     def spans_channels(self, layer, rank):
         return activation_name(layer.activation) in CHANNEL_SPANNING_ACTIVATIONS
 
+    def new_layer(self, layer, config):
+        try:
+            return super().new_layer(layer, config)
+        except (TypeError, ValueError):  # a Python lambda as activation: copy it with the very same function
+            return type(layer)(layer.activation, name=layer.name, dtype=layer.dtype_policy)
+
 
 class AxisSpanningLayer(PassThrough):
     """Softmax or UnitNormalization: mixes channels when its axis is the channel axis, else per channel."""
