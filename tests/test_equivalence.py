@@ -5,8 +5,9 @@ output scale, on random inputs. Hypothesis draws small random architectures that
 (also feeding an Add, and two concatenations of different splits added together), depthwise (depth_multiplier up
 to 3), grouped, separable and transposed convolutions, squeeze-excite gates, BatchNormalization with random
 statistics, PReLU, pooling / padding / cropping / upsampling, Flatten→Dense heads, nested Functional and Sequential
-sub-models, and shared layers and sub-models called twice, in 1-D and 2-D. Every activation has f(0) = 0 and there
-is no channel-spanning normalisation, so the equivalence must be exact up to float rounding.
+sub-models, shared layers and sub-models called twice, and random sub-blocks wrapped in custom layers (nested too, some
+with keras.ops arithmetic in `call`), which tfprune opens by tracing, in 1-D and 2-D. Every activation has f(0) = 0
+and there is no channel-spanning normalisation, so the equivalence must be exact up to float rounding.
 """
 
 import dataclasses
@@ -45,7 +46,7 @@ def _block_kinds(rank, size, width):
     """The blocks that fit a tensor of this spatial size and width."""
     kinds = ["conv", "bn", "prelu", "activation", "residual", "concat", "concat_add", "two_concats_add",
              "concat_skip", "depthwise", "grouped", "separable", "se", "functional_block", "sequential_block",
-             "shared_layer", "shared_block"]
+             "shared_layer", "shared_block", "custom"]
     if size >= 6:
         kinds += ["pool", "crop"]
     if size <= 8:
@@ -62,10 +63,17 @@ widths = st.integers(2, 12)
 
 
 @st.composite
-def _block(draw, kind, rank, size, width):
+def _block(draw, kind, rank, size, width, depth=0):
     """One block's parameters, and the spatial size and width of its output."""
     p = {}
-    if kind == "conv":
+    if kind == "custom":  # one or two random blocks inside a custom layer (custom inside custom at most once)
+        inner = []
+        for _ in range(draw(st.integers(1, 2))):
+            kinds = [k for k in _block_kinds(rank, size, width) if k != "custom" or depth == 0]
+            block, size, width = draw(_block(draw(st.sampled_from(kinds)), rank, size, width, depth + 1))
+            inner.append(block)
+        p = {"inner": tuple(inner), "gate": draw(st.booleans())}
+    elif kind == "conv":
         p = {"filters": draw(widths), "kernel": draw(st.sampled_from([1, 3])), "use_bias": draw(st.booleans()),
              "activation": draw(st.sampled_from((None,) + ACTIVATIONS))}
         width = p["filters"]
@@ -178,11 +186,31 @@ def every_block(rank):
         ("se", {"squeeze": "keepdims", "excite": "dense", "reduced": 2}),
         ("se", {"squeeze": "reshape", "excite": "conv", "reduced": 2}),
         ("grouped", {"groups": 3, "j": 1, "k": 2}),  # one input channel per group: a depthwise convolution
+        ("custom", {"inner": (("residual", {"mid": 4, "bn": True}),
+                              ("custom", {"inner": (("conv", {"filters": 6, "kernel": 3, "use_bias": True,
+                                                              "activation": "relu"}),), "gate": True})),
+                    "gate": False}),
     )
     return Recipe(rank=rank, size=8, in_channels=3, stem=10, blocks=blocks, head="flatten_hidden")
 
 
 # ---- building a recipe -----------------------------------------------------------------------------------------
+
+
+class Wrapped(L.Layer):
+    """A custom layer: its call runs a sub-block and, with `gate`, keras.ops arithmetic (a weightless gate)."""
+
+    def __init__(self, body, gate, **kwargs):
+        super().__init__(**kwargs)
+        self.body, self.gate = body, gate
+
+    def call(self, x, training=None):
+        y = self.body(x, training=training)
+        if self.gate:
+            spatial = tuple(range(1, len(y.shape) - 1))
+            y = y * keras.ops.sigmoid(keras.ops.mean(y, axis=spatial, keepdims=True) + 0.5)
+        return y
+
 
 
 class _ModelBuilder:
@@ -232,6 +260,13 @@ class _ModelBuilder:
 
     def block(self, x, kind, p):
         width = x.shape[-1]
+        if kind == "custom":
+            inputs = keras.Input(x.shape[1:], name=self.name("custom_input"))
+            y = inputs
+            for inner_kind, q in p["inner"]:
+                y = self.block(y, inner_kind, q)
+            body = keras.Model(inputs, y, name=self.name("custom_body"))
+            return Wrapped(body, p["gate"], name=self.name("custom"))(x)
         if kind == "conv":
             return self.conv(p["filters"], p["kernel"], use_bias=p["use_bias"], activation=p["activation"])(x)
         if kind == "bn":
