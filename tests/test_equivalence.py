@@ -450,7 +450,7 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
     assert not not_understood, f"layers tfprune treated as boundaries: {not_understood}"
     assert graph["stem"].prunable, graph["stem"].reasons
 
-    plan = tfprune.plan(model, ratio, criterion="random", scope=scope, seed=seed)
+    plan = tfprune.plan(model, ratio, criterion="random", scope=scope, seed=seed, graph=graph)
     note(repr(plan))
     pruned = [name for name, kept in plan.keep.items() if len(kept) < plan.widths[name]]
     if scope == "layer":
@@ -460,10 +460,11 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
 
     masked = build(recipe)
     masked.set_weights(original)
-    assert tfprune.mask(masked, plan) is masked
+    masked_graph = tfprune.ChannelGraph(masked)  # built once per model: custom layers are traced once
+    assert tfprune.mask(masked, plan, graph=masked_graph) is masked
     expected = predict(masked, x)
 
-    slim = tfprune.rebuild(masked, plan)
+    slim = tfprune.rebuild(masked, plan, graph=masked_graph)
     actual = predict(slim, x)
     assert actual.shape == (2, 3)
     assert_same_outputs(expected, actual)
@@ -471,7 +472,7 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
         assert slim.count_params() < model.count_params()
 
     # Slicing the unmasked model drops exactly what mask zeroed.
-    slim_from_original = tfprune.rebuild(model, plan)
+    slim_from_original = tfprune.rebuild(model, plan, graph=graph)
     assert_same_outputs(expected, predict(slim_from_original, x))
     assert_same_weights(slim.get_weights(), slim_from_original.get_weights())
 
@@ -491,9 +492,9 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
 
     # Stable: masking again changes nothing, rebuilding again gives the same model, and a slim model prunes again.
     masked_weights = masked.get_weights()
-    tfprune.mask(masked, plan)
+    tfprune.mask(masked, plan, graph=masked_graph)
     assert_same_weights(masked_weights, masked.get_weights())
-    again = tfprune.rebuild(masked, plan)
+    again = tfprune.rebuild(masked, plan, graph=masked_graph)
     assert_same_weights(slim.get_weights(), again.get_weights())
     second_plan = tfprune.plan(again, ratio, criterion="random", scope=scope, seed=seed + 1)
     tfprune.mask(again, second_plan)

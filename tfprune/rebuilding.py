@@ -142,7 +142,14 @@ class _Rebuilder:
                 config = _seeded(config, self.seed + len(self.created))
             # The config comes from a live layer of this process, not from a file: Lambda functions may be copied.
             with SafeModeScope(False):
-                return self.graph.rules[path].new_layer(op, config)
+                try:
+                    return self.graph.rules[path].new_layer(op, config)
+                except (TypeError, ValueError):
+                    if not callable(getattr(op, "activation", None)) or "activation" not in config:
+                        raise
+                    # An activation its config cannot recreate (a custom layer or a Python lambda given as
+                    # `activation=`): the slim layer calls the very same object.
+                    return self.graph.rules[path].new_layer(op, {**config, "activation": op.activation})
         except (NotImplementedError, TypeError, ValueError) as e:
             raise UnsupportedModelError(
                 f"Cannot copy layer '{path}' ({type(op).__name__}): recreating it from get_config() failed "
