@@ -170,5 +170,5 @@ def built(model, shape):
 USER_MODELS = {
     "user ResNet (custom blocks)": lambda: built(UserResNet(name="user_resnet"), (32, 32, 3)),
     "user SE-Net (keras.ops squeeze-excite)": lambda: built(UserSENet(name="user_senet"), (32, 32, 3)),
-    "user U-Net (skips, dropout)": lambda: built(UserUNet(name="user_unet"), (32, 32, 3)),
+    "user U-Net (skips and dropout)": lambda: built(UserUNet(name="user_unet"), (32, 32, 3)),
 }
