@@ -92,8 +92,8 @@ def trace(model, input_shape=None, seed=0):
     >>> inputs = keras.Input((8, 8, 8))
     >>> model = keras.Model(inputs, Block(name="block1")(inputs))
     >>> traced = tfprune.trace(model)
-    >>> [layer.name for layer in traced.layers]
-    ['input_layer', 'block1']
+    >>> [(layer.name, type(layer).__name__) for layer in traced.layers[1:]]  # the custom layer, opened
+    [('block1', 'Functional')]
     >>> "block1/conv" in tfprune.ChannelGraph(traced).layers
     True
     """
