@@ -337,3 +337,18 @@ def test_subclassed_models_tfprune_cannot_read_are_refused_with_the_reason():
         tfprune.ChannelGraph(model)
     with pytest.raises(ValueError, match="input_shape must be"):
         tfprune.trace(NeedsMore(), input_shape="big")
+
+
+def test_data_criteria_and_a_training_callback_work_on_a_subclassed_model():
+    model = built_net()
+    x = x_for((10, 10, 3))
+    plan = tfprune.plan(model, 0.5, criterion="apoz", data=x)  # feature maps measured on the trace's graph
+    assert "stage/first/conv" in plan.keep
+
+    from tfprune.callbacks import DropNet
+
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    dropnet = DropNet(x, fraction=0.25, rewind=None)
+    model.fit(x, np.array([0, 1]), epochs=2, verbose=0, callbacks=[dropnet])
+    slim = dropnet.slim_model()
+    assert type(slim).__name__ == "Functional" and tfprune.count_macs(slim) < tfprune.count_macs(model)
