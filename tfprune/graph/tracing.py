@@ -30,6 +30,7 @@ from tfprune.graph.rules import Boundary, rule_for
 TOLERANCE = 1e-4
 _BATCH = 2
 _UNKNOWN_SIZE = 32
+_OPEN_SIZES = (32, 64, 128, 224)  # tried in turn for the sizes a model leaves open, when checking its trace
 
 
 @dataclasses.dataclass
@@ -144,7 +145,7 @@ class _Opener:
         opened = self.open_all(model, model_inputs(model))
         if opened is None:
             return OpenedModel(model, self.closed, self.channelwise, False)
-        values = self.example_inputs(model_inputs(model), input_shape)
+        values = self.example_inputs(model, input_shape)
         packed = keras_nodes.pack_like_inputs(model, values)
         if self.disagreement(model, (packed,), {}, opened, packed):
             opened = self.open_checked(model, values)
@@ -187,7 +188,10 @@ class _Opener:
                                         f"computes: {problem}. tfprune cannot read this model.")
         return OpenedModel(traced, self.closed, self.channelwise, True)
 
-    def example_inputs(self, tensors, input_shape):
+    def example_inputs(self, model, input_shape):
+        """Random inputs the graph model runs on: sizes it leaves open are `input_shape`'s, or the first of 32, 64,
+        128, 224 it accepts."""
+        tensors = model_inputs(model)
         shapes = [tuple(t.shape[1:]) for t in tensors]
         if input_shape is not None:
             given = _flat_shapes(input_shape)
@@ -195,11 +199,24 @@ class _Opener:
                                                                            zip(s, g, strict=True))
                                                 for g, s in zip(given, shapes, strict=True)):
                 raise ValueError(f"input_shape {input_shape} does not fit the model's inputs {shapes}.")
-            shapes = given
-        return [self.random((None, *s), t.dtype) for s, t in zip(shapes, tensors, strict=True)]
+            return [self.random((None, *s), t.dtype) for s, t in zip(given, tensors, strict=True)]
+        if not any(None in s for s in shapes):
+            return [self.random((None, *s), t.dtype) for s, t in zip(shapes, tensors, strict=True)]
+        error = None
+        for size in _OPEN_SIZES:
+            values = [self.random((None, *s), t.dtype, size) for s, t in zip(shapes, tensors, strict=True)]
+            try:
+                model(keras_nodes.pack_like_inputs(model, values), training=False)
+                return values
+            except Exception as e:  # noqa: BLE001 - try a larger size
+                error = e
+        raise UnsupportedModelError(
+            f"Cannot check the trace of '{model.name}': the model does not run on random inputs of shape "
+            f"{[tuple(v.shape) for v in values]} ({first_line(error)}). Give the input size: "
+            "tfprune.trace(model, input_shape=(224, 224, 3)), and use the trace.")
 
-    def random(self, shape, dtype):
-        shape = (_BATCH, *[_UNKNOWN_SIZE if d is None else d for d in shape[1:]])
+    def random(self, shape, dtype, unknown_size=None):
+        shape = (_BATCH, *[(unknown_size or _UNKNOWN_SIZE) if d is None else d for d in shape[1:]])
         if "int" in str(dtype) or "bool" in str(dtype):
             return keras.ops.convert_to_tensor(np.zeros(shape), dtype=dtype)
         return keras.ops.convert_to_tensor(self.rng.standard_normal(shape).astype("float32"), dtype=dtype)
