@@ -352,3 +352,17 @@ def test_data_criteria_and_a_training_callback_work_on_a_subclassed_model():
     model.fit(x, np.array([0, 1]), epochs=2, verbose=0, callbacks=[dropnet])
     slim = dropnet.slim_model()
     assert type(slim).__name__ == "Functional" and tfprune.count_macs(slim) < tfprune.count_macs(model)
+
+
+def test_model_with_open_input_size_is_checked_on_a_size_it_accepts():
+    inputs = keras.Input((None, None, 3))
+    x = L.Conv2D(4, 3, strides=2, name="stem")(inputs)
+    x = ConvBlock(4, name="block")(x)
+    model = keras.Model(inputs, L.GlobalAveragePooling2D()(L.Conv2D(3, 1, name="out")(x)))
+
+    graph = tfprune.ChannelGraph(model)
+
+    assert graph["block/conv"].prunable and graph.model.inputs[0].shape == (None, None, None, 3)
+    assert tfprune.trace(model, input_shape=(12, 12, 3)).inputs[0].shape == (None, None, None, 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        tfprune.trace(model, input_shape=(12, 12))
