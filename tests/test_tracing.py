@@ -333,8 +333,11 @@ def test_subclassed_models_tfprune_cannot_read_are_refused_with_the_reason():
         tfprune.trace(NeedsMore(), input_shape=(4,))
     model = Disagrees(name="odd")
     model(np.ones((1, 4), "float32"))
+    weights = [w.copy() for w in model.get_weights()]
     with pytest.raises(tfprune.UnsupportedModelError, match="'odd' \\(Disagrees\\) does not compute.*training mode"):
         tfprune.ChannelGraph(model)
+    for before, after in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)  # the caller's model is never modified
     with pytest.raises(ValueError, match="input_shape must be"):
         tfprune.trace(NeedsMore(), input_shape="big")
 
@@ -366,3 +369,16 @@ def test_model_with_open_input_size_is_checked_on_a_size_it_accepts():
     assert tfprune.trace(model, input_shape=(12, 12, 3)).inputs[0].shape == (None, None, None, 3)
     with pytest.raises(ValueError, match="does not fit"):
         tfprune.trace(model, input_shape=(12, 12))
+
+
+def test_a_shared_custom_layer_whose_trace_disagrees_is_closed_at_every_call():
+    inputs = keras.Input((6, 6, 4))
+    odd = BranchesOnTraining(name="odd")
+    x = odd(L.Conv2D(4, 1, name="a")(inputs))
+    y = odd(ConvBlock(4, name="block")(x))  # called twice; its trace disagrees in training mode
+    model = randomize(keras.Model(inputs, L.GlobalAveragePooling2D()(L.Conv2D(2, 1, name="out")(y))))
+
+    graph = tfprune.ChannelGraph(model)
+
+    assert "odd" in graph.layers and "odd/conv" not in graph.layers and "block/conv" in graph.layers
+    assert "training mode" in graph.closed["odd"]

@@ -140,8 +140,7 @@ class _Opener:
                                         f"{type(model).__name__}.")
         if not is_graph_model(model):
             return self.open_subclassed(model, input_shape)
-        if isinstance(model, keras.Sequential) and model._functional is None:
-            keras_nodes.functional_of(model)  # raises with the reason
+        keras_nodes.functional_of(model)  # raises for a Sequential model without an input shape, with the reason
         opened = self.open_all(model, model_inputs(model))
         if opened is None:
             return OpenedModel(model, self.closed, self.channelwise, False)
@@ -306,8 +305,10 @@ class _Opener:
                                                        strict=True)))
         problem = self.disagreement(op, args, kwargs, inner, tensors if len(tensors) > 1 else tensors[0])
         if problem:
-            self.closed[path] = f"its trace does not compute what the layer computes: {problem}"
-            return None
+            why = f"its trace does not compute what the layer computes: {problem}"
+            # Other calls of the layer may already use the trace: open again with the layer closed everywhere.
+            self.never_open[id(op)] = why
+            raise _CalledDifferently
         return inner
 
     def is_channelwise(self, op, node, tensors):
