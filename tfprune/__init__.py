@@ -15,6 +15,7 @@ _PUBLIC = {
     "Plan": "tfprune.plans",
     "PlanError": "tfprune.errors",
     "SensitivityResult": "tfprune.sensitivity_analysis",
+    "UnknownMACsError": "tfprune.errors",
     "UnsupportedModelError": "tfprune.errors",
     "benchmark": "tfprune.benchmarking",
     "callbacks": "tfprune.callbacks",
@@ -35,6 +36,7 @@ _PUBLIC = {
     "search": "tfprune.search",
     "sensitivity": "tfprune.sensitivity_analysis",
     "summary": "tfprune.summaries",
+    "trace": "tfprune.graph",
 }
 
 __all__ = sorted(_PUBLIC)

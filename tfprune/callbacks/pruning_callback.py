@@ -176,7 +176,7 @@ class PruningCallback(keras.callbacks.Callback):
     # --- Keras hooks --------------------------------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        if self.graph is None or self.graph.model is not self.model:
+        if self.graph is None or self.graph.source is not self.model:
             self.graph = ChannelGraph(self.model, prune_outputs=self.prune_outputs)
             self._full_macs = count_macs(self.model)
             self._mask_variables = {}
