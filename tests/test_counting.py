@@ -230,12 +230,14 @@ class Subclassed(keras.Model):
         return self.conv(x)
 
 
-@pytest.mark.parametrize("count", [tfprune.count_macs, layer_params, tfprune.summary])
-def test_subclassed_model_is_refused(count):
+def test_subclassed_model_is_counted_through_its_trace():
     model = Subclassed()
     model(keras.ops.zeros((1, 8, 8, 3)))
-    with pytest.raises(UnsupportedModelError, match="subclassed"):
-        count(model)
+    assert tfprune.count_macs(model) == 6 * 6 * 3 * 3 * 3 * 4
+    assert list(layer_params(model).values()) == [3 * 3 * 3 * 4 + 4]
+    assert "Total MACs: 3,888" in tfprune.summary(model, print_fn=lambda line: None)
+    with pytest.raises(UnsupportedModelError, match="never built"):
+        tfprune.count_macs(Subclassed())
 
 
 def test_count_params_needs_no_graph():

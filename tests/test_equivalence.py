@@ -5,8 +5,9 @@ output scale, on random inputs. Hypothesis draws small random architectures that
 (also feeding an Add, and two concatenations of different splits added together), depthwise (depth_multiplier up
 to 3), grouped, separable and transposed convolutions, squeeze-excite gates, BatchNormalization with random
 statistics, PReLU, pooling / padding / cropping / upsampling, Flatten→Dense heads, nested Functional and Sequential
-sub-models, and shared layers and sub-models called twice, in 1-D and 2-D. Every activation has f(0) = 0 and there
-is no channel-spanning normalisation, so the equivalence must be exact up to float rounding.
+sub-models, shared layers and sub-models called twice, and random sub-blocks wrapped in custom layers (nested too, some
+with keras.ops arithmetic in `call`), which tfprune opens by tracing, in 1-D and 2-D. Every activation has f(0) = 0
+and there is no channel-spanning normalisation, so the equivalence must be exact up to float rounding.
 """
 
 import dataclasses
@@ -45,7 +46,7 @@ def _block_kinds(rank, size, width):
     """The blocks that fit a tensor of this spatial size and width."""
     kinds = ["conv", "bn", "prelu", "activation", "residual", "concat", "concat_add", "two_concats_add",
              "concat_skip", "depthwise", "grouped", "separable", "se", "functional_block", "sequential_block",
-             "shared_layer", "shared_block"]
+             "shared_layer", "shared_block", "custom"]
     if size >= 6:
         kinds += ["pool", "crop"]
     if size <= 8:
@@ -62,10 +63,17 @@ widths = st.integers(2, 12)
 
 
 @st.composite
-def _block(draw, kind, rank, size, width):
+def _block(draw, kind, rank, size, width, depth=0):
     """One block's parameters, and the spatial size and width of its output."""
     p = {}
-    if kind == "conv":
+    if kind == "custom":  # one or two random blocks inside a custom layer (custom inside custom at most once)
+        inner = []
+        for _ in range(draw(st.integers(1, 2))):
+            kinds = [k for k in _block_kinds(rank, size, width) if k != "custom" or depth == 0]
+            block, size, width = draw(_block(draw(st.sampled_from(kinds)), rank, size, width, depth + 1))
+            inner.append(block)
+        p = {"inner": tuple(inner), "gate": draw(st.booleans())}
+    elif kind == "conv":
         p = {"filters": draw(widths), "kernel": draw(st.sampled_from([1, 3])), "use_bias": draw(st.booleans()),
              "activation": draw(st.sampled_from((None,) + ACTIVATIONS))}
         width = p["filters"]
@@ -178,11 +186,31 @@ def every_block(rank):
         ("se", {"squeeze": "keepdims", "excite": "dense", "reduced": 2}),
         ("se", {"squeeze": "reshape", "excite": "conv", "reduced": 2}),
         ("grouped", {"groups": 3, "j": 1, "k": 2}),  # one input channel per group: a depthwise convolution
+        ("custom", {"inner": (("residual", {"mid": 4, "bn": True}),
+                              ("custom", {"inner": (("conv", {"filters": 6, "kernel": 3, "use_bias": True,
+                                                              "activation": "relu"}),), "gate": True})),
+                    "gate": False}),
     )
     return Recipe(rank=rank, size=8, in_channels=3, stem=10, blocks=blocks, head="flatten_hidden")
 
 
 # ---- building a recipe -----------------------------------------------------------------------------------------
+
+
+class Wrapped(L.Layer):
+    """A custom layer: its call runs a sub-block and, with `gate`, keras.ops arithmetic (a weightless gate)."""
+
+    def __init__(self, body, gate, **kwargs):
+        super().__init__(**kwargs)
+        self.body, self.gate = body, gate
+
+    def call(self, x, training=None):
+        y = self.body(x, training=training)
+        if self.gate:
+            spatial = tuple(range(1, len(y.shape) - 1))
+            y = y * keras.ops.sigmoid(keras.ops.mean(y, axis=spatial, keepdims=True) + 0.5)
+        return y
+
 
 
 class _ModelBuilder:
@@ -232,6 +260,13 @@ class _ModelBuilder:
 
     def block(self, x, kind, p):
         width = x.shape[-1]
+        if kind == "custom":
+            inputs = keras.Input(x.shape[1:], name=self.name("custom_input"))
+            y = inputs
+            for inner_kind, q in p["inner"]:
+                y = self.block(y, inner_kind, q)
+            body = keras.Model(inputs, y, name=self.name("custom_body"))
+            return Wrapped(body, p["gate"], name=self.name("custom"))(x)
         if kind == "conv":
             return self.conv(p["filters"], p["kernel"], use_bias=p["use_bias"], activation=p["activation"])(x)
         if kind == "bn":
@@ -415,7 +450,7 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
     assert not not_understood, f"layers tfprune treated as boundaries: {not_understood}"
     assert graph["stem"].prunable, graph["stem"].reasons
 
-    plan = tfprune.plan(model, ratio, criterion="random", scope=scope, seed=seed)
+    plan = tfprune.plan(model, ratio, criterion="random", scope=scope, seed=seed, graph=graph)
     note(repr(plan))
     pruned = [name for name, kept in plan.keep.items() if len(kept) < plan.widths[name]]
     if scope == "layer":
@@ -425,10 +460,11 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
 
     masked = build(recipe)
     masked.set_weights(original)
-    assert tfprune.mask(masked, plan) is masked
+    masked_graph = tfprune.ChannelGraph(masked)  # built once per model: custom layers are traced once
+    assert tfprune.mask(masked, plan, graph=masked_graph) is masked
     expected = predict(masked, x)
 
-    slim = tfprune.rebuild(masked, plan)
+    slim = tfprune.rebuild(masked, plan, graph=masked_graph)
     actual = predict(slim, x)
     assert actual.shape == (2, 3)
     assert_same_outputs(expected, actual)
@@ -436,7 +472,7 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
         assert slim.count_params() < model.count_params()
 
     # Slicing the unmasked model drops exactly what mask zeroed.
-    slim_from_original = tfprune.rebuild(model, plan)
+    slim_from_original = tfprune.rebuild(model, plan, graph=graph)
     assert_same_outputs(expected, predict(slim_from_original, x))
     assert_same_weights(slim.get_weights(), slim_from_original.get_weights())
 
@@ -456,9 +492,9 @@ def test_rebuilt_model_predicts_like_masked_model(recipe, ratio, scope, seed):
 
     # Stable: masking again changes nothing, rebuilding again gives the same model, and a slim model prunes again.
     masked_weights = masked.get_weights()
-    tfprune.mask(masked, plan)
+    tfprune.mask(masked, plan, graph=masked_graph)
     assert_same_weights(masked_weights, masked.get_weights())
-    again = tfprune.rebuild(masked, plan)
+    again = tfprune.rebuild(masked, plan, graph=masked_graph)
     assert_same_weights(slim.get_weights(), again.get_weights())
     second_plan = tfprune.plan(again, ratio, criterion="random", scope=scope, seed=seed + 1)
     tfprune.mask(again, second_plan)

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 
 import tfprune
+from tests.user_models import USER_MODELS
 from tests.zoo import APPLICATIONS, BACKBONES, NOTHING_PRUNABLE, RELOAD_FAILS, application, randomize_channel_parameters
 from tfprune.verification import check_equivalence, outputs, random_inputs
 
 
 def check_zoo_model(model, tmp_path, nothing_prunable_because=None, reload_fails_because=None):
     randomize_channel_parameters(model)
-    graph = tfprune.ChannelGraph(model)
+    graph = tfprune.ChannelGraph(model)  # opens custom layers and subclassed models by tracing
+    traced = graph.model  # the Functional model read (the model itself when there was nothing to open)
     if nothing_prunable_because:
         assert not graph.prunable_groups
         assert any(nothing_prunable_because in why for g in graph.groups for why in g.reasons), str(graph)
@@ -20,16 +22,16 @@ def check_zoo_model(model, tmp_path, nothing_prunable_because=None, reload_fails
     plan = tfprune.plan(model, 0.3, graph=graph)
     slim = tfprune.rebuild(model, plan, graph=graph)
 
-    x = random_inputs(model)
+    x = random_inputs(traced)
     y = outputs(slim, x)
     assert [a.shape for a in y] == [a.shape for a in outputs(model, x)]
     assert all(np.isfinite(a).all() for a in y)
     if graph.prunable_groups:
-        assert tfprune.count_macs(slim) < tfprune.count_macs(model)
+        assert tfprune.count_macs(slim) < tfprune.count_macs(traced)  # the trace, so as not to trace again
         assert slim.count_params() < model.count_params()
 
     exact = tfprune.plan(model, {g.name: 0.3 for g in graph.prunable_groups if not g.spanning}, graph=graph)
-    assert check_equivalence(model, exact, inputs=x) < 1e-5
+    assert check_equivalence(traced, exact, inputs=x) < 1e-5
 
     path = tmp_path / "slim.keras"
     slim.save(path)
@@ -56,4 +58,12 @@ def test_application(name, tmp_path):
 def test_backbone(name, tmp_path):
     check_zoo_model(BACKBONES[name](), tmp_path, nothing_prunable_because=NOTHING_PRUNABLE.get(name),
                     reload_fails_because=RELOAD_FAILS.get(name))
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("name", sorted(USER_MODELS))
+def test_subclassed_user_model(name, tmp_path):
+    model = USER_MODELS[name]()
+    check_zoo_model(model, tmp_path)
+    assert type(model).__name__.startswith("User")  # the caller's model keeps its class
     keras.backend.clear_session()

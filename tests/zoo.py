@@ -36,10 +36,9 @@ def randomize_channel_parameters(model, seed=0):
 
 
 def _leaf_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
+    """Every layer inside `model`, custom layers' and subclassed models' sub-layers included."""
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, keras.Model):
             yield layer
 
 
@@ -111,20 +110,64 @@ BACKBONES = {
     "keras_cv CSPDarkNet": _cv("CSPDarkNetBackbone", stackwise_channels=[32, 64, 128, 256],
                                stackwise_depth=[1, 1, 1, 1], use_depthwise=False, input_shape=(64, 64, 3)),
     "keras_cv VGG16": _cv("VGG16Backbone", include_top=False, pooling=None, input_shape=(32, 32, 3)),
+    # Built from custom layers (opened by tracing) or added with tracing: the smallest configurations that build.
+    "keras_hub HGNetV2": _hub(
+        "HGNetV2Backbone", depths=[1, 1, 2], embedding_size=16, hidden_sizes=[32, 64, 128], stem_channels=[3, 16, 16],
+        hidden_act="relu", use_learnable_affine_block=True,
+        stackwise_stage_filters=[(16, 16, 32, 1, 1, 3), (32, 16, 64, 1, 1, 3), (64, 32, 128, 2, 1, 3)],
+        apply_downsample=[False, True, True], use_lightweight_conv_block=[False, False, True],
+        image_shape=(32, 32, 3)),
+    "keras_hub Xception": _hub("XceptionBackbone", stackwise_conv_filters=[[32, 64], [64, 128], [128, 128]],
+                               stackwise_pooling=[True, True, False], image_shape=(64, 64, 3)),
+    "keras_hub EfficientNet (v1)": _hub(
+        "EfficientNetBackbone", stackwise_width_coefficients=[1.0] * 3, stackwise_depth_coefficients=[1.0] * 3,
+        stackwise_kernel_sizes=[3, 3, 5], stackwise_num_repeats=[1, 2, 2], stackwise_input_filters=[32, 16, 24],
+        stackwise_output_filters=[16, 24, 40], stackwise_expansion_ratios=[1, 6, 6],
+        stackwise_squeeze_and_excite_ratios=[0.25] * 3, stackwise_strides=[1, 2, 2], stackwise_block_types=["v1"] * 3,
+        stackwise_force_input_filters=[0] * 3, stackwise_nores_option=[False] * 3, dropout=0.0,
+        input_shape=(64, 64, 3), num_features=256),
+    "keras_hub MobileNetV5": _hub(
+        "MobileNetV5Backbone", stackwise_block_types=[["er"], ["uir", "uir"]], stackwise_num_blocks=[1, 2],
+        stackwise_num_filters=[[24], [48, 48]], stackwise_strides=[[2], [2, 1]],
+        stackwise_act_layers=[["relu"], ["relu", "relu"]], stackwise_exp_ratios=[[4.0], [6.0, 6.0]],
+        stackwise_se_ratios=[[0.0], [0.0, 0.0]], stackwise_dw_kernel_sizes=[[0], [5, 5]],
+        stackwise_dw_start_kernel_sizes=[[0], [0, 0]], stackwise_dw_end_kernel_sizes=[[0], [0, 0]],
+        stackwise_exp_kernel_sizes=[[3], [0, 0]], stackwise_pw_kernel_sizes=[[1], [0, 0]],
+        stackwise_num_heads=[[0], [0, 0]], stackwise_key_dims=[[0], [0, 0]], stackwise_value_dims=[[0], [0, 0]],
+        stackwise_kv_strides=[[0], [0, 0]], stackwise_use_cpe=[[False], [False, False]], use_msfa=False,
+        num_features=128, image_shape=(64, 64, 3)),
+    "keras_hub ResNet ImageClassifier": lambda: _task("ResNetImageClassifier", _hub(
+        "ResNetBackbone", block_type="basic_block", use_pre_activation=False, **_RESNET)(), num_classes=10),
+    "keras_hub DeepLabV3 segmenter": lambda: _task("DeepLabV3ImageSegmenter", _hub(
+        "DeepLabV3Backbone", image_encoder=_hub("ResNetBackbone", block_type="basic_block", use_pre_activation=False,
+                                                **_RESNET)(),
+        spatial_pyramid_pooling_key="P4", upsampling_size=4, dilation_rates=[2, 4], low_level_feature_key="P2",
+        projection_filters=16, image_shape=(64, 64, 3))(), num_classes=3),
+    "keras_hub RetinaNet detector": lambda: _task("RetinaNetObjectDetector", _hub(
+        "RetinaNetBackbone", image_encoder=_hub(
+            "ResNetBackbone", block_type="basic_block", use_pre_activation=False, input_conv_filters=[64],
+            input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64, 64, 128], stackwise_num_blocks=[1, 1, 1, 1],
+            stackwise_num_strides=[1, 2, 2, 2], image_shape=(64, 64, 3))(),
+        min_level=3, max_level=5, use_p5=False, image_shape=(64, 64, 3))(), num_classes=3,
+        pre_logits_num_conv_layers=1),
 }
 
-# Backbones whose every channel touches a layer tfprune cannot see into, with the layer that stops it.
+
+def _task(name, backbone, **kwargs):
+    import keras_hub
+
+    return getattr(keras_hub.models, name)(backbone=backbone, **kwargs)
+
+# Backbones whose every channel touches a layer tfprune cannot see into, with the layer that stops it (before
+# tracing, keras_hub MobileNetV3 and EfficientNetV2, keras_cv EfficientNetV2 and CSPDarkNet were here too).
 # They are still analysed and copied (rebuilt with an empty plan) and must say why nothing is prunable.
 NOTHING_PRUNABLE = {
-    "keras_hub MobileNetV3": "InvertedResidualBlock",
-    "keras_hub EfficientNetV2": "MBConvBlock",
-    "keras_cv EfficientNetV2": "MBConvBlock",
-    "keras_cv CSPDarkNet": "Lambda",
+    "keras_hub MobileNetV5": "RmsNorm2d",  # a per-channel weight over all channels (no rule), in every block
 }
 
 # keras_cv backbones reload through their own class's from_config (constructor arguments). As plain Functional
 # models — which is what a rebuilt model is — Keras cannot reload them, pruned or not, for these reasons.
-RELOAD_FAILS = {
-    "keras_cv CSPDarkNet": "infer the shape of the Lambda",  # a Python lambda calling keras_cv code
+RELOAD_FAILS = {  # (keras_cv CSPDarkNet's Python lambda used to be here: it is now opened into keras.ops nodes)
     "keras_cv MobileNetV3": "HardSigmoidActivation",  # its get_config() gives a 'name' its __init__ refuses
+    "keras_hub MobileNetV5": "Could not interpret activation",  # a Python lambda as a keras.layers.Activation
 }

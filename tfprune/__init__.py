@@ -15,6 +15,7 @@ _PUBLIC = {
     "Plan": "tfprune.plans",
     "PlanError": "tfprune.errors",
     "SensitivityResult": "tfprune.sensitivity_analysis",
+    "UnknownMACsError": "tfprune.errors",
     "UnsupportedModelError": "tfprune.errors",
     "benchmark": "tfprune.benchmarking",
     "callbacks": "tfprune.callbacks",
@@ -23,6 +24,7 @@ _PUBLIC = {
     "datasets": "tfprune.datasets",
     "export": "tfprune.exporting",
     "macs_model": "tfprune.macs_model",
+    "fine_tune": "tfprune.fine_tuning",
     "mask": "tfprune.masking",
     "models": "tfprune.models",
     "plan": "tfprune.planning",
@@ -34,6 +36,7 @@ _PUBLIC = {
     "search": "tfprune.search",
     "sensitivity": "tfprune.sensitivity_analysis",
     "summary": "tfprune.summaries",
+    "trace": "tfprune.graph",
 }
 
 __all__ = sorted(_PUBLIC)

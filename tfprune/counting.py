@@ -4,15 +4,28 @@ MACs (multiply-accumulate operations) are those of the weighted linear layers, t
 and of op counters such as Torch-Pruning's: convolutions (plain, grouped, transposed, depthwise, separable) and
 `Dense`. Everything else (biases, normalisation, activations, pooling, merges, resizing) counts 0 MACs. They are
 counted for one input example (batch size 1) from the symbolic shapes of every call of every layer.
+
+Custom layers are counted inside: the model is traced first (`tfprune.trace`), and a layer that stays closed but
+has weights (its own, used directly in `call`, or its sub-layers') is counted through a trace of its call, where
+`keras.ops` convolutions, `matmul` and `einsum` with a weight operand count their MACs. A layer with weights whose
+call cannot be traced has unknown MACs: an `UnknownMACsError` naming it, or with `unknown_macs="lower_bound"` a
+warning and 0 for that layer.
 """
 
 import dataclasses
 import math
+import re
+import warnings
 
 import keras
 from keras import tree
+from keras.src.applications.convnext import LayerScale as ConvNeXtLayerScale
+from keras.src.ops import nn as nn_ops
+from keras.src.ops import numpy as numpy_ops
 
+from tfprune.errors import UnknownMACsError
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
+from tfprune.graph.tracing import first_line, open_model, trace_call
 
 L = keras.layers
 
@@ -20,6 +33,10 @@ _CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
 _TRANSPOSED_CONVS = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
 _DEPTHWISE_CONVS = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 _SEPARABLE_CONVS = (L.SeparableConv1D, L.SeparableConv2D)
+# Keras layers with weights and no MACs by the convention above.
+_ZERO_MACS = (L.BatchNormalization, L.LayerNormalization, L.GroupNormalization, L.UnitNormalization, L.PReLU,
+              L.Normalization, L.Embedding, ConvNeXtLayerScale, L.RMSNormalization)
+UNKNOWN_MACS = ("raise", "lower_bound")
 
 
 @dataclasses.dataclass
@@ -43,20 +60,26 @@ class LayerCount:
     calls: int = 0
 
 
-def layer_counts(model) -> dict:
-    """Parameters, MACs and output channels of every layer of a graph model, in execution order.
+def layer_counts(model, unknown_macs="raise") -> dict:
+    """Parameters, MACs and output channels of every layer of a model, in execution order.
 
     Nested Functional and Sequential sub-models are entered: their layers appear as "submodel/layer" (the
-    sub-model itself has no entry). A shared layer has one entry whose MACs sum all of its calls.
+    sub-model itself has no entry), and so are custom layers and subclassed models, through their trace
+    (`tfprune.trace`): an opened custom layer's layers appear as "block/layer". A shared layer has one entry whose
+    MACs sum all of its calls.
 
     Args:
-        model: a built Functional or Sequential `keras.Model`.
+        model: a built `keras.Model` (Functional, Sequential, subclassed, or a trace).
+        unknown_macs: "raise" (an `UnknownMACsError` for a layer with weights whose MACs cannot be known) or
+            "lower_bound" (count such a layer as 0 MACs, with a warning naming it).
 
     Returns:
         `{path: LayerCount}`, ordered as the layers first run.
 
     Raises:
-        UnsupportedModelError: for a subclassed model or a Sequential model without an input shape.
+        UnsupportedModelError: for a subclassed model that cannot be traced or a Sequential model without an input
+            shape.
+        UnknownMACsError: for a layer with weights whose MACs cannot be known (with `unknown_macs="raise"`).
         ValueError: when a convolution or Dense layer's input or output size is not fixed.
 
     Example:
@@ -69,18 +92,20 @@ def layer_counts(model) -> dict:
     >>> counts["conv"].macs, counts["conv"].params, counts["conv"].channels
     (3888, 108, 4)
     """
-    counter = _Counter(macs=True)
-    counter.walk(model)
+    opened = open_model(model)
+    counter = _Counter(macs=True, unknown_macs=unknown_macs, channelwise=opened.channelwise)
+    counter.walk(opened.model)
     return counter.counts
 
 
-def layer_macs(model) -> dict:
+def layer_macs(model, unknown_macs="raise") -> dict:
     """MACs of every layer of a graph model for one input example, keyed by layer path ("submodel/layer").
 
     Layers that compute no MACs (normalisation, activations, pooling, ...) have no entry.
 
     Args:
-        model: a built Functional or Sequential `keras.Model` with a fixed input size.
+        model: a built `keras.Model` with a fixed input size.
+        unknown_macs: as in `layer_counts`.
 
     Returns:
         `{path: MACs}` in execution order; a layer called several times sums all its calls.
@@ -92,10 +117,10 @@ def layer_macs(model) -> dict:
     >>> tfprune.counting.layer_macs(model)
     {'fc': 50}
     """
-    return {path: c.macs for path, c in layer_counts(model).items() if c.macs}
+    return {path: c.macs for path, c in layer_counts(model, unknown_macs).items() if c.macs}
 
 
-def count_macs(model) -> int:
+def count_macs(model, unknown_macs="raise") -> int:
     """Multiply-accumulate operations of one forward pass of `model` on one input example (batch size 1).
 
     Counts the weighted linear layers, the standard convention: for an output of spatial size S,
@@ -105,18 +130,25 @@ def count_macs(model) -> int:
     Conv Transpose (1D/2D/3D): input spatial size · prod(kernel_size) · C_in · filters (each input position
     scatters one kernel);
     Dense: every position of the output but the last axis · input features · units.
-    Everything else (biases, normalisation, activations, pooling, merges, attention, custom layers) counts 0.
-    Nested Functional/Sequential sub-models are entered and a layer called twice counts twice.
+    `keras.ops` convolutions, `matmul` and `einsum` with a weight operand (inside custom layers) count likewise.
+    Everything else (biases, normalisation, activations, pooling, merges, products of two activations) counts 0.
+    Nested Functional/Sequential sub-models are entered, custom layers and subclassed models are counted inside
+    through their trace (`tfprune.trace`), and a layer called twice counts twice.
 
     Args:
-        model: a built Functional or Sequential `keras.Model` whose convolutions have a fixed input size (build
-            it on e.g. `keras.Input((224, 224, 3))`, not `(None, None, 3)`).
+        model: a built `keras.Model` whose convolutions have a fixed input size (build it on e.g.
+            `keras.Input((224, 224, 3))`, not `(None, None, 3)`).
+        unknown_macs: "raise" (default): a layer with weights whose MACs cannot be known (its call cannot be
+            traced) raises `UnknownMACsError` naming it. "lower_bound": such layers count 0, with a warning, and
+            the result is a lower bound.
 
     Returns:
         The MAC count as an int (FLOPs are about twice this).
 
     Raises:
-        UnsupportedModelError: for a subclassed model or a Sequential model without an input shape.
+        UnsupportedModelError: for a subclassed model that cannot be traced or a Sequential model without an input
+            shape.
+        UnknownMACsError: with `unknown_macs="raise"`, for a layer with weights whose MACs cannot be known.
         ValueError: when a layer that computes MACs has an unknown input or output size.
 
     Example:
@@ -128,7 +160,7 @@ def count_macs(model) -> int:
     >>> tfprune.count_macs(model)  # 32*32*9*3*8 + 8*10
     221264
     """
-    return sum(c.macs for c in layer_counts(model).values())
+    return sum(c.macs for c in layer_counts(model, unknown_macs).values())
 
 
 def layer_params(model) -> dict:
@@ -150,7 +182,7 @@ def layer_params(model) -> dict:
     {'fc': 55}
     """
     counter = _Counter(macs=False)
-    counter.walk(model)
+    counter.walk(open_model(model).model)
     return {path: c.params for path, c in counter.counts.items() if c.params}
 
 
@@ -188,8 +220,12 @@ def count_params(model) -> int:
 class _Counter:
     """Walks a graph model call by call, filling `counts`; with `macs=False` only parameters are counted."""
 
-    def __init__(self, macs):
+    def __init__(self, macs, unknown_macs="raise", channelwise=()):
+        if unknown_macs not in UNKNOWN_MACS:
+            raise ValueError(f"unknown_macs must be one of {UNKNOWN_MACS}; got {unknown_macs!r}.")
         self.macs = macs
+        self.unknown_macs = unknown_macs
+        self.channelwise = channelwise  # closed layers shown to act on each channel alone: 0 MACs
         self.counts = {}
         self.seen_weights = set()
 
@@ -211,13 +247,14 @@ class _Counter:
                 return ([_refined(t, s) for t, s in zip(node.outputs, out_shapes, strict=True)]
                         if self.macs else list(node.outputs))
             outputs = _outputs(node, tensors) if self.macs else list(node.outputs)
-            self.count_call(node.operation, path, in_shapes, outputs)
+            self.count_call(node, path, in_shapes, outputs)
             return outputs
 
         outputs = run_nodes(model, inputs, call)
         return [tuple(t.shape) for t in outputs] if self.macs else None
 
-    def count_call(self, op, path, in_shapes, outputs):
+    def count_call(self, node, path, in_shapes, outputs):
+        op = node.operation
         count = self.counts.get(path)
         if count is None:
             params = 0
@@ -229,7 +266,31 @@ class _Counter:
             count = self.counts[path] = LayerCount(path, type(op).__name__, int(params), channels=channels)
         count.calls += 1
         if self.macs:
-            count.macs += _macs(op, path, in_shapes, [tuple(t.shape) for t in outputs])
+            out_shapes = [tuple(t.shape) for t in outputs]
+            macs = _macs(op, path, in_shapes, out_shapes)
+            if macs is None:
+                macs = _op_macs(op, node, in_shapes, out_shapes) if not isinstance(op, L.Layer) else 0
+                if (isinstance(op, L.Layer) and op.weights and not isinstance(op, _ZERO_MACS)
+                        and path not in self.channelwise):
+                    macs = self.traced_macs(op, node, path, in_shapes)
+            count.macs += macs
+
+    def traced_macs(self, op, node, path, in_shapes):
+        """MACs of one call of a layer with weights that has no formula, counted through a trace of its call."""
+        try:
+            raw = trace_call(op, node, shapes=in_shapes)
+        except Exception as e:  # noqa: BLE001 - any failure of the layer's call makes its MACs unknown
+            why = f"its call could not be traced ({first_line(e)})"
+            if self.unknown_macs == "raise":
+                raise UnknownMACsError(
+                    f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): it has weights and {why}. Pass "
+                    "unknown_macs='lower_bound' to count it as 0 MACs (the total is then a lower bound).") from e
+            warnings.warn(f"MACs of layer '{path}' ({type(op).__name__}) are unknown ({why}); counted as 0, so the "
+                          "total is a lower bound.", stacklevel=4)
+            return 0
+        inner = _Counter(macs=True, unknown_macs=self.unknown_macs)
+        inner.walk(raw, prefix=path + "/", input_shapes=in_shapes)
+        return sum(c.macs for c in inner.counts.values())
 
 
 def _refined(tensor, shape):
@@ -291,7 +352,40 @@ def _macs(op, path, in_shapes, out_shapes):
         positions = _known(out_shapes[0][1:-1], op, path, "output", out_shapes[0])
         c_in = _known(in_shapes[0][-1:], op, path, "input", in_shapes[0])
         return positions * c_in * op.units
-    return 0
+    return None  # no formula: weightless (0) or counted through a trace
+
+
+_LINEAR_OPS = (nn_ops.Conv, nn_ops.DepthwiseConv, nn_ops.ConvTranspose, numpy_ops.Matmul, numpy_ops.Einsum)
+
+
+def _op_macs(op, node, in_shapes, out_shapes):
+    """MACs of a keras.ops convolution, matmul or einsum with a weight (a variable) operand; 0 for other ops."""
+    if not isinstance(op, _LINEAR_OPS):
+        return 0
+    leaves = tree.flatten((node.arguments.args, node.arguments.kwargs))
+    if not any(isinstance(x, keras.Variable) for x in leaves):
+        return 0  # a product of two activations (attention), not a weighted layer
+    tensor_shapes = iter(in_shapes)
+    operands = [tuple(x.shape) if isinstance(x, keras.Variable) else next(tensor_shapes)
+                for x in leaves if isinstance(x, keras.Variable | keras.KerasTensor)]
+    out = out_shapes[0]
+    if isinstance(op, nn_ops.ConvTranspose):
+        return _product(operands[0][1:-1]) * _product(operands[1])
+    if isinstance(op, nn_ops.Conv | nn_ops.DepthwiseConv):
+        return _product(out[1:-1]) * _product(operands[1])
+    if isinstance(op, numpy_ops.Matmul):
+        return _product(out[1:]) * int(operands[0][-1])
+    inputs_part, _, output_part = op.subscripts.replace(" ", "").partition("->")
+    sizes = {}
+    for letters, shape in zip(inputs_part.split(","), operands, strict=False):
+        if "." not in letters:
+            sizes.update({c: d for c, d in zip(letters, shape, strict=False) if d is not None})
+    contracted = set(re.sub(r"[^A-Za-z]", "", inputs_part)) - set(output_part)
+    return _product(out[1:]) * _product(sizes.get(c, 1) for c in contracted)
+
+
+def _product(dims):
+    return int(math.prod(1 if d is None else d for d in dims))
 
 
 def _conv_sizes(op, path, in_shape, out_shape):

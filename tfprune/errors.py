@@ -7,3 +7,7 @@ class UnsupportedModelError(TypeError):
 
 class PlanError(ValueError):
     """A plan does not fit the model: unknown or non-prunable group, emptied group, bad indices."""
+
+
+class UnknownMACsError(ValueError):
+    """A layer has weights but its multiply-accumulate operations cannot be known (its call cannot be traced)."""

@@ -32,9 +32,8 @@ def mask(model, plan, graph=None):
     >>> int((np.abs(model.layers[1].kernel.numpy()).sum(axis=(0, 1, 2)) == 0).sum())
     2
     """
-    variables = {v.path: v for v in model.weights}
-    for path, keep in weight_masks(model, plan, graph).items():
-        variables[path].assign(np.where(keep, variables[path].numpy(), 0))
+    for variable, keep in _variable_masks(model, plan, graph):
+        variable.assign(np.where(keep, variable.numpy(), 0))
     return model
 
 
@@ -48,10 +47,15 @@ def weight_masks(model, plan, graph=None):
         plan: a `Plan` for this model.
         graph: its `ChannelGraph`, if already built.
     """
+    return {variable.path: kept for variable, kept in _variable_masks(model, plan, graph)}
+
+
+def _variable_masks(model, plan, graph):
+    """`(variable, keep flags)` pairs, as in `weight_masks` (variables of different sub-models may share a path)."""
     graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
     plan.validate(graph)
     channel_keep = graph.channel_keep(plan)
-    masks = {}
+    masks = []
     for path, layer in graph.layers.items():
         keep = graph.layer_keep(path, channel_keep)
         if all(k.all() for k in keep.values()):
@@ -61,5 +65,5 @@ def weight_masks(model, plan, graph=None):
             if variable.name in index:
                 kept = np.zeros(variable.shape, bool)
                 kept[index[variable.name]] = True
-                masks[variable.path] = kept
+                masks.append((variable, kept))
     return masks

@@ -22,7 +22,8 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
     compiled: compile it for fine-tuning as you see fit.
 
     Args:
-        model: a Functional or Sequential Keras model.
+        model: a Functional, Sequential or subclassed Keras model (custom layers and subclassed models are traced
+            first, see `tfprune.trace`).
         plan: a `Plan` for this model (from `tfprune.plan`, a callback, or `Plan.load`).
         reinit: "keep" slices the model's current weights (fine-tuning); "lottery" slices `initial_weights`
             instead (rewinding to θ0 or θk, as in the lottery ticket hypothesis); "scratch" leaves every layer
@@ -35,7 +36,9 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
 
     Returns:
         The slim `keras.Model`: Sequential for a Sequential model, otherwise a plain Functional model (a subclass
-        of Functional, such as a keras-hub backbone, comes back as `keras.Model` with the same graph and names).
+        of Functional, such as a keras-hub backbone, comes back as `keras.Model` with the same graph and names; a
+        subclassed model comes back as the Functional model of its trace, each opened custom layer as a nested
+        Functional sub-model of the same name).
 
     Example:
 
@@ -54,8 +57,11 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
     graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
     plan.validate(graph)
     source = _weight_source(model, initial_weights)
-    builder = _Rebuilder(graph, graph.channel_keep(plan), reinit, seed)
-    slim = builder.rebuild_model(model, "")
+    builder = _Rebuilder(graph, graph.channel_keep(plan), reinit, seed, source)
+    try:
+        slim = builder.rebuild_model(graph.model, "")  # the model itself, or its trace
+    finally:
+        builder.remove_presets()
     builder.copy_weights(source)
     return slim
 
@@ -93,10 +99,47 @@ def _seeded(config, seed):
 
 
 class _Rebuilder:
-    def __init__(self, graph, channel_keep, reinit, seed):
+    def __init__(self, graph, channel_keep, reinit, seed, source):
         self.graph, self.channel_keep = graph, channel_keep
         self.reinit, self.seed = reinit, seed
+        self.source = source
         self.created = {}  # path -> new layer, operation or sub-model (shared layers stay shared)
+        self.preset = set()  # id() of the new variables created with their final (sliced) values
+        self.patched = []  # new layers whose add_weight is temporarily replaced
+
+    def sliced_values(self, path, old):
+        """`{weight name: sliced array}` of an old layer, or None when its weights do not carry over."""
+        if not old.weights or (self.reinit == "scratch" and old.trainable_weights):
+            return None
+        names = [v.name for v in old.weights]
+        if len(set(names)) != len(names):
+            return None
+        keep = self.keep(path)
+        index = self.graph.rules[path].weight_index(old, keep) if keep else {}
+        return {v.name: (self.source[id(v)][index[v.name]] if v.name in index else self.source[id(v)])
+                for v in old.weights}
+
+    def preset_weights(self, new, values):
+        """Let `new` create its weights with their final values instead of running initialisers that `copy_weights`
+        would overwrite (the slowest part of a rebuild). Weights it names or shapes differently are left alone."""
+
+        def add_weight(*args, **kwargs):
+            value = values.get(kwargs.get("name"))
+            shape = kwargs.get("shape")
+            if value is not None and not args and shape is not None and tuple(shape) == value.shape:
+                kwargs["initializer"] = lambda shape, dtype=None: value.astype(dtype or value.dtype, copy=False)
+                variable = keras.layers.Layer.add_weight(new, **kwargs)
+                self.preset.add(id(variable))
+                return variable
+            return keras.layers.Layer.add_weight(new, *args, **kwargs)
+
+        object.__setattr__(new, "add_weight", add_weight)
+        self.patched.append(new)
+
+    def remove_presets(self):
+        for new in self.patched:
+            object.__delattr__(new, "add_weight")
+        self.patched = []
 
     def keep(self, path):
         return self.graph.layer_keep(path, self.channel_keep)
@@ -131,13 +174,26 @@ class _Rebuilder:
         is_layer = isinstance(op, keras.layers.Layer)
         if not is_layer and not keep:
             return op  # a stateless keras.ops operation whose arguments do not change
+        if type(op) is keras.layers.Identity:  # its auto-config fails when built with non-serialisable arguments
+            return keras.layers.Identity(name=op.name)
         try:
             config = self.graph.rules[path].updated_config(op, op.get_config(), keep)
             if self.reinit == "scratch" and self.seed is not None:
                 config = _seeded(config, self.seed + len(self.created))
             # The config comes from a live layer of this process, not from a file: Lambda functions may be copied.
             with SafeModeScope(False):
-                return self.graph.rules[path].new_layer(op, config)
+                try:
+                    new = self.graph.rules[path].new_layer(op, config)
+                except (TypeError, ValueError):
+                    if not callable(getattr(op, "activation", None)) or "activation" not in config:
+                        raise
+                    # An activation its config cannot recreate (a custom layer or a Python lambda given as
+                    # `activation=`): the slim layer calls the very same object.
+                    new = self.graph.rules[path].new_layer(op, {**config, "activation": op.activation})
+            values = self.sliced_values(path, op) if isinstance(new, keras.layers.Layer) and not new.built else None
+            if values:
+                self.preset_weights(new, values)
+            return new
         except (NotImplementedError, TypeError, ValueError) as e:
             raise UnsupportedModelError(
                 f"Cannot copy layer '{path}' ({type(op).__name__}): recreating it from get_config() failed "
@@ -157,6 +213,8 @@ class _Rebuilder:
                 raise UnsupportedModelError(f"Layer '{path}' rebuilt with {len(new.weights)} weights instead of "
                                             f"{len(old.weights)}; it cannot be copied from its config.")
             for old_var, new_var in zip(old.weights, new.weights, strict=True):
+                if id(new_var) in self.preset:  # created with this very value
+                    continue
                 value = source[id(old_var)]
                 if old_var.name in index:
                     value = value[index[old_var.name]]

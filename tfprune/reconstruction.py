@@ -174,6 +174,7 @@ class _Reconstructor:
         self.batch_size = _check_count(batch_size, "batch_size")
         self.seed, self.verbose = int(seed), int(verbose)
         self.graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
+        self.model = self.graph.model  # the model itself, or its trace: the graph walked for layer paths
         plan.validate(self.graph)
         channel_keep = self.graph.channel_keep(plan)
         self.skipped, self.keep = {}, {}

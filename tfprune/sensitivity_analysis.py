@@ -15,6 +15,7 @@ import numpy as np
 from tfprune import criteria
 from tfprune.counting import count_macs
 from tfprune.graph import ChannelGraph
+from tfprune.macs_model import MacsModel
 from tfprune.masking import mask
 from tfprune.planning import plan as make_plan
 from tfprune.plans import Plan
@@ -62,7 +63,7 @@ class SensitivityResult:
         """Per-group ratios that remove at least `reduction` of the model's MACs with the smallest tolerated drop.
 
         Bisects over the tolerated drop (the distinct values of the curves): for each, `ratios_for_drop` gives the
-        ratios, `tfprune.plan` the plan (same criterion as the analysis), `rebuild` + `count_macs` the MACs.
+        ratios, `tfprune.plan` the plan (same criterion as the analysis), `MacsModel` its MACs.
 
         Args:
             reduction: fraction of MACs to remove, in (0, 1), e.g. 0.5 for half the MACs.
@@ -99,7 +100,7 @@ class SensitivityResult:
             return count_macs(self._model)
         chosen = make_plan(self._model, ratios, criterion=self._criterion, data=self._data, graph=self._graph,
                            min_channels=min_channels, round_to=round_to)
-        return count_macs(rebuild(self._model, chosen, graph=self._graph))
+        return MacsModel(self._model, graph=self._graph).macs(chosen)
 
     def table(self, fmt="markdown") -> str:
         """The curves as a table, a row per group and a column per ratio: "markdown" or "text"."""

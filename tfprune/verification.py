@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 
-from tfprune.graph.keras_nodes import model_inputs
+from tfprune.graph.keras_nodes import is_graph_model, model_inputs
+from tfprune.graph.tracing import open_model
 from tfprune.masking import mask
 from tfprune.plans import Plan
 from tfprune.rebuilding import rebuild
@@ -12,8 +13,9 @@ from tfprune.rebuilding import rebuild
 def random_inputs(model, batch_size=2, seed=0):
     """Random inputs matching a model's input shapes (unknown dimensions become 32), in its input structure."""
     rng = np.random.default_rng(seed)
+    graph_model = model if is_graph_model(model) else open_model(model).model  # a subclassed model: its trace
     arrays = [rng.standard_normal((batch_size, *[d or 32 for d in t.shape[1:]])).astype(t.dtype)
-              for t in model_inputs(model)]
+              for t in model_inputs(graph_model)]
     return arrays[0] if len(arrays) == 1 else arrays
 
 

@@ -203,7 +203,7 @@ class PruningCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         check_distribution(self)
-        if self.graph is None or self.graph.model is not self.model:
+        if self.graph is None or self.graph.source is not self.model:
             self.graph = ChannelGraph(self.model, prune_outputs=self.prune_outputs)
             self._macs = MacsModel(self.model, self.graph)
             self._mask_variables = {}

@@ -80,11 +80,11 @@ class ActivationTaps:
     """
 
     def __init__(self, model, graph=None):
-        functional_of(model)
-        self.model = model
         self.graph = graph or ChannelGraph(model)
-        if self.graph.model is not model:
+        if model is not self.graph.source and model is not self.graph.model:
             raise ValueError("graph was built for another model; pass the ChannelGraph of this model.")
+        self.source = model
+        self.model = self.graph.model  # the model itself, or its trace (custom layers opened)
         self._functions = {}  # (statistics, loss) -> (compiled function, taps filled at trace time)
         self.traces = 0  # how many times a walk was traced (tests and curious users)
 

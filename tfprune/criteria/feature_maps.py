@@ -66,8 +66,8 @@ class FeatureMapCriterion:
         cached = self._scores
         if cached is not None and cached[0] is model and cached[1] is data:
             return cached[2]
-        if self._taps is None or self._taps.model is not model:
-            self._taps = ActivationTaps(model, graph if graph is not None and graph.model is model else None)
+        if self._taps is None or self._taps.source is not model:
+            self._taps = ActivationTaps(model, graph if graph is not None and graph.source is model else None)
         stats = self._taps.channel_statistics(data, (self.statistic,), batch_size=self.batch_size, steps=self.steps,
                                               verbose=self.verbose, **self.statistics_options())
         self.measurements += 1

@@ -16,8 +16,10 @@ from scipy import sparse
 from scipy.sparse import csgraph
 
 from tfprune.errors import PlanError
-from tfprune.graph.keras_nodes import functional_of, is_graph_model, model_inputs, model_outputs, run_nodes
+from tfprune.graph.keras_nodes import is_graph_model, model_inputs, model_outputs, run_nodes
 from tfprune.graph.rules import Boundary, NotUnderstood, rule_for
+from tfprune.graph.rules.passthrough import CheckedChannelwise
+from tfprune.graph.tracing import open_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,8 @@ class _CallContext:
 
 
 class _Builder:
-    def __init__(self):
+    def __init__(self, closed=None, channelwise=()):
+        self.closed, self.channelwise = closed or {}, channelwise
         self.space_names, self.space_widths, self.space_start = [], [], {}
         self.size = 0
         self.edges = []
@@ -153,9 +156,17 @@ class _Builder:
             inner.append(elems)
         return self.walk(model, inner, prefix=path + "/")
 
+    def rule_for(self, op, path):
+        rule = rule_for(op)
+        if path in self.channelwise:
+            return CheckedChannelwise()
+        if path in self.closed and isinstance(rule, Boundary):
+            return type(rule)(self.closed[path])
+        return rule
+
     def call_layer(self, op, path, node, ins):
         ctx = _CallContext(self, path, node)
-        rule = self.rules.get(path) or rule_for(op)
+        rule = self.rules.get(path) or self.rule_for(op, path)
         try:
             outs = rule.propagate(ctx, op, ins)
         except NotUnderstood as why:
@@ -187,13 +198,23 @@ def _relabel_by_first(n_nodes, a, b):
 
 
 class ChannelGraph:
-    """The coupled channel groups of a Functional or Sequential Keras 3 model.
+    """The coupled channel groups of a Keras 3 model.
+
+    Custom layers (and a subclassed model's `call`) are opened into graph nodes first, as `tfprune.trace` does;
+    a custom layer that cannot be opened faithfully is a boundary whose reason says why.
 
     Args:
-        model: a built Functional or Sequential `keras.Model`; nested Functional/Sequential sub-models and shared
-            layers are followed. The model is only read.
+        model: a built `keras.Model`: Functional or Sequential (nested sub-models and shared layers are followed),
+            or subclassed (traced from its `call`), or a model returned by `tfprune.trace`. The model is only read.
         prune_outputs: allow pruning groups that reach a model output (by default they are fixed, since the
             caller's outputs would change shape).
+
+    Attributes:
+        source: the model given.
+        model: the graph model read: `source` itself, or its trace when custom layers were opened (a Functional
+            model of the same layer objects; walk this one to follow the paths in `layers`).
+        closed: `{layer path: reason}` for the custom layers that could not be opened.
+        layers, rules: `{path: layer}` and `{path: rule}` of every call node read.
 
     Example:
 
@@ -207,10 +228,12 @@ class ChannelGraph:
     """
 
     def __init__(self, model, prune_outputs=False):
-        functional_of(model)  # refuses models without a graph, with the reason
-        self.model = model
+        opened = open_model(model)  # refuses models without a graph it cannot trace, with the reason
+        self.source = model  # the model given
+        self.model = model = opened.model  # the graph model read: `source` itself, or its trace
+        self.closed = opened.closed
         self.prune_outputs = bool(prune_outputs)
-        b = _Builder()
+        b = _Builder(self.closed, opened.channelwise)
         inputs = []
         for t in model_inputs(model):
             known = len(t.shape) >= 2 and t.shape[-1] is not None

@@ -1,6 +1,7 @@
 """Read the call graph of Functional and Sequential Keras models.
 
-This is the only module that touches Keras' private graph attributes (`_nodes_by_depth`, `_functional`).
+This is the only module that touches Keras' private graph attributes (`_nodes_by_depth`, `_functional`,
+`_flatten_layers`).
 """
 
 import keras
@@ -84,3 +85,9 @@ def pack_like_inputs(model, flat):
 def pack_like_outputs(model, flat):
     """`flat` tensors arranged in the structure of `model`'s outputs."""
     return tree.pack_sequence_as(functional_of(model)._outputs_struct, flat)
+
+
+def own_variables(layer) -> list:
+    """The variables `layer` holds itself, not through one of its sub-layers (random seed states included)."""
+    inner = {id(v) for sub in layer._flatten_layers(include_self=False) for v in sub.variables}
+    return [v for v in layer.variables if id(v) not in inner]

@@ -4,9 +4,9 @@ Each search returns a `SearchResult` whose `plan` picks the channels (by a crite
 """
 
 from tfprune.search.bee_colony import abc
-from tfprune.search.fitness import fine_tune_fitness
+from tfprune.search.fitness import FineTuneFitness
 from tfprune.search.random_search import random_search
 from tfprune.search.result import SearchResult
 from tfprune.search.width_space import WidthSpace
 
-__all__ = ["SearchResult", "WidthSpace", "abc", "fine_tune_fitness", "random_search"]
+__all__ = ["FineTuneFitness", "SearchResult", "WidthSpace", "abc", "random_search"]

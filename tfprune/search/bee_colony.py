@@ -3,7 +3,7 @@
 import numpy as np
 
 from tfprune.planning import check_positive_int
-from tfprune.search.fitness import Evaluations, resolve_fitness
+from tfprune.search.fitness import Evaluations, plan_fitness
 from tfprune.search.width_space import DEFAULT_GRID, WidthSpace
 
 
@@ -76,7 +76,7 @@ def abc(model, train_data=None, val_data=None, target_macs=0.5, *, fitness=None,
         raise ValueError(f"food_sources must be at least 2 (a move needs another source); got {food_sources}.")
     limit, cycles = check_positive_int(limit, "limit"), check_positive_int(cycles, "cycles")
     space = WidthSpace(model, target_macs, grid, groups, criterion, criterion_data, round_to, seed)
-    score = resolve_fitness(model, fitness, train_data, val_data, fine_tune_steps, batch_size, seed)
+    score = plan_fitness(model, fitness, train_data, val_data, fine_tune_steps, batch_size, seed, space.graph)
     rng = np.random.default_rng(seed)
     evaluate = Evaluations(model, space, score, total=food_sources * (1 + 2 * cycles) + cycles, verbose=verbose)
     n = len(space.groups)

@@ -4,7 +4,7 @@ structure search (as EagleEye, Li et al., ECCV 2020, samples layer-wise pruning 
 import numpy as np
 
 from tfprune.planning import check_positive_int
-from tfprune.search.fitness import Evaluations, resolve_fitness
+from tfprune.search.fitness import Evaluations, plan_fitness
 from tfprune.search.width_space import DEFAULT_GRID, WidthSpace
 
 
@@ -37,7 +37,7 @@ def random_search(model, train_data=None, val_data=None, target_macs=0.5, *, fit
     """
     evaluations = check_positive_int(evaluations, "evaluations")
     space = WidthSpace(model, target_macs, grid, groups, criterion, criterion_data, round_to, seed)
-    score = resolve_fitness(model, fitness, train_data, val_data, fine_tune_steps, batch_size, seed)
+    score = plan_fitness(model, fitness, train_data, val_data, fine_tune_steps, batch_size, seed, space.graph)
     rng = np.random.default_rng(seed)
     evaluate = Evaluations(model, space, score, total=evaluations, verbose=verbose, count_hits=False)
     curve, draws = [], 0

@@ -8,6 +8,7 @@ from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
 from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
+from keras.src.ops import core as core_ops
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
@@ -31,6 +32,7 @@ _ELEMENTWISE_OPS = (
     numpy_ops.Clip, nn_ops.Relu, nn_ops.Relu6, nn_ops.Sigmoid, nn_ops.HardSigmoid, nn_ops.Silu, nn_ops.HardSilu,
     nn_ops.Gelu, nn_ops.Elu, nn_ops.Selu, nn_ops.Celu, nn_ops.LeakyRelu, nn_ops.Softplus, nn_ops.Softsign,
     nn_ops.HardTanh, nn_ops.Softmax, nn_ops.LogSoftmax, numpy_ops.Pad, activation_ops.ReLU, activation_ops.Mish,
+    core_ops.Cast,
 )
 _BINARY_OPS = (numpy_ops.Add, numpy_ops.Subtract, numpy_ops.Multiply, numpy_ops.Divide, numpy_ops.TrueDivide,
                numpy_ops.Maximum, numpy_ops.Minimum, numpy_ops.Power)
@@ -60,6 +62,7 @@ _RULES = (
     (_BINARY_OPS, merging.BinaryOp()),
     (_ELEMENTWISE_OPS, passthrough.ElementwiseOp()),
     (numpy_ops.Split, passthrough.SplitOp()),
+    ((numpy_ops.Mean, numpy_ops.Max, numpy_ops.Min, numpy_ops.Sum), passthrough.ReductionOp()),
 )
 
 

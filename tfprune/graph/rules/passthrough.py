@@ -30,11 +30,23 @@ class PassThrough(LayerRule):
         return False
 
 
+class CheckedChannelwise(PassThrough):
+    """A layer tfprune could not open but that was shown, by running it, to act on every channel alone and in the
+    same way (a learnable scalar affine, a custom activation written with TensorFlow ops): channels pass through,
+    and the layer is copied unchanged (it has no weight indexed by channels)."""
+
+
 class ActivationLayer(PassThrough):
     """`Activation(...)`: softmax-like functions span the channels; all others act per channel."""
 
     def spans_channels(self, layer, rank):
         return activation_name(layer.activation) in CHANNEL_SPANNING_ACTIVATIONS
+
+    def new_layer(self, layer, config):
+        try:
+            return super().new_layer(layer, config)
+        except (TypeError, ValueError):  # a Python lambda as activation: copy it with the very same function
+            return type(layer)(layer.activation, name=layer.name, dtype=layer.dtype_policy)
 
 
 class AxisSpanningLayer(PassThrough):
@@ -82,3 +94,20 @@ class SplitOp(LayerRule):
             raise NotUnderstood("splits the channels at explicit indices")
         ctx.require_equal_blocks(elems, layer.indices_or_sections)
         return np.split(elems, layer.indices_or_sections)
+
+
+class ReductionOp(LayerRule):
+    """`keras.ops.mean/max/min/sum` over axes other than the channel axis (global pooling written with ops): the
+    channels pass through."""
+
+    def propagate(self, ctx, layer, inputs):
+        elems = single_input(inputs)
+        rank = len(ctx.input_shapes[0])
+        if layer.axis is None:
+            raise NotUnderstood("reduces over every axis, the channels too")
+        axes = [a % rank for a in np.atleast_1d(layer.axis).tolist()]
+        if rank - 1 in axes:
+            raise NotUnderstood("reduces over the channel axis")
+        if ctx.output_shapes[0][-1] != len(elems):
+            raise NotUnderstood("changes the last axis")
+        return [elems]

@@ -1,0 +1,95 @@
+"""tfprune.fine_tune: plain fine-tuning and distillation from the unpruned model through keras.distillation."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfprune
+
+
+def task(n=256, seed=0):
+    """A learnable toy problem: the class is the quadrant holding the brightest pixel."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 12, 12, 1)).astype("float32") * 0.2
+    y = rng.integers(0, 4, n)
+    for i, label in enumerate(y):
+        x[i, 6 * (label // 2) + 2, 6 * (label % 2) + 2, 0] = 1.0
+    return x, y
+
+
+def teacher_model():
+    keras.utils.set_random_seed(0)
+    model = tfprune.models.small_vgg(input_shape=(12, 12, 1), classes=4, widths=(8, 16), convs_per_stage=1, dense=16)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(*task(), epochs=3, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return teacher_model()
+
+
+def test_distillation_trains_the_student_in_place_and_leaves_the_teacher_alone(teacher):
+    x, y = task(seed=1)
+    slim = tfprune.prune(teacher, 0.5)
+    shapes = [w.shape for w in slim.get_weights()]
+    before = [w.copy() for w in slim.get_weights()]
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    slim.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = tfprune.fine_tune(slim, (x, y), epochs=4, teacher=teacher, batch_size=32, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]
+    assert min(history.history["distillation_loss"]) > 1e-3  # the teacher's softened outputs are being fitted
+    assert [w.shape for w in slim.get_weights()] == shapes
+    assert any(not np.array_equal(a, b) for a, b in zip(before, slim.get_weights(), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, teacher.get_weights(), strict=True))
+    assert teacher.trainable and all(layer.trainable for layer in teacher.layers)
+
+
+def test_softmax_models_are_distilled_through_log_probabilities_exactly():
+    x, y = task(seed=2)
+    inputs = keras.Input((12, 12, 1))  # no BatchNormalization: training and inference compute the same
+    hidden = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(inputs)
+    outputs = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(hidden))
+    teacher = keras.Model(inputs, outputs)
+    twin = tfprune.rebuild(teacher, tfprune.Plan(keep={}, widths={}))  # the same function as the teacher
+    frozen = dict(loss="sparse_categorical_crossentropy", batch_size=256, verbose=0)
+    history = tfprune.fine_tune(twin, (x, y), teacher=teacher, optimizer=keras.optimizers.SGD(0.0), **frozen)
+    assert history.history["distillation_loss"][0] == pytest.approx(0.0, abs=1e-6)
+    own = keras.losses.SparseCategoricalCrossentropy()(y, teacher.predict(x, verbose=0))
+    assert history.history["student_loss"][0] == pytest.approx(float(own), rel=1e-4)  # CE on log-probabilities
+    head = twin.layers[-1]  # a different function: the loss sees it
+    head.kernel.assign(np.random.default_rng(0).normal(0, 3, head.kernel.shape).astype("float32"))
+    history = tfprune.fine_tune(twin, (x, y), teacher=teacher, optimizer=keras.optimizers.SGD(0.0), **frozen)
+    assert history.history["distillation_loss"][0] > 1e-2
+
+
+def test_without_a_teacher_it_is_fit_with_the_compile_settings():
+    x, y = task(seed=3)
+    model = tfprune.models.small_vgg(input_shape=(12, 12, 1), classes=4, widths=(8, 16), convs_per_stage=1, dense=16)
+    history = tfprune.fine_tune(model, (x, y), epochs=3, optimizer=keras.optimizers.Adam(0.01),
+                                loss="sparse_categorical_crossentropy", metrics=["accuracy"], verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_bad_input_is_refused_precisely(teacher):
+    x, y = task(n=16)
+    slim = tfprune.prune(teacher, 0.5)
+    with pytest.raises(ValueError, match="is not compiled and no loss was given"):
+        tfprune.fine_tune(slim, (x, y), teacher=teacher)
+    slim.compile("adam", "sparse_categorical_crossentropy")
+    other = tfprune.models.small_vgg(input_shape=(12, 12, 1), classes=3, widths=(8, 16), convs_per_stage=1)
+    with pytest.raises(ValueError, match=r"teacher's output shape \(3,\) differs from the student's \(4,\)"):
+        tfprune.fine_tune(slim, (x, y), teacher=other)
+    inputs = keras.Input((12, 12, 1))
+    logits = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    with pytest.raises(ValueError, match="Only the student ends in a softmax"):
+        tfprune.fine_tune(slim, (x, y), teacher=logits)
+    with pytest.raises(ValueError, match="needs a cross-entropy loss"):
+        tfprune.fine_tune(slim, (x, y), teacher=teacher, loss="mse")
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+        tfprune.fine_tune(slim, (x, y), teacher=teacher, temperature=0)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        tfprune.fine_tune(slim, (x, y), epochs=0)
+    assert teacher.trainable
