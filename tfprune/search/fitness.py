@@ -55,7 +55,7 @@ class FineTuneFitness:
         graph = graph or ChannelGraph(model)
         self.copy = rebuild(model, Plan(keep={}, widths={}), graph=graph)  # same layers and names, own variables
         self.graph = ChannelGraph(self.copy)
-        self.weights = {v.path: v.numpy() for v in model.weights}
+        self.weights = [v.numpy() for v in self.copy.weights]  # the model's weights, as the copy holds them
         self.masks = {}
         for group in self.graph.prunable_groups:
             for member in group.members:
@@ -70,8 +70,8 @@ class FineTuneFitness:
 
     def __call__(self, plan):
         keep = weight_masks(self.copy, plan, self.graph)
-        for variable in self.copy.weights:
-            value, mask = self.weights[variable.path], keep.get(variable.path)
+        for variable, value in zip(self.copy.weights, self.weights, strict=True):
+            mask = keep.get(variable.path)
             variable.assign(value if mask is None else np.where(mask, value, 0))
             if variable.path in self.masks:
                 self.masks[variable.path].assign(np.ones(variable.shape) if mask is None else mask)
