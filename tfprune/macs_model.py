@@ -64,7 +64,7 @@ class MacsModel:
             return sides[key]
 
         self.full = 0
-        for path, count in layer_counts(model).items():
+        for path, count in layer_counts(self.graph.model).items():  # the model walked (a trace, if traced)
             self.full += count.macs
             if not count.macs:
                 continue

@@ -32,7 +32,7 @@ def mask(model, plan, graph=None):
     >>> int((np.abs(model.layers[1].kernel.numpy()).sum(axis=(0, 1, 2)) == 0).sum())
     2
     """
-    for variable, keep in _variable_masks(model, plan, graph):
+    for variable, keep in variable_masks(model, plan, graph):
         variable.assign(np.where(keep, variable.numpy(), 0))
     return model
 
@@ -47,11 +47,12 @@ def weight_masks(model, plan, graph=None):
         plan: a `Plan` for this model.
         graph: its `ChannelGraph`, if already built.
     """
-    return {variable.path: kept for variable, kept in _variable_masks(model, plan, graph)}
+    return {variable.path: kept for variable, kept in variable_masks(model, plan, graph)}
 
 
-def _variable_masks(model, plan, graph):
-    """`(variable, keep flags)` pairs, as in `weight_masks` (variables of different sub-models may share a path)."""
+def variable_masks(model, plan, graph):
+    """`(variable, keep flags)` pairs for the weights that lose entries under `plan`, as in `weight_masks`, but
+    keyed by the variable itself (variables of different sub-models of a traced model may share a path)."""
     graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
     plan.validate(graph)
     channel_keep = graph.channel_keep(plan)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from tfprune.graph import ChannelGraph
-from tfprune.masking import weight_masks
+from tfprune.masking import variable_masks
 from tfprune.planning import check_positive_int
 from tfprune.plans import Plan
 from tfprune.rebuilding import rebuild
@@ -55,26 +55,26 @@ class FineTuneFitness:
         graph = graph or ChannelGraph(model)
         self.copy = rebuild(model, Plan(keep={}, widths={}), graph=graph)  # same layers and names, own variables
         self.graph = ChannelGraph(self.copy)
-        self.weights = {v.path: v.numpy() for v in model.weights}
+        self.weights = [v.numpy() for v in self.copy.weights]  # the model's weights, as the copy holds them
         self.masks = {}
         for group in self.graph.prunable_groups:
             for member in group.members:
                 for variable in getattr(self.graph.layers.get(member.layer), "trainable_weights", ()):
-                    if variable.path not in self.masks:
+                    if id(variable) not in self.masks:
                         mask = keras.Variable(np.ones(variable.shape), dtype=variable.dtype, trainable=False)
                         variable.constraint = _Masked(variable.constraint, mask)
-                        self.masks[variable.path] = mask
+                        self.masks[id(variable)] = mask
         self.copy.compile_from_config(model.get_compile_config())
         self.copy.optimizer.build(self.copy.trainable_variables)
         self.optimizer_state = [v.numpy() for v in self.copy.optimizer.variables]
 
     def __call__(self, plan):
-        keep = weight_masks(self.copy, plan, self.graph)
-        for variable in self.copy.weights:
-            value, mask = self.weights[variable.path], keep.get(variable.path)
+        keep = {id(variable): kept for variable, kept in variable_masks(self.copy, plan, self.graph)}
+        for variable, value in zip(self.copy.weights, self.weights, strict=True):
+            mask = keep.get(id(variable))
             variable.assign(value if mask is None else np.where(mask, value, 0))
-            if variable.path in self.masks:
-                self.masks[variable.path].assign(np.ones(variable.shape) if mask is None else mask)
+            if id(variable) in self.masks:
+                self.masks[id(variable)].assign(np.ones(variable.shape) if mask is None else mask)
         for variable, value in zip(self.copy.optimizer.variables, self.optimizer_state, strict=True):
             variable.assign(value)
         if keras.backend.backend() != "tensorflow":  # a compiled JAX step holds the masks as constants: retrace
