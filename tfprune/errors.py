@@ -7,3 +7,13 @@ class UnsupportedModelError(TypeError):
 
 class PlanError(ValueError):
     """A plan does not fit the model: unknown or non-prunable group, emptied group, bad indices."""
+
+
+class RuntimeUnavailableError(ImportError):
+    """The runtime an artefact needs (LiteRT for .tflite, ONNX Runtime or the ONNX converter for .onnx) is not
+    installed or failed to import; the message names the package to install."""
+
+
+class ExportError(ValueError):
+    """A converter (TFLite, ONNX) could not convert a model; the message names the layer or op when the converter
+    said which one."""
