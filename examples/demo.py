@@ -89,8 +89,8 @@ def table(rows):
     return "\n".join(lines)
 
 
-RATIO_ROWS = (("parameters", "params"), ("MACs", "macs"), ("LiteRT latency", "litert_ms"),
-              ("ONNX Runtime latency", "onnx_ms"), (".tflite size", "tflite_bytes"), (".onnx size", "onnx_bytes"))
+RATIO_ROWS = (("parameters", "params"), ("MACs", "macs"), ("LiteRT\nlatency", "litert_ms"),
+              ("ONNX\nRuntime\nlatency", "onnx_ms"), (".tflite\nsize", "tflite_bytes"), (".onnx\nsize", "onnx_bytes"))
 
 
 def plot(curves, figures, path):
@@ -120,10 +120,10 @@ def plot(curves, figures, path):
                           label=runtime)
         middle.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
     middle.set_xticks(np.arange(3), ["unpruned", "pruned,\nbefore fine-tuning", "pruned +\nfine-tuned"])
-    middle.set_ylim(0, 1.15)
+    middle.set_ylim(0, 1.25)
     middle.set_ylabel("test accuracy")
     middle.set_title("Accuracy in each runtime")
-    middle.legend(fontsize=8, loc="lower right")
+    middle.legend(fontsize=8, loc="upper center", ncol=3)
 
     base, slim = figures["unpruned"], figures["pruned + fine-tuned"]
     labels = [label for label, _ in RATIO_ROWS]
@@ -132,8 +132,8 @@ def plot(curves, figures, path):
     right.bar_label(bars, fmt="%.2f")
     right.axhline(1.0, color="black", linewidth=0.8)
     right.set_ylabel("pruned / unpruned")
+    right.tick_params(axis="x", labelsize=8)
     right.set_title(f"DropNet to {FLAGS.target_macs:.0%} of the MACs: pruned / unpruned")
-    right.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
