@@ -200,6 +200,8 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
                     files.append((label, path))
                 elif entry_kind == kind:
                     files.append((label, model))
+            if not files:
+                continue
             for n in thread_counts:
                 for batch in batch_sizes:
                     notify(f"{engine}, batch {batch}, {n} thread(s): {len(files)} model(s) × {runs} runs")
@@ -217,6 +219,8 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
                             p90_ms=float(np.percentile(seconds, 90)) * 1000, runs=len(seconds), ratio=ratio))
     order = {label: i for i, (label, _, _) in enumerate(entries)}
     rows.sort(key=lambda r: (ENGINES.index(r.engine), r.batch_size, r.threads, order[r.model]))
+    measured = {row.engine for row in rows}
+    runtimes = [text for text in runtimes if text.split(":")[0] in measured]
     return LatencyReport(reference=reference, rows=tuple(rows), runtimes=tuple(runtimes))
 
 
