@@ -43,6 +43,8 @@ flags.DEFINE_integer("bisection_steps", 12, "At most this many plan+rebuild step
 flags.DEFINE_integer("runs", 20, "Timed calls per model and setting.")
 flags.DEFINE_integer("warmup", 3, "Untimed calls before them.")
 flags.DEFINE_bool("tfmot", True, "Also measure tfmot's prune_low_magnitude (needs the tfmot extra).")
+flags.DEFINE_string("tfmot_from", None, "With --notfmot: copy the tfmot figures of each model and target from this "
+                    "earlier speedup.json (marked as such in the tables) instead of measuring them again.")
 flags.DEFINE_list("merge", [], "Measure nothing: write the tables and plot from these speedup.json files (runs of "
                   "this script on different models), in order.")
 flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -168,6 +170,20 @@ def measure(name, workdir):
                               "tflite_ms": {n: ms(tflite, sparse, "tflite", n) for n in threads}}
         record["targets"].append(entry)
     return record
+
+
+def copy_tfmot(record, path):
+    """Put the tfmot figures of an earlier run (same model, same target) into `record`, marked with their source."""
+    with open(path) as f:
+        earlier = {r["model"]: r for r in (_int_keys(r) for r in json.load(f))}
+    old = earlier.get(record["model"])
+    if old is None or "tfmot_dense" not in old:
+        return
+    record["tfmot_dense"] = dict(old["tfmot_dense"], copied_from=path)
+    by_target = {t["target"]: t for t in old["targets"] if "tfmot" in t}
+    for target in record["targets"]:
+        if target["target"] in by_target:
+            target["tfmot"] = dict(by_target[target["target"]]["tfmot"], copied_from=path)
 
 
 def _valid_tfmot(target):
@@ -314,6 +330,8 @@ def main(argv):
             start = time.perf_counter()
             records.append(measure(name, workdir))
             records[-1]["seconds"] = time.perf_counter() - start
+        if FLAGS.tfmot_from and not FLAGS.tfmot:
+            copy_tfmot(records[-1], FLAGS.tfmot_from)
         keras.backend.clear_session()
         logging.info("%s done after %.0f s in all", name, time.perf_counter() - started)
         write(records, time.perf_counter() - started)  # after every model, so a late failure loses nothing
@@ -326,6 +344,14 @@ def _int_keys(value):
     if isinstance(value, list):
         return [_int_keys(v) for v in value]
     return value
+
+
+def _copied_note(records):
+    sources = sorted({r["tfmot_dense"]["copied_from"] for r in records if "copied_from" in r.get("tfmot_dense", {})})
+    if not sources:
+        return ""
+    return (f" The tfmot columns were not measured in this run but copied from {', '.join(sources)} (an earlier "
+            "run: same models and targets, its own dense twin as the reference).")
 
 
 def write(records, seconds):
@@ -344,7 +370,8 @@ def write(records, seconds):
                 f"(load average {LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). Ratios are "
                 f"pruned / original; tfmot ratios are pruned / its own "
                 f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
-                f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s.\n\n")
+                f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s."
+                + _copied_note(records) + "\n\n")
         f.write(ratios + "\n\nAbsolute figures:\n\n" + absolute + "\n")
     with open(os.path.join(FLAGS.out_dir, "speedup.json"), "w") as f:
         json.dump(records, f, indent=1)
