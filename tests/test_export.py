@@ -163,6 +163,7 @@ def test_model_is_not_modified(tmp_path):
     y = np.asarray(model(x))
     tfprune.export(model, tmp_path / "sm")
     tfprune.export(model, tmp_path / "m.tflite", format="tflite", quantize="dynamic")
+    tfprune.export(model, tmp_path / "m.onnx", format="onnx")
     for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(y, np.asarray(model(x)))
