@@ -94,6 +94,22 @@ def test_onnx_converters_agree(tmp_path):
         write_onnx(model, tmp_path / "m.onnx", converter="torch")
 
 
+def test_onnx_folds_captured_tensors(tmp_path):
+    """keras.layers.Normalization keeps mean and variance as plain tensors, which tf2onnx makes graph inputs (as in
+    EfficientNet); the exported file takes the image only, and computes the same outputs."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Normalization(mean=[0.5, -1.0, 2.0], variance=[4.0, 0.25, 1.0])(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    for converter in ("keras", "tf2onnx"):
+        write_onnx(model, tmp_path / f"{converter}.onnx", converter=converter)
+        session = onnx_session(tmp_path / f"{converter}.onnx")
+        assert len(session.get_inputs()) == 1
+        x = tfprune.verification.random_inputs(model, batch_size=3)
+        np.testing.assert_allclose(onnx_outputs(session, x)[0], model(x), atol=1e-5)
+    assert tfprune.export(model, tmp_path / "m.onnx", format="onnx").max_abs_difference < 1e-5
+
+
 def test_onnx_multi_input_multi_output(tmp_path):
     keras.utils.set_random_seed(0)
     vector, image = keras.Input((4,), name="vector"), keras.Input((8, 8, 2), name="image")

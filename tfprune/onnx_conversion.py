@@ -8,6 +8,11 @@ never called"; a freshly rebuilt slim model is one): tfprune passes the input si
 then accepts. Only where Keras has no ONNX export (Keras < 3.8) does tfprune call tf2onnx itself, on a
 `tf.function` of the model with the same signature. Both paths are tested and give the same file.
 
+tf2onnx turns tensors that the traced function captures by value (not variables: e.g. the mean and variance that
+`keras.layers.Normalization` keeps as plain tensors, as in EfficientNet) into extra graph inputs, so the file would
+ask the caller for them. `write_onnx` puts their values back into the file as constants (initialisers), taken from
+the captures of the same model's traced function, matched in order and checked by op name, shape and dtype.
+
 tf2onnx does not raise on an op it cannot convert: it logs "Tensorflow op [...] is not supported" and writes a file
 that ONNX Runtime then refuses to load. `write_onnx` captures tf2onnx's log instead, and raises
 `tfprune.errors.ExportError` naming the op type, the TensorFlow op and the Keras layer it belongs to.
@@ -19,6 +24,7 @@ import re
 import warnings
 
 import keras
+import numpy as np
 
 from tfprune.errors import ExportError, RuntimeUnavailableError
 from tfprune.graph.keras_nodes import model_inputs
@@ -106,7 +112,38 @@ def write_onnx(model, path, converter=None, opset=None):
         _remove(path)
         raise ExportError(f"ONNX conversion ({converter}) reported errors{_where(model, _failed_nodes(records))}: "
                           f"{_first_line(errors[0])}")
+    _fold_captured_inputs(model, path, signature)
     return converter
+
+
+def _fold_captured_inputs(model, path, signature):
+    """Turn the graph inputs that tf2onnx made of captured tensors back into constants (see the module docstring)."""
+    import onnx
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    proto = onnx.load(path)
+    names = {spec.name for spec in signature}
+    extra = [node for node in proto.graph.input if node.name.split(":")[0] not in names]
+    if not extra:
+        return
+    traced = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False))
+    graph = traced.get_concrete_function(*signature).graph
+    captured = [(inner.name, np.asarray(outer)) for outer, inner in graph.captures if outer.dtype != tf.resource]
+    if len(captured) != len(extra):
+        _remove(path)
+        raise ExportError(f"tf2onnx left {len(extra)} extra graph input(s) ({', '.join(n.name for n in extra)}) "
+                          f"but the traced model captures {len(captured)} tensor(s); they cannot be matched.")
+    inputs = {node.name: node for node in proto.graph.input}
+    for node, (name, value) in zip(extra, captured, strict=True):
+        shape = [d.dim_value for d in node.type.tensor_type.shape.dim]
+        if node.name.split("/")[-2:] != name.split("/")[-2:] or shape != list(value.shape):
+            _remove(path)
+            raise ExportError(f"tf2onnx made the captured tensor {name!r} {list(value.shape)} an input, matched in "
+                              f"order to {node.name!r} {shape}, which does not fit.")
+        proto.graph.input.remove(inputs[node.name])
+        proto.graph.initializer.append(numpy_helper.from_array(value, name=node.name))
+    onnx.save(proto, path)
 
 
 def _input_name(tensor, index):
