@@ -346,6 +346,12 @@ def _int_keys(value):
     return value
 
 
+def _load_note():
+    if FLAGS.merge:
+        return f"tables merged from {', '.join(FLAGS.merge)}: see those runs for the machine load"
+    return f"load average {LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+
+
 def _copied_note(records):
     sources = sorted({r["tfmot_dense"]["copied_from"] for r in records if "copied_from" in r.get("tfmot_dense", {})})
     if not sources:
@@ -367,7 +373,7 @@ def write(records, seconds):
                 f"TensorFlow (tf.function); {'; '.join(records[-1].get('runtimes', []))}; "
                 f"median of {FLAGS.runs} timed calls after {FLAGS.warmup} warm-up calls, "
                 f"all variants of a model timed in turn in the same run; {threads[-1]} CPU threads available "
-                f"(load average {LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). Ratios are "
+                f"({_load_note()}). Ratios are "
                 f"pruned / original; tfmot ratios are pruned / its own "
                 f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
                 f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s."
