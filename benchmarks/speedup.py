@@ -4,8 +4,9 @@
 
 For each keras.applications model (random weights: nothing downloads) and each MACs target (0.5 = half the MACs
 removed), finds by bisection the per-layer L1 ratio (kept widths rounded up to multiples of --round_to) whose
-rebuilt model has that MACs ratio, exports the original and the slim models to float32 TFLite with `tfprune.export`,
-and times them with `tfprune.benchmark` (batch 1, one thread and all threads, TFLite and TensorFlow). Side by side,
+rebuilt model has that MACs ratio, exports the original and the slim models to float32 TFLite and to ONNX with
+`tfprune.export` (which checks each file in its runtime: the maximum output differences are recorded), and times
+them with `tfprune.benchmark` (batch 1, one thread and all threads; LiteRT, ONNX Runtime and TensorFlow). Side by side,
 in the same timing run, TF Model Optimization's `prune_low_magnitude` at the same sparsity (the fraction of MACs
 tfprune removed) on a tf-keras twin of the model with the same weights (benchmarks/tfmot_twin.py, in a subprocess
 with TF_USE_LEGACY_KERAS=1). Sizes are of the .tflite files, raw and gzip-compressed (where unstructured zeros pay
@@ -42,6 +43,8 @@ flags.DEFINE_integer("bisection_steps", 12, "At most this many plan+rebuild step
 flags.DEFINE_integer("runs", 20, "Timed calls per model and setting.")
 flags.DEFINE_integer("warmup", 3, "Untimed calls before them.")
 flags.DEFINE_bool("tfmot", True, "Also measure tfmot's prune_low_magnitude (needs the tfmot extra).")
+flags.DEFINE_string("tfmot_from", None, "With --notfmot: copy the tfmot figures of each model and target from this "
+                    "earlier speedup.json (marked as such in the tables) instead of measuring them again.")
 flags.DEFINE_list("merge", [], "Measure nothing: write the tables and plot from these speedup.json files (runs of "
                   "this script on different models), in order.")
 flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -102,11 +105,18 @@ def measure(name, workdir):
         variants[f"tfprune {target:g}"] = slim
         logging.info("%s: target %.2f -> per-layer ratio %.3f, MACs ratio %.3f (%.0f s)", name, target, ratio,
                      macs_ratio, time.perf_counter() - start)
-    files = {}
+    files, onnx_files, differences = {}, {}, {}
     for label, m in variants.items():
-        files[label] = tfprune.export(m, os.path.join(workdir, f"{label.replace(' ', '_')}.tflite"),
-                                      format="tflite").path
-    logging.info("%s: TFLite files written", name)
+        stem = os.path.join(workdir, label.replace(" ", "_"))
+        lite = tfprune.export(m, stem + ".tflite", format="tflite")
+        onnx = tfprune.export(m, stem + ".onnx", format="onnx")
+        files[label], onnx_files[label] = lite.path, onnx.path
+        differences[label] = {"tflite": lite.max_abs_difference, "onnx": onnx.max_abs_difference,
+                              "output_scale": float(np.abs(tfprune.verification.outputs(
+                                  m, tfprune.verification.random_inputs(m))[0]).max())}
+        logging.info("%s: %s exported; max abs difference LiteRT %.1e, ONNX Runtime %.1e", name, label,
+                     lite.max_abs_difference, onnx.max_abs_difference)
+    logging.info("%s: TFLite and ONNX files written", name)
     sparsities = {target: round(1 - found[target][1], 4) for target in targets}  # tfmot at tfprune's real sparsity
     twin = None
     if FLAGS.tfmot:
@@ -122,14 +132,20 @@ def measure(name, workdir):
     tf_report = tfprune.benchmark(variants, batch_sizes=(1,), threads=threads, engines=("tensorflow",),
                                   runs=FLAGS.runs, warmup=FLAGS.warmup,
                                   progress=lambda m: logging.info("%s: %s", name, m))
+    ort_report = tfprune.benchmark(onnx_files, batch_sizes=(1,), threads=threads, engines=("onnxruntime",),
+                                   runs=FLAGS.runs, warmup=FLAGS.warmup,
+                                   progress=lambda m: logging.info("%s: %s", name, m))
 
     def ms(report, label, engine, n):
         return report.get(label, engine, 1, n).median_ms
 
-    record = {"model": name, "input": size, "round_to": FLAGS.round_to, "threads": threads, "targets": []}
+    record = {"model": name, "input": size, "round_to": FLAGS.round_to, "threads": threads, "targets": [],
+              "runtimes": list(tflite.runtimes + ort_report.runtimes + tf_report.runtimes)}
     dense = {"macs": tfprune.count_macs(model), "params": tfprune.count_params(model),
              "bytes": os.path.getsize(files["dense"]), "gzip": gzip_size(files["dense"]),
+             "onnx_bytes": os.path.getsize(onnx_files["dense"]), "max_difference": differences["dense"],
              "tflite_ms": {n: ms(tflite, "dense", "tflite", n) for n in threads},
+             "ort_ms": {n: ms(ort_report, "dense", "onnxruntime", n) for n in threads},
              "tf_ms": {n: ms(tf_report, "dense", "tensorflow", n) for n in threads}}
     record["dense"] = dense
     if twin:
@@ -141,8 +157,10 @@ def measure(name, workdir):
         slim = variants[label]
         entry = {"target": target, "layer_ratio": found[target][0], "macs": tfprune.count_macs(slim),
                  "params": tfprune.count_params(slim), "bytes": os.path.getsize(files[label]),
-                 "gzip": gzip_size(files[label]),
+                 "gzip": gzip_size(files[label]), "onnx_bytes": os.path.getsize(onnx_files[label]),
+                 "max_difference": differences[label],
                  "tflite_ms": {n: ms(tflite, label, "tflite", n) for n in threads},
+                 "ort_ms": {n: ms(ort_report, label, "onnxruntime", n) for n in threads},
                  "tf_ms": {n: ms(tf_report, label, "tensorflow", n) for n in threads}}
         if twin:
             sparse = f"tfmot {target:g}"
@@ -152,6 +170,20 @@ def measure(name, workdir):
                               "tflite_ms": {n: ms(tflite, sparse, "tflite", n) for n in threads}}
         record["targets"].append(entry)
     return record
+
+
+def copy_tfmot(record, path):
+    """Put the tfmot figures of an earlier run (same model, same target) into `record`, marked with their source."""
+    with open(path) as f:
+        earlier = {r["model"]: r for r in (_int_keys(r) for r in json.load(f))}
+    old = earlier.get(record["model"])
+    if old is None or "tfmot_dense" not in old:
+        return
+    record["tfmot_dense"] = dict(old["tfmot_dense"], copied_from=path)
+    by_target = {t["target"]: t for t in old["targets"] if "tfmot" in t}
+    for target in record["targets"]:
+        if target["target"] in by_target:
+            target["tfmot"] = dict(by_target[target["target"]]["tfmot"], copied_from=path)
 
 
 def _valid_tfmot(target):
@@ -165,7 +197,9 @@ def ratio_rows(records):
     every = threads[-1]
     head = ["model", "MACs removed (target)", "per-layer ratio", "MACs ratio", "params ratio", ".tflite size ratio",
             "gzip size ratio", "TFLite latency ratio, 1 thread", f"TFLite latency ratio, {every} threads",
-            "TF latency ratio, 1 thread", f"TF latency ratio, {every} threads", "TFLite within 10% of MACs",
+            "TF latency ratio, 1 thread", f"TF latency ratio, {every} threads",
+            "ONNX Runtime latency ratio, 1 thread", f"ONNX Runtime latency ratio, {every} threads",
+            ".onnx size ratio", "TFLite within 10% of MACs",
             "tfmot zeros", "tfmot .tflite size ratio", "tfmot gzip size ratio", "tfmot TFLite latency ratio, 1 thread",
             f"tfmot TFLite latency ratio, {every} threads"]
     rows = [head]
@@ -178,7 +212,7 @@ def ratio_rows(records):
                    f"{t['params'] / d['params']:.3f}", f"{t['bytes'] / d['bytes']:.3f}", f"{t['gzip'] / d['gzip']:.3f}",
                    f"{lite1:.3f}", f"{t['tflite_ms'][every] / d['tflite_ms'][every]:.3f}",
                    f"{t['tf_ms'][1] / d['tf_ms'][1]:.3f}", f"{t['tf_ms'][every] / d['tf_ms'][every]:.3f}",
-                   "yes" if abs(lite1 - macs) <= 0.1 * macs else "no"]
+                   *_ort_ratios(t, d, every), "yes" if abs(lite1 - macs) <= 0.1 * macs else "no"]
             if "tfmot" in t and not _valid_tfmot(t):
                 row += [f"{t['tfmot']['zero_fraction']:.3f} (asked {t['tfmot']['sparsity']:.3f}): invalid run"] + \
                     ["—"] * 4
@@ -193,18 +227,30 @@ def ratio_rows(records):
     return rows
 
 
+def _ort_ratios(t, d, every):
+    """ONNX Runtime latency ratios (1 thread, all threads) and .onnx size ratio; dashes for runs made before them."""
+    if "ort_ms" not in t:
+        return ["—"] * 3
+    return [f"{t['ort_ms'][1] / d['ort_ms'][1]:.3f}", f"{t['ort_ms'][every] / d['ort_ms'][every]:.3f}",
+            f"{t['onnx_bytes'] / d['onnx_bytes']:.3f}"]
+
+
 def absolute_rows(records):
     """Absolute figures behind the ratios."""
     threads = records[0]["threads"]
     every = threads[-1]
-    rows = [["model", "variant", "MACs", "params", ".tflite MB", "gzip MB", "TFLite ms, 1 thread",
-             f"TFLite ms, {every} threads", "TF ms, 1 thread", f"TF ms, {every} threads"]]
+    rows = [["model", "variant", "MACs", "params", ".tflite MB", "gzip MB", ".onnx MB", "TFLite ms, 1 thread",
+             f"TFLite ms, {every} threads", "ONNX Runtime ms, 1 thread", f"ONNX Runtime ms, {every} threads",
+             "TF ms, 1 thread", f"TF ms, {every} threads", "max abs difference LiteRT / ONNX Runtime (largest output)"]]
 
     def add(model, variant, v, macs="", params=""):
-        tf_ms = v.get("tf_ms", {})
+        tf_ms, ort_ms, diff = v.get("tf_ms", {}), v.get("ort_ms", {}), v.get("max_difference")
         rows.append([model, variant, macs, params, f"{v['bytes'] / 1e6:.1f}", f"{v['gzip'] / 1e6:.1f}",
+                     f"{v['onnx_bytes'] / 1e6:.1f}" if "onnx_bytes" in v else "—",
                      f"{v['tflite_ms'][1]:.1f}", f"{v['tflite_ms'][every]:.1f}",
-                     f"{tf_ms[1]:.1f}" if tf_ms else "—", f"{tf_ms[every]:.1f}" if tf_ms else "—"])
+                     f"{ort_ms[1]:.1f}" if ort_ms else "—", f"{ort_ms[every]:.1f}" if ort_ms else "—",
+                     f"{tf_ms[1]:.1f}" if tf_ms else "—", f"{tf_ms[every]:.1f}" if tf_ms else "—",
+                     f"{diff['tflite']:.1e} / {diff['onnx']:.1e} ({diff['output_scale']:.2g})" if diff else "—"])
 
     for r in records:
         d = r["dense"]
@@ -241,6 +287,9 @@ def plot(records, path):
                 label=f"{r['model']} tfprune (TFLite)")
         ax.plot(macs, [1.0] + [t["tf_ms"][1] / d["tf_ms"][1] for t in r["targets"]], "s:", color=colour, alpha=0.6,
                 label=f"{r['model']} tfprune (TF)")
+        if "ort_ms" in d:
+            ax.plot(macs, [1.0] + [t["ort_ms"][1] / d["ort_ms"][1] for t in r["targets"]], "^-.", color=colour,
+                    alpha=0.8, label=f"{r['model']} tfprune (ONNX Runtime)")
         if "tfmot_dense" in r:
             md = r["tfmot_dense"]
             valid = [t for t in r["targets"] if _valid_tfmot(t)]
@@ -281,6 +330,8 @@ def main(argv):
             start = time.perf_counter()
             records.append(measure(name, workdir))
             records[-1]["seconds"] = time.perf_counter() - start
+        if FLAGS.tfmot_from and not FLAGS.tfmot:
+            copy_tfmot(records[-1], FLAGS.tfmot_from)
         keras.backend.clear_session()
         logging.info("%s done after %.0f s in all", name, time.perf_counter() - started)
         write(records, time.perf_counter() - started)  # after every model, so a late failure loses nothing
@@ -295,6 +346,20 @@ def _int_keys(value):
     return value
 
 
+def _load_note():
+    if FLAGS.merge:
+        return f"tables merged from {', '.join(FLAGS.merge)}: see those runs for the machine load"
+    return f"load average {LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+
+
+def _copied_note(records):
+    sources = sorted({r["tfmot_dense"]["copied_from"] for r in records if "copied_from" in r.get("tfmot_dense", {})})
+    if not sources:
+        return ""
+    return (f" The tfmot columns were not measured in this run but copied from {', '.join(sources)} (an earlier "
+            "run: same models and targets, its own dense twin as the reference).")
+
+
 def write(records, seconds):
     ratios, absolute = markdown(ratio_rows(records)), markdown(absolute_rows(records))
     print(ratios, flush=True)
@@ -303,13 +368,16 @@ def write(records, seconds):
     with open(os.path.join(FLAGS.out_dir, "speedup.md"), "w") as f:
         f.write(f"keras.applications models, random weights, {FLAGS.input_size}×{FLAGS.input_size}, batch 1, "
                 f"L1 per-layer ratio found by bisection for each MACs target, kept widths rounded up to multiples "
-                f"of {FLAGS.round_to}; float32 TFLite (XNNPACK) and "
-                f"TensorFlow (tf.function); median of {FLAGS.runs} timed calls after {FLAGS.warmup} warm-up calls, "
+                f"of {FLAGS.round_to}; float32 TFLite in LiteRT (XNNPACK), ONNX in ONNX Runtime (CPU, "
+                f"intra-op threads as stated, operators in sequence) and "
+                f"TensorFlow (tf.function); {'; '.join(records[-1].get('runtimes', []))}; "
+                f"median of {FLAGS.runs} timed calls after {FLAGS.warmup} warm-up calls, "
                 f"all variants of a model timed in turn in the same run; {threads[-1]} CPU threads available "
-                f"(load average {LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). Ratios are "
+                f"({_load_note()}). Ratios are "
                 f"pruned / original; tfmot ratios are pruned / its own "
                 f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
-                f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s.\n\n")
+                f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s."
+                + _copied_note(records) + "\n\n")
         f.write(ratios + "\n\nAbsolute figures:\n\n" + absolute + "\n")
     with open(os.path.join(FLAGS.out_dir, "speedup.json"), "w") as f:
         json.dump(records, f, indent=1)

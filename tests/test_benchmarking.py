@@ -7,8 +7,6 @@ import pytest
 import tfprune
 from tfprune.benchmarking import Latency, LatencyReport, available_threads
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
-
 
 def convnet(input_shape=(16, 16, 3)):
     keras.utils.set_random_seed(0)
@@ -60,13 +58,47 @@ def test_report_covers_every_model_and_setting(models, tflite_file):
     assert table == str(report)
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["model", "engine", "batch", "threads"]
-    assert len(lines) == len(expected) + 3  # header, rule, rows, footnote
+    assert len(lines) == len(expected) + 4  # header, rule, rows, two footnotes
+    assert lines[-1].startswith("engines: tensorflow: TensorFlow 2.") and "tflite: LiteRT " in lines[-1]
     assert "slim file" in table
     assert report.to_dicts()[0] == {"model": "original", "engine": "tensorflow", "batch_size": 1, "threads": 1,
                                      "median_ms": report.rows[0].median_ms, "p90_ms": report.rows[0].p90_ms,
                                      "runs": 3, "ratio": 1.0}
     with pytest.raises(KeyError, match="No measurement"):
         report.get("slim file", "tensorflow", 1, 1)
+
+
+def test_onnxruntime_engine(models, tmp_path):
+    model, slim = models
+    onnx_file = tfprune.export(slim, tmp_path / "slim.onnx", format="onnx").path
+    seen = []
+    report = tfprune.benchmark({"original": model, "slim": slim, "slim file": onnx_file}, batch_sizes=(1, 3),
+                               threads=(1,), engines=("tflite", "onnxruntime"), runs=3, warmup=1,
+                               progress=seen.append)
+    expected = {(m, "onnxruntime", b, 1) for m in ("original", "slim", "slim file") for b in (1, 3)}
+    expected |= {(m, "tflite", b, 1) for m in ("original", "slim") for b in (1, 3)}
+    assert {(r.model, r.engine, r.batch_size, r.threads) for r in report.rows} == expected
+    for row in report.rows:
+        assert 0 < row.median_ms <= row.p90_ms
+        assert row.ratio == pytest.approx(row.median_ms / report.get("original", row.engine, row.batch_size,
+                                                                     1).median_ms)
+    assert [r.engine for r in report.rows[:4]] == ["tflite"] * 4  # engines in the order of ENGINES
+    assert any("converting 'original' to onnx" in m for m in seen)
+    assert any(m.startswith("onnxruntime, batch 3, 1 thread(s): 3 model(s)") for m in seen)
+    assert report.runtimes[0].startswith("tflite: LiteRT ") and report.runtimes[1].startswith(
+        "onnxruntime: ONNX Runtime ")
+    assert "onnxruntime: ONNX Runtime" in report.table().splitlines()[-1]
+    with pytest.raises(ValueError, match="A .onnx file can only be timed with the 'onnxruntime' engine"):
+        tfprune.benchmark([model, onnx_file], engines=("tensorflow", "tflite"))
+
+
+def test_onnxruntime_threads_are_honoured(models, tmp_path):
+    from tfprune.runtimes import onnx_session
+
+    path = tfprune.export(models[0], tmp_path / "m.onnx", format="onnx").path
+    for threads in (1, 2):
+        options = onnx_session(path, threads=threads).get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
 
 
 def test_keras_file_and_default_labels(models, tmp_path):
@@ -114,7 +146,7 @@ def test_bad_models_raise(models, tflite_file, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         tfprune.benchmark([model, str(tmp_path / "missing.tflite")])
     (tmp_path / "weights.h5").write_bytes(b"0")
-    with pytest.raises(ValueError, match="must end in '.keras' or '.tflite'"):
+    with pytest.raises(ValueError, match="must end in '.keras', '.tflite' or '.onnx'"):
         tfprune.benchmark([model, str(tmp_path / "weights.h5")])
     with pytest.raises(ValueError, match="must be a keras.Model or a path"):
         tfprune.benchmark([model, 3])

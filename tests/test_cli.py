@@ -14,7 +14,6 @@ import pytest
 import tfprune
 
 EXECUTABLE = Path(sys.executable).parent / "tfprune"
-pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
 
 def run(*args, cwd):
@@ -121,14 +120,20 @@ def test_summary_prune_rebuild_export_bench(files):
     assert exported["reference_accuracy"] == pytest.approx(
         float(np.mean(slim(data["x"]).numpy().argmax(-1) == data["y"])))
 
-    done = run("bench", "model.keras", "slim.keras", "slim_int8.tflite", "--batch-sizes", "1", "--threads", "all",
-               "--runs", "2", "--warmup", "0", "--json", cwd=folder)
+    done = run("export", "slim.keras", "--format", "onnx", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wrote slim.onnx (onnx, ") and "reloaded in ONNX Runtime" in done.stdout
+    assert (folder / "slim.onnx").stat().st_size > 0
+
+    done = run("bench", "model.keras", "slim.keras", "slim_int8.tflite", "slim.onnx", "--batch-sizes", "1",
+               "--threads", "all", "--runs", "2", "--warmup", "0", "--json", cwd=folder)
     assert done.returncode == 0, done.stderr
     bench = json.loads(done.stdout)
     assert bench["reference"] == "model.keras"
     measured = {(row["model"], row["engine"]) for row in bench["rows"]}
     assert measured == {("model.keras", "tensorflow"), ("slim.keras", "tensorflow"), ("model.keras", "tflite"),
-                        ("slim.keras", "tflite"), ("slim_int8.tflite", "tflite")}
+                        ("slim.keras", "tflite"), ("slim_int8.tflite", "tflite"), ("model.keras", "onnxruntime"),
+                        ("slim.keras", "onnxruntime"), ("slim.onnx", "onnxruntime")}
     assert all(row["median_ms"] > 0 and row["runs"] == 2 for row in bench["rows"])
 
 
@@ -141,6 +146,11 @@ def test_bad_files_give_one_line(files):
     one_error_line(run("export", "other.keras", cwd=folder), "export", "other.keras", "no config.json")
     one_error_line(run("bench", "model.keras", "data.npz", cwd=folder), "bench", "data.npz", "expected a .keras")
     one_error_line(run("bench", "model.keras", "text.tflite", cwd=folder), "bench", "text.tflite", "no such file")
+    (folder / "text.onnx").write_text("not a model\n")
+    one_error_line(run("bench", "model.keras", "text.onnx", cwd=folder), "bench", "text.onnx",
+                   "not an ONNX model that ONNX Runtime can load")
+    one_error_line(run("export", "model.keras", "--format", "onnx", "-o", "m.tflite", cwd=folder), "export",
+                   "m.tflite", "the output must be a .onnx file")
     assert not (folder / "out.keras").exists()
 
 

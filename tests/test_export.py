@@ -1,4 +1,5 @@
-"""tfprune.export: every format and quantisation mode is written, reloaded and numerically checked."""
+"""tfprune.export: every format and quantisation mode is written, reloaded (Keras, TensorFlow, LiteRT, ONNX Runtime)
+and numerically checked; bad input is refused precisely."""
 
 import dataclasses
 
@@ -8,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 import tfprune
+from tfprune.errors import ExportError
 from tfprune.exporting import ExportResult
-
-# TF 2.21 still ships tf.lite.Interpreter (used to check .tflite files) but warns that it moves to ai_edge_litert.
-pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+from tfprune.onnx_conversion import write_onnx
+from tfprune.runtimes import litert_interpreter, onnx_outputs, onnx_session
 
 
 def tiny_convnet():
@@ -62,6 +63,66 @@ def test_tflite_float(model, tmp_path):
     result = tfprune.export(model, tmp_path / "m.tflite", format="tflite")
     assert result.max_abs_difference < 1e-4
     assert result.size_bytes == (tmp_path / "m.tflite").stat().st_size
+    assert result.runtime.startswith("LiteRT ") and result.converter is None
+
+
+def test_onnx_round_trip_with_labels(model, data, tmp_path):
+    labels = np.asarray(model(data, training=False)).argmax(axis=-1)
+    labels[:4] = (labels[:4] + 1) % 4
+    result = tfprune.export(model, tmp_path / "m.onnx", format="onnx", representative_data=data, labels=labels)
+    assert (result.format, result.quantize, result.converter) == ("onnx", None, "keras")
+    assert result.runtime.startswith("ONNX Runtime ")
+    assert result.max_abs_difference < 1e-5
+    assert result.size_bytes == (tmp_path / "m.onnx").stat().st_size > 0
+    assert result.accuracy == result.reference_accuracy == pytest.approx(28 / 32)
+    session = onnx_session(tmp_path / "m.onnx", threads=1)
+    assert session.get_inputs()[0].shape[1:] == [16, 16, 3]
+    np.testing.assert_allclose(onnx_outputs(session, data[:3])[0], model(data[:3]), atol=1e-5)
+
+
+def test_onnx_converters_agree(tmp_path):
+    """Keras's export (a never-called model: the signature is passed explicitly) and tf2onnx called directly."""
+    model = tfprune.prune(tiny_convnet(), 0.5)  # a rebuilt model has never been called
+    x = tfprune.verification.random_inputs(model, batch_size=4)
+    results = {}
+    for converter in ("keras", "tf2onnx"):
+        assert write_onnx(model, tmp_path / f"{converter}.onnx", converter=converter) == converter
+        results[converter] = onnx_outputs(onnx_session(tmp_path / f"{converter}.onnx"), x)[0]
+        np.testing.assert_allclose(results[converter], model(x), atol=1e-5)
+    np.testing.assert_allclose(results["keras"], results["tf2onnx"], atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown ONNX converter 'torch'"):
+        write_onnx(model, tmp_path / "m.onnx", converter="torch")
+
+
+def test_onnx_folds_captured_tensors(tmp_path):
+    """keras.layers.Normalization keeps mean and variance as plain tensors, which tf2onnx makes graph inputs (as in
+    EfficientNet); the exported file takes the image only, and computes the same outputs."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Normalization(mean=[0.5, -1.0, 2.0], variance=[4.0, 0.25, 1.0])(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    for converter in ("keras", "tf2onnx"):
+        write_onnx(model, tmp_path / f"{converter}.onnx", converter=converter)
+        session = onnx_session(tmp_path / f"{converter}.onnx")
+        assert len(session.get_inputs()) == 1
+        x = tfprune.verification.random_inputs(model, batch_size=3)
+        np.testing.assert_allclose(onnx_outputs(session, x)[0], model(x), atol=1e-5)
+    assert tfprune.export(model, tmp_path / "m.onnx", format="onnx").max_abs_difference < 1e-5
+
+
+def test_onnx_multi_input_multi_output(tmp_path):
+    keras.utils.set_random_seed(0)
+    vector, image = keras.Input((4,), name="vector"), keras.Input((8, 8, 2), name="image")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(6, 3)(image))
+    joined = keras.layers.Concatenate()([vector, features])
+    model = keras.Model([vector, image], [keras.layers.Dense(2)(joined), keras.layers.Dense(3)(joined)])
+    result = tfprune.export(model, tmp_path / "m.onnx", format="onnx")
+    assert result.max_abs_difference < 1e-5
+    session = onnx_session(tmp_path / "m.onnx")
+    assert [i.name for i in session.get_inputs()] == ["vector", "image"]
+    assert [o.shape[1:] for o in session.get_outputs()] == [[2], [3]]
+    with pytest.raises(ValueError, match="model has 2 inputs, so the ONNX file is checked on random inputs"):
+        tfprune.export(model, tmp_path / "m2.onnx", format="onnx", representative_data=np.zeros((2, 4)))
 
 
 # Tolerances relative to the largest |output|. float16 weights carry a relative error of 2^-11 ≈ 5e-4 each, so
@@ -83,7 +144,7 @@ def test_tflite_quantized(model, data, tmp_path, quantize, relative_tolerance):
 def test_int8_is_full_integer_with_float_io(model, data, tmp_path):
     path = tmp_path / "int8.tflite"
     tfprune.export(model, path, format="tflite", quantize="int8", representative_data=data)
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = litert_interpreter(path)
     assert interpreter.get_input_details()[0]["dtype"] == np.float32
     assert interpreter.get_output_details()[0]["dtype"] == np.float32
     assert any(detail["dtype"] == np.int8 for detail in interpreter.get_tensor_details())
@@ -104,7 +165,7 @@ def test_int8_reports_accuracy_of_both(model, data, tmp_path):
 
 def test_pruned_model_is_smaller_on_disk(model, tmp_path):
     slim = tfprune.prune(model, 0.5)
-    for name, format in [("m.keras", "keras"), ("m.tflite", "tflite")]:
+    for name, format in [("m.keras", "keras"), ("m.tflite", "tflite"), ("m.onnx", "onnx")]:
         full = tfprune.export(model, tmp_path / f"full_{name}", format=format)
         pruned = tfprune.export(slim, tmp_path / f"slim_{name}", format=format)
         assert pruned.max_abs_difference < 1e-4
@@ -118,14 +179,18 @@ def test_model_is_not_modified(tmp_path):
     y = np.asarray(model(x))
     tfprune.export(model, tmp_path / "sm")
     tfprune.export(model, tmp_path / "m.tflite", format="tflite", quantize="dynamic")
+    tfprune.export(model, tmp_path / "m.onnx", format="onnx")
     for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(y, np.asarray(model(x)))
 
 
 def test_errors(model, data, tmp_path):
-    with pytest.raises(ValueError, match="allowed formats are 'saved_model', 'tflite', 'keras'"):
-        tfprune.export(model, tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ValueError, match="Unknown export format 'pt'; allowed formats are 'saved_model', 'tflite', "
+                                         "'keras', 'onnx'"):
+        tfprune.export(model, tmp_path / "m.pt", format="pt")
+    with pytest.raises(ValueError, match="quantize='float16' applies only to format='tflite', not format='onnx'"):
+        tfprune.export(model, tmp_path / "m.onnx", format="onnx", quantize="float16")
     with pytest.raises(ValueError, match="allowed values are None, 'float16', 'dynamic', 'int8'"):
         tfprune.export(model, tmp_path / "m.tflite", format="tflite", quantize="int4")
     with pytest.raises(ValueError, match="applies only to format='tflite'"):
@@ -147,3 +212,42 @@ def test_multi_input_tflite_is_refused(tmp_path):
     with pytest.raises(ValueError, match="single-input models only; this model has 2 inputs"):
         tfprune.export(model, tmp_path / "m.tflite", format="tflite")
     assert tfprune.export(model, tmp_path / "m.keras", format="keras").max_abs_difference < 1e-5
+
+
+@keras.saving.register_keras_serializable(package="tfprune_export_test")
+class SingularValues(keras.layers.Layer):
+    """An op (SVD) that neither TFLite's builtin kernels nor tf2onnx can convert."""
+
+    def call(self, x):
+        return tf.linalg.svd(x, compute_uv=False)
+
+
+@pytest.mark.parametrize("format, message", [
+    ("tflite", r"The TFLite converter failed \(TensorFlow op\(s\) without a TFLite builtin kernel: Svd; "
+               r"in layer\(s\) 'singular_values'\)"),
+    ("onnx", r"tf2onnx cannot convert 1 op\(s\) of this model to ONNX: op type Svd \(TensorFlow op '[^']*Svd', "
+             r"in layer 'singular_values'\)"),
+])
+def test_converter_failure_names_op_and_layer(tmp_path, format, message):
+    inputs = keras.Input((4, 4))
+    model = keras.Model(inputs, keras.layers.Dense(2)(SingularValues(name="singular_values")(inputs)))
+    with pytest.raises(ExportError, match=message):
+        tfprune.export(model, tmp_path / f"m.{format}", format=format)
+    assert not any(tmp_path.iterdir())  # no half-converted file is left behind
+
+
+def test_unsupported_dtypes_are_refused(tmp_path):
+    def convnet(policy, input_dtype="float32"):
+        inputs = keras.Input((8, 8, 3), dtype=input_dtype)
+        x = keras.layers.Conv2D(4, 3, dtype=policy, name="conv")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2, dtype=policy, name="head")(x))
+
+    mixed = convnet("mixed_float16")
+    for format in ("tflite", "onnx"):
+        with pytest.raises(ValueError, match=rf"format='{format}' needs a float32 model .* not float32 here: "
+                                             r"'conv' \(mixed_float16\), 'head' \(mixed_float16\)"):
+            tfprune.export(mixed, tmp_path / f"m.{format}", format=format)
+    with pytest.raises(ValueError, match=r"not float32 here: input '[^']+' \(float64\), 'conv' \(float64\)"):
+        tfprune.export(convnet("float64", "float64"), tmp_path / "m.onnx", format="onnx")
+    assert not any(tmp_path.iterdir())
+    assert tfprune.export(mixed, tmp_path / "m.keras", format="keras").max_abs_difference < 1e-2  # .keras keeps it

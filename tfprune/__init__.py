@@ -11,9 +11,11 @@ __version__ = "0.1.0"
 # `tfprune --help` do not load TensorFlow; add new public names here (not as `from ... import` lines).
 _PUBLIC = {
     "ChannelGraph": "tfprune.graph",
+    "ExportError": "tfprune.errors",
     "Group": "tfprune.graph",
     "Plan": "tfprune.plans",
     "PlanError": "tfprune.errors",
+    "RuntimeUnavailableError": "tfprune.errors",
     "SensitivityResult": "tfprune.sensitivity_analysis",
     "UnknownMACsError": "tfprune.errors",
     "UnsupportedModelError": "tfprune.errors",

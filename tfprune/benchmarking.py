@@ -1,4 +1,4 @@
-"""benchmark(): inference latency of Keras models and TFLite files on this CPU, and ratios to a reference model."""
+"""benchmark(): inference latency of Keras models, TFLite and ONNX files on this CPU; ratios to a reference model."""
 
 import dataclasses
 import json
@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -16,9 +15,12 @@ import tensorflow as tf
 
 from tfprune.backends import require_backend
 from tfprune.graph.keras_nodes import model_inputs
+from tfprune.runtimes import LITERT, ONNX_RUNTIME, litert_interpreter, onnx_session, runtime_version
 from tfprune.verification import random_inputs
 
-ENGINES = ("tensorflow", "tflite")
+ENGINES = ("tensorflow", "tflite", "onnxruntime")
+DEFAULT_ENGINES = ("tensorflow", "tflite")
+_FILE_ENGINES = {"tflite": "tflite", "onnx": "onnxruntime"}  # a file of this kind is timed with this engine only
 _HEADERS = ("model", "engine", "batch", "threads", "median ms", "p90 ms", "ratio")
 
 
@@ -28,7 +30,8 @@ class Latency:
 
     Attributes:
         model: the model's label.
-        engine: "tensorflow" (a `tf.function` calling the Keras model) or "tflite" (`tf.lite.Interpreter`).
+        engine: "tensorflow" (a `tf.function` calling the Keras model), "tflite" (the LiteRT interpreter,
+            `ai_edge_litert`) or "onnxruntime" (an ONNX Runtime CPU session).
         batch_size: examples per inference call.
         threads: CPU threads the engine was allowed to use.
         median_ms, p90_ms: median and 90th percentile of the timed calls, in milliseconds.
@@ -49,10 +52,12 @@ class Latency:
 
 @dataclasses.dataclass(frozen=True)
 class LatencyReport:
-    """The rows of a `tfprune.benchmark` run; `reference` is the label the ratios are relative to."""
+    """The rows of a `tfprune.benchmark` run; `reference` is the label the ratios are relative to, `runtimes` says
+    what ran each engine (e.g. "tflite: LiteRT 2.3.0")."""
 
     reference: str
     rows: tuple
+    runtimes: tuple = ()
 
     def get(self, model, engine, batch_size, threads) -> Latency:
         """The row of `model` in one setting; KeyError if it was not measured."""
@@ -77,6 +82,8 @@ class LatencyReport:
         lines.insert(1, "─" * len(lines[0]))
         lines.append(f"ratio = median / median of {self.reference!r} in the same engine, batch and threads; "
                      "models timed in turn, in the same run.")
+        if self.runtimes:
+            lines.append("engines: " + "; ".join(self.runtimes) + ".")
         return "\n".join(lines)
 
     def __str__(self):
@@ -88,8 +95,9 @@ def available_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=ENGINES, runs=50, warmup=5, progress=None):
-    """Time inference of Keras models and TFLite files on this CPU and compare each with the first (the reference).
+def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENGINES, runs=50, warmup=5,
+              progress=None):
+    """Time inference of Keras models, TFLite and ONNX files on this CPU; compare each with the first (the reference).
 
     Every setting (engine × batch size × thread count) times all models in turn, call by call, so that load from
     other processes falls on all of them alike; the ratios compare medians of the same run.
@@ -102,17 +110,24 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=ENGINES, ru
       measured in a fresh Python subprocess (`tfprune.latency_worker`) with intra- and inter-op threads set to it
       (a model given in memory is saved to a temporary .keras file for it). This process's own count is
       `tf.config.threading.get_intra_op_parallelism_threads()`, 0 meaning all CPUs.
-    - "tflite": `tf.lite.Interpreter(num_threads=...)`, timing `invoke()` on random inputs. A .tflite file is
-      measured as it is; a Keras model is first converted to a float32 .tflite with `tfprune.export`.
+    - "tflite": the LiteRT interpreter (`ai_edge_litert.interpreter.Interpreter(num_threads=...)`, XNNPACK),
+      timing `invoke()` on random inputs. A .tflite file is measured as it is; a Keras model is first converted to a
+      float32 .tflite with `tfprune.export`. There is no fallback to the deprecated `tf.lite.Interpreter`: without
+      the `ai-edge-litert` package this engine raises `tfprune.errors.RuntimeUnavailableError`.
+    - "onnxruntime": an ONNX Runtime CPU session with `intra_op_num_threads` = the thread count and operators run
+      one after another, timing `run()` on random inputs. An .onnx file is measured as it is; a Keras model is
+      first converted with `tfprune.export(..., format="onnx")`. Needs the `onnx` extra.
 
     Args:
         models: the models to time, the first being the reference: a list, or a dict `{label: model}`. Each is a
-            `keras.Model`, a path to a ".keras" file (loaded with Keras safe mode on) or a path to a ".tflite" file.
+            `keras.Model`, a path to a ".keras" file (loaded with Keras safe mode on), or a path to a ".tflite" or
+            ".onnx" file.
             Labels default to the model's name or the file's name. All must take inputs of the same shape.
         batch_sizes: batch sizes to time (integers >= 1).
         threads: thread counts to time (integers >= 1; None means all CPUs this process may use).
-        engines: which of "tensorflow" and "tflite" to time Keras models with. TFLite files are timed with
-            "tflite" only, so it must be listed when one is given.
+        engines: which of "tensorflow", "tflite" and "onnxruntime" to time Keras models with (default the first
+            two). TFLite files are timed with "tflite" only and ONNX files with "onnxruntime" only, so the engine
+            must be listed when such a file is given.
         runs: timed calls per model and setting (>= 1); warmup: untimed calls before them (>= 0).
         progress: optionally called with a one-line description before each setting is timed.
 
@@ -148,8 +163,12 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=ENGINES, ru
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be a callable taking one string, or None; got {progress!r}.")
     entries = _entries(models)
-    if any(kind == "tflite" for _, kind, _ in entries) and "tflite" not in engines:
-        raise ValueError("A .tflite file can only be timed with the 'tflite' engine; add it to engines.")
+    for kind, engine in _FILE_ENGINES.items():
+        if any(k == kind for _, k, _ in entries) and engine not in engines:
+            raise ValueError(f"A .{kind} file can only be timed with the {engine!r} engine; add it to engines.")
+    runtimes = [f"tensorflow: TensorFlow {tf.__version__}"] if "tensorflow" in engines else []
+    runtimes += [f"tflite: {runtime_version(LITERT)}"] if "tflite" in engines else []
+    runtimes += [f"onnxruntime: {runtime_version(ONNX_RUNTIME)}"] if "onnxruntime" in engines else []
     _check_input_shapes(entries)
     notify = progress or (lambda message: None)
 
@@ -172,24 +191,28 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=ENGINES, ru
                     measured = _tensorflow_in_subprocess(keras_entries, batch_sizes, n, runs, warmup, workdir)
                     for (label, batch), seconds in measured.items():
                         timings[label, "tensorflow", batch, n] = seconds
-        if "tflite" in engines:
+        for engine, kind, make_call in (("tflite", "tflite", _tflite_call), ("onnxruntime", "onnx", _onnx_call)):
+            if engine not in engines:
+                continue
             files = []
-            for index, (label, kind, model) in enumerate(entries):
-                if kind == "keras":
-                    notify(f"converting {label!r} to TFLite")
-                    path = os.path.join(workdir, f"model_{index}.tflite")
+            for index, (label, entry_kind, model) in enumerate(entries):
+                if entry_kind == "keras":
+                    notify(f"converting {label!r} to {kind}")
+                    path = os.path.join(workdir, f"model_{index}.{kind}")
                     from tfprune.exporting import export  # imported here: exporting is the heavier module
 
-                    export(model, path, format="tflite")
+                    export(model, path, format=kind)
                     files.append((label, path))
-                else:
+                elif entry_kind == kind:
                     files.append((label, model))
+            if not files:
+                continue
             for n in thread_counts:
                 for batch in batch_sizes:
-                    notify(f"tflite, batch {batch}, {n} thread(s): {len(files)} model(s) × {runs} runs")
-                    calls = {label: _tflite_call(path, batch, n) for label, path in files}
+                    notify(f"{engine}, batch {batch}, {n} thread(s): {len(files)} model(s) × {runs} runs")
+                    calls = {label: make_call(path, batch, n) for label, path in files}
                     for label, seconds in _time_in_turn(calls, runs, warmup).items():
-                        timings[label, "tflite", batch, n] = seconds
+                        timings[label, engine, batch, n] = seconds
 
     reference = entries[0][0]
     rows = []
@@ -201,7 +224,9 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=ENGINES, ru
                             p90_ms=float(np.percentile(seconds, 90)) * 1000, runs=len(seconds), ratio=ratio))
     order = {label: i for i, (label, _, _) in enumerate(entries)}
     rows.sort(key=lambda r: (ENGINES.index(r.engine), r.batch_size, r.threads, order[r.model]))
-    return LatencyReport(reference=reference, rows=tuple(rows))
+    measured = {row.engine for row in rows}
+    runtimes = [text for text in runtimes if text.split(":")[0] in measured]
+    return LatencyReport(reference=reference, rows=tuple(rows), runtimes=tuple(runtimes))
 
 
 def _time_in_turn(calls, runs, warmup):
@@ -224,26 +249,39 @@ def _tensorflow_call(model, batch_size):
     return lambda: tf.nest.flatten(forward(x))[0].numpy()
 
 
-def _interpreter(path, threads=None):
-    with warnings.catch_warnings():  # TF 2.21 warns that tf.lite.Interpreter will move to the ai_edge_litert package
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
-        return tf.lite.Interpreter(model_path=path, num_threads=threads)
+def _random_array(shape, dtype, rng):
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def _tflite_call(path, batch_size, threads):
-    interpreter = _interpreter(path, threads)
+    interpreter = litert_interpreter(path, threads=threads)
     (detail,) = interpreter.get_input_details()
     shape = (batch_size, *detail["shape"][1:])
     interpreter.resize_tensor_input(detail["index"], shape)
     interpreter.allocate_tensors()
-    rng = np.random.default_rng(0)
-    if np.issubdtype(detail["dtype"], np.integer):
-        info = np.iinfo(detail["dtype"])
-        x = rng.integers(info.min, info.max, size=shape, endpoint=True).astype(detail["dtype"])
-    else:
-        x = rng.standard_normal(shape).astype(detail["dtype"])
-    interpreter.set_tensor(detail["index"], x)
+    interpreter.set_tensor(detail["index"], _random_array(shape, detail["dtype"], np.random.default_rng(0)))
     return interpreter.invoke
+
+
+_ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(int8)": np.int8,
+                "tensor(uint8)": np.uint8}
+
+
+def _onnx_call(path, batch_size, threads):
+    session = onnx_session(path, threads=threads)
+    rng = np.random.default_rng(0)
+    feed = {}
+    for node in session.get_inputs():
+        if node.type not in _ONNX_DTYPES:
+            raise ValueError(f"ONNX file {path!r}: input {node.name!r} has type {node.type}; only "
+                             f"{', '.join(_ONNX_DTYPES)} inputs can be timed.")
+        shape = (batch_size, *[d if isinstance(d, int) else 32 for d in node.shape[1:]])
+        feed[node.name] = _random_array(shape, _ONNX_DTYPES[node.type], rng)
+    return lambda: session.run(None, feed)
 
 
 def _tensorflow_in_subprocess(keras_entries, batch_sizes, threads, runs, warmup, workdir):
@@ -270,14 +308,14 @@ def _tensorflow_in_subprocess(keras_entries, batch_sizes, threads, runs, warmup,
 
 
 def _entries(models):
-    """`[(label, "keras" | "tflite", keras.Model | tflite path)]` from a list or dict of models and paths."""
+    """`[(label, "keras" | "tflite" | "onnx", keras.Model | file path)]` from a list or dict of models and paths."""
     if isinstance(models, dict):
         items = list(models.items())
     elif isinstance(models, list | tuple):
         items = [(None, m) for m in models]
     else:
         raise ValueError(f"models must be a list or a dict {{label: model}} of keras.Model objects and .keras / "
-                         f".tflite paths; got {type(models).__name__}.")
+                         f".tflite / .onnx paths; got {type(models).__name__}.")
     if not items:
         raise ValueError("models is empty; give at least one model (the first is the reference).")
     entries = []
@@ -286,7 +324,7 @@ def _entries(models):
             entries.append((label or model.name, "keras", model))
             continue
         if not isinstance(model, str | os.PathLike):
-            raise ValueError(f"Each model must be a keras.Model or a path to a .keras or .tflite file; got "
+            raise ValueError(f"Each model must be a keras.Model or a path to a .keras, .tflite or .onnx file; got "
                              f"{type(model).__name__}.")
         path = os.fspath(model)
         if not os.path.isfile(path):
@@ -294,10 +332,12 @@ def _entries(models):
         name = label or os.path.basename(path)
         if path.endswith(".tflite"):
             entries.append((name, "tflite", path))
+        elif path.endswith(".onnx"):
+            entries.append((name, "onnx", path))
         elif path.endswith(".keras"):
             entries.append((name, "keras", keras.models.load_model(path, safe_mode=True)))
         else:
-            raise ValueError(f"Model file {path!r} must end in '.keras' or '.tflite'.")
+            raise ValueError(f"Model file {path!r} must end in '.keras', '.tflite' or '.onnx'.")
     labels = [label for label, _, _ in entries]
     if len(set(labels)) != len(labels):
         raise ValueError(f"Model labels must be distinct; got {labels}. Pass a dict {{label: model}}.")
@@ -307,7 +347,10 @@ def _entries(models):
 def _input_shape(kind, model):
     if kind == "keras":
         return tuple(tuple(t.shape[1:]) for t in model_inputs(model))
-    details = _interpreter(model).get_input_details()
+    if kind == "onnx":
+        return tuple(tuple(d if isinstance(d, int) else None for d in node.shape[1:])
+                     for node in onnx_session(model).get_inputs())
+    details = litert_interpreter(model).get_input_details()
     if len(details) != 1:
         raise ValueError(f"TFLite file {model!r} has {len(details)} inputs; only single-input files are timed.")
     return (tuple(int(d) for d in details[0]["shape"][1:]),)

@@ -1,10 +1,10 @@
-"""The `tfprune` command: summary, prune, rebuild, export and bench on .keras (and .tflite) files.
+"""The `tfprune` command: summary, prune, rebuild, export and bench on .keras (and .tflite, .onnx) files.
 
     tfprune summary MODEL.keras
     tfprune prune MODEL.keras --ratio 0.5 [--criterion l1] [--scope global] [--plan-out PLAN.json] -o SLIM.keras
     tfprune rebuild MODEL.keras PLAN.json -o SLIM.keras
-    tfprune export SLIM.keras --format tflite [--quantize int8 --calibration DATA.npz] [-o SLIM.tflite]
-    tfprune bench MODEL.keras SLIM.keras|SLIM.tflite ...
+    tfprune export SLIM.keras --format tflite|onnx|saved_model|keras [--quantize int8 --calibration DATA.npz]
+    tfprune bench MODEL.keras SLIM.keras|SLIM.tflite|SLIM.onnx ... [--engines tensorflow,tflite,onnxruntime]
 
 Every subcommand prints a readable result on stdout, or JSON with `--json`. Models load with Keras safe mode on.
 Anything wrong with the input (a missing, corrupt or non-Keras file, a model that needs unregistered custom objects, a
@@ -12,7 +12,8 @@ plan that does not fit, a bad ratio) ends the command with one line on stderr, `
 exit status 1 (2 for command-line usage errors). Progress goes to stderr when it is a terminal.
 
 TensorFlow is imported only when a subcommand needs it (so `--help` and most input errors are quick). What
-TensorFlow, TFLite and the converter log on stderr (file descriptor 2) is hidden unless `--verbose` is given.
+TensorFlow, LiteRT, ONNX Runtime and the converters log on stderr (file descriptor 2) is hidden unless `--verbose`
+is given. .tflite files run in LiteRT (`ai_edge_litert`), .onnx files in ONNX Runtime.
 """
 
 import argparse
@@ -47,10 +48,6 @@ def _run(args, console):
     """(exit status, text for stdout or None); errors are reported on the console as one line."""
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is first imported, below
-        import warnings
-
-        # TF 2.21 warns on every tf.lite.Interpreter that it will move to the ai_edge_litert package.
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
         progress = _Progress(console, enabled=not args.quiet and console.isatty())
         try:
             data, text = args.run(args, progress)
@@ -142,10 +139,8 @@ def _save_slim(args, model, slim, chosen, plan_out, progress):
 
 def _export(args, progress):
     output = args.output or _default_export_path(args.model, args.format, args.quantize)
-    if args.format == "keras":
-        _check_output(output, ".keras")
-    elif args.format == "tflite":
-        _check_output(output, ".tflite")
+    if args.format in ("keras", "tflite", "onnx"):
+        _check_output(output, f".{args.format}")
     if args.quantize is not None and args.format != "tflite":
         raise CommandError(f"--quantize applies to --format tflite only, not --format {args.format}.")
     if args.quantize == "int8" and args.calibration is None:
@@ -162,8 +157,8 @@ def _export(args, progress):
                     labels=labels)
     data = dataclasses.asdict(result)
     text = (f"wrote {result.path} ({args.format}{', ' + args.quantize if args.quantize else ''}, "
-            f"{result.size_bytes:,} bytes); reloaded, max |output difference| vs the Keras model "
-            f"{result.max_abs_difference:.2e}")
+            f"{result.size_bytes:,} bytes); reloaded in {result.runtime}, max |output difference| vs the Keras "
+            f"model {result.max_abs_difference:.2e}")
     if result.accuracy is not None:
         text += f"\naccuracy on the {len(examples)} calibration examples: {result.accuracy:.4f} " \
                 f"(Keras model: {result.reference_accuracy:.4f})"
@@ -173,16 +168,21 @@ def _export(args, progress):
 def _bench(args, progress):
     threads = tuple(None if t == "all" else _int(t, "--threads") for t in args.threads.split(","))
     batch_sizes = tuple(_int(b, "--batch-sizes") for b in args.batch_sizes.split(","))
-    engines = tuple(args.engines.split(","))
     for path in args.models:  # every file checked before any is loaded
         if path.endswith(".tflite"):
             _check_tflite(path)
+        elif path.endswith(".onnx"):
+            _check_onnx(path)
         else:
             _check_model_file(path)
+    if args.engines == "auto":
+        engines = ("tensorflow", "tflite") + (("onnxruntime",) if any(p.endswith(".onnx") for p in args.models) else ())
+    else:
+        engines = tuple(args.engines.split(","))
     models = {}
     for path in args.models:
         label = os.path.basename(path) if os.path.basename(path) not in models else path
-        models[label] = path if path.endswith(".tflite") else _load_model(path, progress)
+        models[label] = path if path.endswith((".tflite", ".onnx")) else _load_model(path, progress)
     from tfprune.benchmarking import benchmark
 
     report = benchmark(models, batch_sizes=batch_sizes, threads=threads, engines=engines, runs=args.runs,
@@ -293,6 +293,18 @@ def _check_tflite(path):
         raise CommandError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier).")
 
 
+def _check_onnx(path):
+    _check_input(path, "ONNX")
+    from tfprune.runtimes import onnx_session
+
+    try:
+        onnx_session(path)
+    except ImportError:
+        raise
+    except Exception as error:
+        raise CommandError(f"{path}: not an ONNX model that ONNX Runtime can load ({_one_line(error)}).") from None
+
+
 def _arrays(path, flag, labels_as_pair=False):
     """Examples (and labels, or None) from an .npz with arrays "x" (and "y"), or with a single array."""
     import numpy as np
@@ -323,7 +335,7 @@ def _default_export_path(model_path, format, quantize):
     stem = model_path[: -len(".keras")] if model_path.endswith(".keras") else model_path
     suffix = f"_{quantize}" if quantize else ""
     return {"tflite": f"{stem}{suffix}.tflite", "saved_model": f"{stem}_saved_model",
-            "keras": f"{stem}_export.keras"}[format]
+            "keras": f"{stem}_export.keras", "onnx": f"{stem}.onnx"}[format]
 
 
 def _int(text, flag):
@@ -438,9 +450,10 @@ def _parser():
     sub.add_argument("--seed", type=int, default=None, help="seed of --reinit scratch")
     sub.add_argument("-o", "--output", metavar="SLIM.keras", required=True, help="where the slim model goes")
 
-    sub = command("export", _export, "Write a model as TFLite, SavedModel or .keras and check it against the model.")
+    sub = command("export", _export, "Write a model as TFLite, ONNX, SavedModel or .keras, load it back (LiteRT, "
+                  "ONNX Runtime, TensorFlow, Keras) and check it against the model.")
     sub.add_argument("model", metavar="MODEL.keras")
-    sub.add_argument("--format", choices=("tflite", "saved_model", "keras"), default="tflite",
+    sub.add_argument("--format", choices=("tflite", "onnx", "saved_model", "keras"), default="tflite",
                      help="default tflite")
     sub.add_argument("--quantize", choices=("float16", "dynamic", "int8"), default=None,
                      help="TFLite quantisation (int8 needs --calibration)")
@@ -450,12 +463,15 @@ def _parser():
                      help="output path (default: next to MODEL, e.g. MODEL.tflite, MODEL_int8.tflite)")
 
     sub = command("bench", _bench, "Inference latency of models on this CPU; ratios to the first model.")
-    sub.add_argument("models", nargs="+", metavar="MODEL", help=".keras or .tflite files; the first is the reference")
+    sub.add_argument("models", nargs="+", metavar="MODEL",
+                     help=".keras, .tflite or .onnx files; the first is the reference")
     sub.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
     sub.add_argument("--threads", default="1,all", help="comma-separated thread counts, 'all' = every CPU "
                      "(default 1,all)")
-    sub.add_argument("--engines", default="tensorflow,tflite",
-                     help="tensorflow and/or tflite (.keras files are converted for tflite; default both)")
+    sub.add_argument("--engines", default="auto",
+                     help="comma-separated: tensorflow, tflite (LiteRT), onnxruntime; .keras files are converted "
+                     "for tflite and onnxruntime (default auto: tensorflow,tflite, plus onnxruntime when an .onnx "
+                     "file is given)")
     sub.add_argument("--runs", type=int, default=50, help="timed calls per model and setting (default 50)")
     sub.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
     return parser

@@ -11,3 +11,13 @@ class PlanError(ValueError):
 
 class UnknownMACsError(ValueError):
     """A layer has weights but its multiply-accumulate operations cannot be known (its call cannot be traced)."""
+
+
+class RuntimeUnavailableError(ImportError):
+    """The runtime an artefact needs (LiteRT for .tflite, ONNX Runtime or the ONNX converter for .onnx) is not
+    installed or failed to import; the message names the package to install."""
+
+
+class ExportError(ValueError):
+    """A converter (TFLite, ONNX) could not convert a model; the message names the layer or op when the converter
+    said which one."""
