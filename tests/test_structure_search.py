@@ -97,13 +97,19 @@ def test_default_fitness_fine_tunes_on_train_and_scores_on_validation_leaving_th
                                 cycles=1, fine_tune_steps=2, batch_size=16, seed=0, verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
     assert 0 <= result.fitness <= 1 and result.macs_ratio <= 0.6
-    # the fitness is the validation accuracy of the fine-tuned slim model, reproducible by hand
+    # the fitness is the validation accuracy of the fine-tuned slim model: the masked copy that the default fitness
+    # trains computes what the rebuilt slim model computes after the same fine-tuning
+    fitness = tfprune.search.FineTuneFitness(model, (x[:64], y[:64]), (x[64:], y[64:]), steps=2, batch_size=16)
+    value = fitness(result.plan)
     slim = result.slim_model()
     slim.compile_from_config(model.get_compile_config())
     keras.utils.set_random_seed(0)
     slim.fit(x[:64], y[:64], batch_size=16, epochs=1, steps_per_epoch=2, verbose=0)
+    np.testing.assert_allclose(fitness.copy.predict(x[64:], verbose=0), slim.predict(x[64:], verbose=0), atol=1e-5)
     accuracy = slim.evaluate(x[64:], y[64:], batch_size=16, verbose=0, return_dict=True)["accuracy"]
-    assert result.fitness == pytest.approx(accuracy)
+    # equal up to one near-tie of the 32 images flipped by float rounding (seen on JAX, where XLA may order sums
+    # differently between traces)
+    assert abs(value - result.fitness) <= 1 / 32 and abs(value - accuracy) <= 1 / 32
     fig = result.figure()
     assert len(fig.axes) == 2
 
