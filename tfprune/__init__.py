@@ -22,6 +22,7 @@ _PUBLIC = {
     "count_params": "tfprune.counting",
     "datasets": "tfprune.datasets",
     "export": "tfprune.exporting",
+    "layers": "tfprune.layers",
     "mask": "tfprune.masking",
     "models": "tfprune.models",
     "plan": "tfprune.planning",
@@ -30,6 +31,7 @@ _PUBLIC = {
     "rebuild": "tfprune.rebuilding",
     "reconstruct": "tfprune.reconstruction",
     "scratch_b_epochs": "tfprune.budgets",
+    "search": "tfprune.search",
     "sensitivity": "tfprune.sensitivity_analysis",
     "summary": "tfprune.summaries",
 }
