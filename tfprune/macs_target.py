@@ -2,9 +2,7 @@
 
 import numbers
 
-from tfprune.counting import count_macs
-from tfprune.graph import ChannelGraph
-from tfprune.rebuilding import rebuild
+from tfprune.macs_model import MacsModel
 
 
 def plan_for_macs(model, target, make_plan, graph=None, steps=16):
@@ -16,7 +14,7 @@ def plan_for_macs(model, target, make_plan, graph=None, steps=16):
         make_plan: `ratio -> Plan`, for ratios in [0, 1), removing more as the ratio grows, e.g.
             `lambda r: tfprune.plan(model, r, scope="global")` or a callback's `plan` method.
         graph: the model's `ChannelGraph`, if already built.
-        steps: bisection steps (each one plan and one rebuild).
+        steps: bisection steps (each one plan; the MACs come from `MacsModel`, with no rebuild).
 
     Returns:
         `(plan, macs_ratio)`: the plan of the smallest ratio found whose MACs ratio is at most `target`, and that
@@ -33,12 +31,11 @@ def plan_for_macs(model, target, make_plan, graph=None, steps=16):
     """
     if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1:
         raise ValueError(f"target must be a MACs ratio in (0, 1]; got {target!r}.")
-    graph = graph or ChannelGraph(model)
-    full = count_macs(model)
+    macs = MacsModel(model, graph=graph)
 
     def measure(ratio):
         plan = make_plan(ratio)
-        return plan, count_macs(rebuild(model, plan, graph=graph)) / full
+        return plan, macs.ratio(plan)
 
     lo, hi = 0.0, 0.999
     best = measure(hi)
