@@ -101,6 +101,7 @@ def test_search_end_to_end(tmp_path):
         assert np.all(np.diff(q) <= 0)
     assert result.history and result.history[-1]["macs_ratio"] == pytest.approx(result.expected_macs)
     assert 0 < result.warmup_steps < result.history[-1]["step"]
+    assert result.history[0]["macs_ratio"] == pytest.approx(0.4 * (1 - 0.03 / 2), abs=1e-3)  # alpha_init="budget"
     assert {"dmcp_expected_macs", "budget_loss", "task_loss_max", "task_loss_min"} <= set(logged[0])
     assert "arch_task_loss" in logged[1] and "arch_task_loss" not in logged[0]
     result.figure().savefig(tmp_path / "dmcp.png")
@@ -144,6 +145,8 @@ def test_bad_input():
         tfprune.search.dmcp(model, data, 0.5, subnets=1)
     with pytest.raises(ValueError, match="channel_order"):
         tfprune.search.dmcp(model, data, 0.5, channel_order="taylor")
+    with pytest.raises(ValueError, match="alpha_init must be 'budget' or a number"):
+        tfprune.search.dmcp(model, data, 0.5, alpha_init="high")
     with pytest.raises(ValueError, match=r"data must be \(x, y\)"):
         tfprune.search.dmcp(model, data + data, 0.5)
     inputs = keras.Input((8, 8, 1))

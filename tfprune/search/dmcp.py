@@ -24,14 +24,14 @@ from tfprune.plans import Plan
 from tfprune.rebuilding import rebuild
 from tfprune.search.dmcp_gating import gate_sites, gated_model
 from tfprune.search.dmcp_result import DMCPResult
-from tfprune.search.dmcp_training import DMCPRecorder, DMCPTrainer
+from tfprune.search.dmcp_training import BUDGET_TOLERANCE, DMCPRecorder, DMCPTrainer
 
 CHANNEL_ORDERS = ("l1", "bn_scale", "identity")
 
 
 def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=(0.1, 1.0, 0.1),
          warmup_fraction=0.5, budget_weight=0.1, arch_learning_rate=0.05, subnets=4, distill=True,
-         channel_order="l1", loss=None, optimizer=None, callbacks=None, seed=None, verbose=1):
+         channel_order="l1", alpha_init="budget", loss=None, optimizer=None, callbacks=None, seed=None, verbose=1):
     """Search per-group widths under a MACs budget with DMCP; the caller's model is not modified.
 
     Args:
@@ -51,6 +51,10 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
             with a `from_logits=True` loss) instead of the labels.
         channel_order: which channels each group keeps first: "l1" (filter norm of the producers, Li et al.),
             "bn_scale" (largest |gamma| of its BatchNormalizations) or "identity" (channel index, for a fresh model).
+        alpha_init: the gates' starting logits: "budget" (one common value for every gate, chosen so that the
+            expected MACs starts at the target: the architecture steps then trade widths between groups from the
+            first step instead of first travelling to the budget) or a number (0.0 is the reference's start, every
+            transition probability 1/2).
         loss: the task loss; default: the compiled model's.
         optimizer: the weights' optimizer; default: a fresh copy of the compiled model's, else Adam(1e-3).
         callbacks: more Keras callbacks for both `fit` calls (e.g. `keras.callbacks.TensorBoard`); the logs are
@@ -94,6 +98,8 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
             raise ValueError(f"{what} must be a positive number; got {value!r}.")
     if channel_order not in CHANNEL_ORDERS:
         raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}; got {channel_order!r}.")
+    if alpha_init != "budget" and (isinstance(alpha_init, bool) or not isinstance(alpha_init, numbers.Real)):
+        raise ValueError(f"alpha_init must be 'budget' or a number; got {alpha_init!r}.")
     task_loss, from_logits = _task_loss(model, loss)
     if distill and model.outputs and (len(model.outputs) != 1 or (model.outputs[0].shape[-1] or 0) < 2):
         raise ValueError("distill=True distils class probabilities, so the model needs one output with a class "
@@ -110,6 +116,10 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
                           keras.optimizers.Adam(arch_learning_rate), budget_weight=budget_weight,
                           subnets=subnets, distill=distill, seed=seed)
     trainer.compile(optimizer=_weight_optimizer(model, optimizer))
+    if alpha_init == "budget":
+        alpha_init = start_at_budget(trainer, (1 - BUDGET_TOLERANCE / 2) * target)
+    for gate in gates.values():
+        gate.alpha.assign(np.full(gate.n_groups, alpha_init, "float32"))
     trainer.build(trainer.gated.inputs[0].shape if len(trainer.gated.inputs) == 1 else None)
     recorder = DMCPRecorder(trainer, every=_record_every(fit_data, epochs))
     logs = {}
@@ -172,6 +182,26 @@ def build_supernet(model, target, width_range, channel_order="l1"):
         raise ValueError(f"target_macs={target} is below the smallest reachable MACs ratio {lowest:.4f} (every "
                          f"group at min_width={low}); raise the target or lower width_range's min_width.")
     return supernet, gated_model(supernet, gates, sites), gates, macs, ranks, skipped
+
+
+def start_at_budget(trainer, ratio):
+    """The common logit of all gates at which the expected MACs ratio is `ratio` (bisection; the expected MACs grows
+    with every logit)."""
+    gates = trainer._gates
+
+    def expected(alpha):
+        for gate in gates:
+            gate.alpha.assign(np.full(gate.n_groups, alpha, "float32"))
+        return float(trainer.expected_macs_ratio())
+
+    lo, hi = -12.0, 12.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if expected(mid) < ratio:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def repair_widths(expected, macs, ranks, target, smallest):
