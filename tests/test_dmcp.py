@@ -90,7 +90,8 @@ def test_search_end_to_end(tmp_path):
             logged.append(dict(logs))
 
     result = tfprune.search.dmcp(model, _data(192), 0.4, epochs=2, batch_size=8, seed=0, verbose=0,
-                                 arch_learning_rate=0.1, callbacks=[Logs()])
+                                 arch_learning_rate=0.1,
+                                 callbacks=[Logs(), keras.callbacks.TensorBoard(tmp_path / "tb", write_graph=False)])
     assert isinstance(result, tfprune.search.SearchResult) and result.method == "dmcp"
     slim = result.slim_model()
     assert tfprune.count_macs(slim) / tfprune.count_macs(model) == pytest.approx(result.macs_ratio)
@@ -105,6 +106,7 @@ def test_search_end_to_end(tmp_path):
     assert {"dmcp_expected_macs", "budget_loss", "task_loss_max", "task_loss_min"} <= set(logged[0])
     assert "arch_task_loss" in logged[1] and "arch_task_loss" not in logged[0]
     result.figure().savefig(tmp_path / "dmcp.png")
+    assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
     # the caller's model is unchanged
     assert len(model.layers) == n_layers and model.get_config() == config
     for old, new in zip(weights, model.get_weights(), strict=True):

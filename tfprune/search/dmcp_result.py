@@ -12,6 +12,9 @@ from tfprune.search.result import SearchResult
 class DMCPResult(SearchResult):
     """What `tfprune.search.dmcp` found.
 
+    `history` has one record every few training steps: `{"step", "phase" ("warmup" or "search"), "macs_ratio"
+    (the expected MACs ratio), "widths" (each group's expected width, a float), "fitness" (None)}`.
+
     Attributes (besides those of `SearchResult`):
         expected_macs: the expected MACs ratio of the gates at the end of the search.
         expected_widths: `{group: expected kept channels}` at the end of the search.
