@@ -190,7 +190,7 @@ def build_supernet(model, target, width_range, channel_order="l1"):
 def start_at_budget(trainer, ratio):
     """The common logit of all gates at which the expected MACs ratio is `ratio` (bisection; the expected MACs grows
     with every logit)."""
-    gates = trainer._gates
+    gates = trainer.gates
 
     def expected(alpha):
         for gate in gates:

@@ -65,7 +65,7 @@ class DMCPTrainer(keras.Model):
         super().__init__(**kwargs)
         self.gated = gated
         self.gate_names = list(gates)
-        self._gates = [gates[name] for name in self.gate_names]
+        self.gates = [gates[name] for name in self.gate_names]
         self.macs_model = macs_model
         self.target = float(target)
         self.task_loss = task_loss
@@ -90,7 +90,7 @@ class DMCPTrainer(keras.Model):
 
     @property
     def alphas(self):
-        return [gate.alpha for gate in self._gates]
+        return [gate.alpha for gate in self.gates]
 
     @property
     def weight_variables(self):
@@ -114,11 +114,11 @@ class DMCPTrainer(keras.Model):
 
     def expected_macs_ratio(self):
         """Expected MACs of the gated model over the full model's, differentiable in the alphas."""
-        keep = {name: gate.keep_probability() for name, gate in zip(self.gate_names, self._gates, strict=True)}
+        keep = {name: gate.keep_probability() for name, gate in zip(self.gate_names, self.gates, strict=True)}
         return self.macs_model.expected_macs(keep) / float(self.macs_model.full)
 
     def _set_subnet(self, kind):
-        for gate in self._gates:
+        for gate in self.gates:
             if kind == "max":
                 width = gate.channels
             elif kind == "min":
@@ -167,7 +167,7 @@ class DMCPTrainer(keras.Model):
         return total
 
     def _arch_loss(self, x, y, record):
-        for gate in self._gates:
+        for gate in self.gates:
             gate.mode.assign(0)
         task = self._task(y, self.gated(x, training=True))
         ratio = self.expected_macs_ratio()
@@ -209,7 +209,7 @@ class DMCPRecorder(keras.callbacks.Callback):
 
     def snapshot(self):
         widths = {name: float(ops.convert_to_numpy(gate.expected_width()))
-                  for name, gate in zip(self.trainer.gate_names, self.trainer._gates, strict=True)}
+                  for name, gate in zip(self.trainer.gate_names, self.trainer.gates, strict=True)}
         ratio = float(ops.convert_to_numpy(self.trainer.expected_macs_ratio()))
         return {"step": self.step, "phase": self.phase, "expected_macs": ratio, "expected_widths": widths}
 
@@ -220,4 +220,4 @@ class DMCPRecorder(keras.callbacks.Callback):
 
     def marginals(self):
         return {name: np.asarray(ops.convert_to_numpy(gate.marginals()))
-                for name, gate in zip(self.trainer.gate_names, self.trainer._gates, strict=True)}
+                for name, gate in zip(self.trainer.gate_names, self.trainer.gates, strict=True)}
