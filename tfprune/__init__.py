@@ -23,6 +23,7 @@ _PUBLIC = {
     "datasets": "tfprune.datasets",
     "export": "tfprune.exporting",
     "layers": "tfprune.layers",
+    "macs_model": "tfprune.macs_model",
     "mask": "tfprune.masking",
     "models": "tfprune.models",
     "plan": "tfprune.planning",

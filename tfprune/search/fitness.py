@@ -1,0 +1,142 @@
+"""The fitness of a candidate width configuration, and the cached, recorded evaluation shared by the searches."""
+
+import time
+
+import keras
+import numpy as np
+
+from tfprune.planning import check_positive_int
+from tfprune.rebuilding import rebuild
+
+
+def fine_tune_fitness(model, train_data, val_data, steps=50, batch_size=64, seed=0):
+    """The default fitness: fine-tune the slim model briefly, then score it on validation data.
+
+    The slim model (with the inherited weights, BatchNormalization statistics included) is compiled like `model`
+    (`model.get_compile_config()`: same loss, a fresh optimizer of the same settings, same metrics), trained for
+    `steps` batches of `train_data` (the same batches for every candidate: the Keras seed is reset to `seed`
+    first), and evaluated on `val_data`. The fitness is the first compiled metric (accuracy, typically), or minus
+    the loss when there is none.
+
+    Args:
+        model: the compiled model being searched (read only).
+        train_data: `(x, y)` arrays, or a dataset of `(x, y)` batches; not needed with `steps=0`.
+        val_data: `(x, y)` arrays or a dataset; never the test set.
+        steps: fine-tuning steps per candidate (0 scores the inherited weights as they are).
+        batch_size: for array data.
+        seed: the Keras seed set before each fine-tuning.
+
+    Returns:
+        A callable `(slim model) -> float`.
+    """
+    if not getattr(model, "compiled", False):
+        raise ValueError(f"The default fitness fine-tunes and evaluates with the model's compiled loss and metrics, "
+                         f"but model '{model.name}' is not compiled: compile it (e.g. loss=..., optimizer=..., "
+                         "metrics=['accuracy']) or pass fitness=callable(slim_model) -> float.")
+    if val_data is None:
+        raise ValueError("The default fitness needs val_data, a validation split (x, y) carved from the training "
+                         "data (never the test set), or pass fitness=callable(slim_model) -> float.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"fine_tune_steps must be an integer >= 0; got {steps!r}.")
+    if steps and train_data is None:
+        raise ValueError(f"fine_tune_steps={steps} needs train_data to fine-tune on; pass train_data=(x, y) or "
+                         "fine_tune_steps=0.")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    config = model.get_compile_config()
+    train_x, train_y = _split(train_data)
+    val_x, val_y = _split(val_data)
+
+    def fitness(slim):
+        slim.compile_from_config(config)
+        if steps:
+            keras.utils.set_random_seed(seed)
+            slim.fit(train_x, train_y, batch_size=None if train_y is None else batch_size, epochs=1,
+                     steps_per_epoch=steps, verbose=0)
+        results = slim.evaluate(val_x, val_y, batch_size=None if val_y is None else batch_size, verbose=0,
+                                return_dict=True)
+        metric = next((k for k in results if k != "loss"), None)
+        return float(results[metric]) if metric else -float(results["loss"])
+
+    return fitness
+
+
+def _split(data):
+    if data is None:
+        return None, None
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return data[0], data[1]
+    return data, None  # a dataset or generator of (x, y) batches
+
+
+def resolve_fitness(model, fitness, train_data, val_data, steps, batch_size, seed):
+    """The fitness callable: the user's (then no data may be given) or the default fine-tuning one."""
+    if fitness is None:
+        return fine_tune_fitness(model, train_data, val_data, steps, batch_size, 0 if seed is None else seed)
+    if not callable(fitness):
+        raise TypeError(f"fitness must be a callable (slim_model) -> float, higher is better; got "
+                        f"{type(fitness).__name__}.")
+    if train_data is not None or val_data is not None:
+        raise ValueError("Give either fitness= or train_data/val_data, not both: a custom fitness gets only the slim "
+                         "model, so the data would be unused.")
+    return fitness
+
+
+class Evaluations:
+    """Scores candidates through a cache keyed by their widths, records each evaluation, and shows progress.
+
+    Args:
+        model: the searched model; each candidate is rebuilt from it (weights inherited) for the fitness.
+        space: the `WidthSpace`.
+        fitness: `(slim model) -> float`.
+        total: the expected number of progress steps, an upper bound (the bar is closed at the real count).
+        verbose: 0 silent, 1 a Keras progress bar with the best fitness so far.
+        count_hits: whether a cache hit is a progress step (a search that retries repeats counts only new ones).
+    """
+
+    def __init__(self, model, space, fitness, total, verbose=1, count_hits=True):
+        self.model, self.space, self.fitness = model, space, fitness
+        self.cache, self.history = {}, []
+        self.hits = 0
+        self.best = None  # (fitness, ratios, plan)
+        self.start = time.perf_counter()
+        self.progress = keras.utils.Progbar(total, stateful_metrics=["best", "evaluations"]) if verbose else None
+        self._steps = 0
+        self._count_hits = count_hits
+
+    def __call__(self, ratios, plan, step, phase):
+        """The fitness of a settled candidate (`WidthSpace.settle`), computed once per distinct widths."""
+        widths = {name: len(kept) for name, kept in plan.keep.items()}
+        key = tuple(widths.values())
+        new = key not in self.cache
+        if not new:
+            self.hits += 1
+            value = self.cache[key]
+        else:
+            value = float(self.fitness(rebuild(self.model, plan, graph=self.space.graph)))
+            if not np.isfinite(value):
+                raise ValueError(f"The fitness of widths {widths} is {value}; a fitness must be a finite number.")
+            self.cache[key] = value
+            self.history.append({"widths": widths, "macs_ratio": self.space.macs.ratio(plan), "fitness": value,
+                                 "step": step, "phase": phase})
+        if self.best is None or value > self.best[0]:
+            self.best = (value, np.array(ratios), plan)
+        if new or self._count_hits:
+            self._steps += 1
+            if self.progress is not None and self._steps < self.progress.target:
+                self.progress.update(self._steps, [("best", self.best[0]), ("evaluations", len(self.history))])
+        return value
+
+    def result(self, method, curve):
+        from tfprune.search.result import SearchResult
+
+        fitness, _, plan = self.best
+        if self.progress is not None:
+            self.progress.target = self._steps
+            self.progress.update(self._steps, [("best", fitness), ("evaluations", len(self.history))], finalize=True)
+        space = self.space
+        uniform = {n: len(k) for n, k in space.uniform_candidate()[1].keep.items()}
+        return SearchResult(plan=plan, widths={n: len(k) for n, k in plan.keep.items()},
+                            macs_ratio=space.macs.ratio(plan), fitness=fitness, evaluations=len(self.history),
+                            history=self.history, model=self.model, method=method, target_macs=space.target,
+                            uniform_widths=uniform, curve=curve,
+                            seconds=time.perf_counter() - self.start, cache_hits=self.hits)

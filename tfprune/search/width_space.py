@@ -1,0 +1,217 @@
+"""WidthSpace: the per-group widths a structure search may choose, and the MACs budget every candidate meets.
+
+A candidate is one keep ratio per searched group. Its widths are the ratios times the group widths (at least one
+channel, rounded up to `round_to` and to equal blocks), and its plan keeps each group's best channels by a
+criterion, so the slim model inherits the trained weights. MACs come from `MacsModel`, without rebuilding.
+"""
+
+import numbers
+
+import numpy as np
+
+from tfprune import criteria
+from tfprune.errors import PlanError
+from tfprune.graph import ChannelGraph
+from tfprune.macs_model import MacsModel
+from tfprune.planning import check_positive_int, keep_count, plan_removals
+
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class WidthSpace:
+    """Keep ratios per group on a grid, under a MACs budget.
+
+    Args:
+        model: the model searched (read only).
+        target_macs: the budget, a MACs ratio (slim / original) in (0, 1].
+        grid: the keep ratios a group may take, increasing, in (0, 1].
+        groups: names of the groups to search (default: every prunable group).
+        criterion: which channels a group keeps for a width (a `tfprune.plan` criterion name or callable).
+        criterion_data: data for a data-driven criterion.
+        round_to: kept counts are rounded up to a multiple of this.
+        seed: seed of a "random" criterion.
+    """
+
+    def __init__(self, model, target_macs, grid=DEFAULT_GRID, groups=None, criterion="l1", criterion_data=None,
+                 round_to=1, seed=None):
+        if isinstance(target_macs, bool) or not isinstance(target_macs, numbers.Real) or not 0 < target_macs <= 1:
+            raise ValueError(f"target_macs must be a MACs ratio in (0, 1] (slim over original); got {target_macs!r}.")
+        self.target = float(target_macs)
+        self.grid = _check_grid(grid)
+        self.round_to = check_positive_int(round_to, "round_to")
+        self.graph = ChannelGraph(model)
+        self.macs = MacsModel(model, graph=self.graph)
+        self.groups = self._searched(groups)
+        score_fn = criteria.get(criterion, seed=seed)
+        if getattr(score_fn, "uses_plan_so_far", False) or hasattr(score_fn, "scores_for_keep"):
+            raise ValueError(f"criterion {criterion!r} scores a group only once its kept count or the plan of the "
+                             "groups before it is known; a structure search needs one fixed order of channels "
+                             "per group: use 'l1', 'l2', 'random' or a data-driven criterion.")
+        self.scores = {g.name: np.asarray(score_fn(self.graph, g, model, criterion_data), np.float64)
+                       for g in self.groups}
+        # rank 0 is kept first: the order `select` keeps channels in (ties to the lower index)
+        self.ranks = {name: np.argsort(np.argsort(-s, kind="stable"), kind="stable") for name, s in self.scores.items()}
+        self._check_reachable()
+
+    @property
+    def names(self):
+        return [g.name for g in self.groups]
+
+    def _searched(self, names):
+        if names is None:
+            groups = self.graph.prunable_groups
+            if not groups:
+                raise PlanError(f"Model '{self.graph.model.name}' has no prunable channel group, so there is no width "
+                                f"to search. {self._why_none()}")
+            return groups
+        if isinstance(names, str) or not names:
+            raise ValueError(f"groups must be a non-empty list of group names; got {names!r}.")
+        groups = [self.graph[name] for name in names]
+        for g in groups:
+            if not g.prunable:
+                raise PlanError(f"Group '{g.name}' cannot be searched: {'; '.join(g.reasons)}.")
+        if len({g.name for g in groups}) != len(groups):
+            raise ValueError(f"groups lists a group twice: {list(names)}.")
+        return groups
+
+    def _why_none(self):
+        reasons = sorted({g.reasons[0] for g in self.graph.groups if g.reasons})
+        return f"Why the groups are fixed: {'; '.join(reasons[:3])}." if reasons else ""
+
+    # ---- candidates -> widths, plans and MACs -------------------------------------------------------------
+
+    def widths(self, ratios) -> dict:
+        """`{group: kept count}` for one keep ratio per searched group."""
+        return {g.name: keep_count(g, g.width - max(1, round(r * g.width)), 1, self.round_to)
+                for g, r in zip(self.groups, ratios, strict=True)}
+
+    def estimate(self, ratios) -> float:
+        """The MACs ratio of a candidate, by the criterion's channel order (the plan's, up to blocks and parts)."""
+        return self.macs.macs_of_widths(self.widths(ratios), self.ranks) / self.macs.full
+
+    def plan(self, ratios):
+        """The `Plan` keeping each group's best channels at the candidate's widths."""
+        widths = self.widths(ratios)
+        return plan_removals(self.graph, self.scores, {n: self.graph[n].width - w for n, w in widths.items()},
+                             round_to=self.round_to)
+
+    def fits(self, ratios) -> bool:
+        return self.estimate(ratios) <= self.target
+
+    # ---- moves on the grid --------------------------------------------------------------------------------
+
+    def snap(self, value) -> float:
+        """The grid value nearest to `value`."""
+        return float(self.grid[np.argmin(np.abs(self.grid - value))])
+
+    def step(self, value, direction):
+        """The next grid value below (direction -1) or above (+1) `value`, or None at the end of the grid."""
+        options = self.grid[self.grid < value - 1e-12] if direction < 0 else self.grid[self.grid > value + 1e-12]
+        if not len(options):
+            return None
+        return float(options[-1] if direction < 0 else options[0])
+
+    def random(self, rng):
+        """A candidate drawn uniformly from the grid, repaired onto the budget."""
+        return self.repair(rng.choice(self.grid, size=len(self.groups)), rng)
+
+    def uniform_candidate(self):
+        """`(ratios, plan)` of `uniform()`, within the budget but not repaired, so that it stays uniform."""
+        x = self.uniform()
+        plan = self.plan(x)
+        while self.macs.ratio(plan) > self.target:  # blocks or parts kept more than the estimate
+            x = np.full(len(x), self.step(x[0], -1) or self.grid[0])
+            plan = self.plan(x)
+        return x, plan
+
+    def uniform(self):
+        """One common keep ratio for every group, the largest under the budget (not limited to the grid)."""
+        low, high = 0.0, 1.0
+        if self.fits(np.full(len(self.groups), high)):
+            return np.full(len(self.groups), high)
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if self.fits(np.full(len(self.groups), mid)) else (low, mid)
+        return np.full(len(self.groups), low)
+
+    def repair(self, ratios, rng, moved=()):
+        """Bring a candidate onto the budget: grid steps down while it is over it, or, if it was under it, steps up
+        while one still fits.
+
+        Steps go to randomly chosen groups other than those in `moved` (the dimensions a search move just
+        changed, so that the move itself survives), and to those only when no other group can step. Only one of
+        the two phases runs, so a candidate over the budget changes no more groups than needed; the result is
+        within one grid step of one group of the budget.
+        """
+        x = np.array(ratios, np.float64)
+        moved = {int(d) for d in moved}
+        if not self.fits(x):
+            while not self.fits(x):
+                down = [d for d in range(len(x)) if self.step(x[d], -1) is not None]
+                free = [d for d in down if d not in moved] or down
+                d = free[rng.integers(len(free))]
+                x[d] = self.step(x[d], -1)
+            return x
+        while True:
+            up = []
+            for d in range(len(x)):
+                higher = self.step(x[d], +1)
+                if higher is not None and d not in moved:
+                    trial = x.copy()
+                    trial[d] = higher
+                    if self.fits(trial):
+                        up.append((d, higher))
+            if not up:
+                return x
+            d, higher = up[rng.integers(len(up))]
+            x[d] = higher
+
+    def settle(self, ratios, rng, moved=()):
+        """`(ratios, plan)`: the candidate repaired onto the budget, and its plan, whose exact MACs ratio (where
+        blocks or layers fed by part of a group made the plan keep more than the estimate) is within it too."""
+        x = self.repair(ratios, rng, moved)
+        plan = self.plan(x)
+        while self.macs.ratio(plan) > self.target:
+            down = [d for d in range(len(x)) if self.step(x[d], -1) is not None]
+            if not down:
+                raise PlanError(f"target_macs={self.target} cannot be met: at the smallest grid ratio the plan keeps "
+                                f"{self.macs.ratio(plan):.3f} of the MACs (layers fed by part of a group need a "
+                                "channel each).")
+            d = down[rng.integers(len(down))]
+            x[d] = self.step(x[d], -1)
+            plan = self.plan(x)
+        return x, plan
+
+    def _check_reachable(self):
+        lowest = np.full(len(self.groups), self.grid[0])
+        floor = self.estimate(lowest)
+        if floor <= self.target:
+            return
+        prunable = {g.name: 1 for g in self.graph.prunable_groups}
+        fixed = self.macs.macs_of_widths(prunable) / self.macs.full
+        at_min = self.widths(lowest)
+        cost = {}  # what each group not searched would save by keeping one channel
+        for g in self.graph.prunable_groups:
+            if g.name not in at_min:
+                cost[g.name] = floor - self.macs.macs_of_widths({**at_min, g.name: 1}, self.ranks) / self.macs.full
+        biggest = sorted(cost, key=cost.get, reverse=True)[:3]
+        hint = (f" Groups not searched that hold the most MACs: "
+                f"{', '.join(f'{n} ({cost[n]:.3f})' for n in biggest)}; add them to groups=." if biggest else "")
+        raise PlanError(
+            f"target_macs={self.target} cannot be reached: with every searched group at the smallest grid ratio "
+            f"({self.grid[0]}) the slim model keeps {floor:.3f} of the MACs. Layers no plan can shrink (fixed "
+            f"groups, boundaries) hold {fixed:.3f}.{hint} Allowed targets: at least {floor:.3f}, or lower the "
+            "grid's smallest ratio.")
+
+
+def _check_grid(grid):
+    try:
+        values = np.asarray(grid, np.float64)
+    except (TypeError, ValueError):
+        values = None
+    if (values is None or values.ndim != 1 or len(values) < 2 or not np.all(np.diff(values) > 0)
+            or values[0] <= 0 or values[-1] > 1):
+        raise ValueError(f"grid must list at least two increasing keep ratios in (0, 1], e.g. {DEFAULT_GRID}; "
+                         f"got {grid!r}.")
+    return values
+
