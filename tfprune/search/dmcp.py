@@ -232,14 +232,23 @@ def repair_widths(expected, macs, ranks, target, smallest):
         else:
             hi = mid
     chosen = widths(lo)
-    # Rounding moves in steps of whole channels: add single channels, the most under-rounded group first, while
-    # the budget allows.
+    # Rounding moves in steps of whole channels: add single channels, the most under-rounded group first, while the
+    # budget allows — first only up to the widths of the scale just above the budget; then, if the MACs are still
+    # more than 2% under it (coarse groups of few channels), to any group.
+    for ceiling in (widths(hi), full):
+        chosen = _top_up(chosen, ceiling, lambda w: macs.macs_of_widths(w, ranks) / macs.full, target,
+                         lambda name, w: w / max(lo * expected[name], 1e-9))
+        if macs.macs_of_widths(chosen, ranks) / macs.full >= 0.98 * target:
+            break
+    return chosen
+
+
+def _top_up(chosen, ceiling, ratio, target, fill):
     while True:
-        room = sorted((name for name in chosen if chosen[name] < full[name]),
-                      key=lambda name: chosen[name] / max(lo * expected[name], 1e-9))
+        room = sorted((name for name in chosen if chosen[name] < ceiling[name]), key=lambda n: fill(n, chosen[n]))
         for name in room:
             trial = {**chosen, name: chosen[name] + 1}
-            if macs.macs_of_widths(trial, ranks) / macs.full <= target:
+            if ratio(trial) <= target:
                 chosen = trial
                 break
         else:
