@@ -6,7 +6,7 @@ import tfprune
 from tfprune.errors import PlanError
 from tfprune.layers import MarkovChannelGate
 from tfprune.planning import plan_removals
-from tfprune.search.dmcp import build_supernet
+from tfprune.search.dmcp import build_supernet, repair_widths
 from tfprune.search.dmcp_training import DMCPTrainer
 
 
@@ -157,3 +157,19 @@ def test_bad_input():
     fixed.compile("adam", "sparse_categorical_crossentropy")
     with pytest.raises(PlanError, match="no prunable channel group"):
         tfprune.search.dmcp(fixed, _data(8, size=8), 0.5)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.25])
+def test_repaired_widths_land_on_the_target_and_keep_their_proportions(target):
+    model = tfprune.models.small_vgg()
+    graph = tfprune.ChannelGraph(model)
+    macs = tfprune.macs_model.MacsModel(model, graph)
+    expected = {g.name: 0.3 * g.width * (1.5 if g.name == "fc" else 1.0) for g in graph.prunable_groups}
+    ranks = {g.name: np.arange(g.width) for g in graph.prunable_groups}
+    widths = repair_widths(expected, macs, ranks, target, dict.fromkeys(expected, 1))
+    ratio = macs.macs_of_widths(widths, ranks) / macs.full
+    assert 0.98 * target <= ratio <= target
+    scale = widths["stage2_1_conv"] / expected["stage2_1_conv"]
+    for name, width in widths.items():  # one common scale, up to rounding: no cheap group filled to the brim
+        wanted = min(scale * expected[name], graph[name].width)
+        assert abs(width - wanted) <= 2, (name, width, wanted)
