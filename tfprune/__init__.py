@@ -25,6 +25,7 @@ _PUBLIC = {
     "count_params": "tfprune.counting",
     "datasets": "tfprune.datasets",
     "export": "tfprune.exporting",
+    "layers": "tfprune.layers",
     "macs_model": "tfprune.macs_model",
     "fine_tune": "tfprune.fine_tuning",
     "mask": "tfprune.masking",
