@@ -171,12 +171,19 @@ def report(rows, baselines):
             f"{statistics.mean(r['macs_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['params_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['pruned_accuracy'] for r in group):.4f} | {statistics.mean(acc):.4f}{spread} | "
-            f"{statistics.mean(r['search_seconds'] for r in group):.0f} | "
+            f"{_mean_seconds(group)} | "
             f"{statistics.mean(r['evaluations'] for r in group):.0f} |")
     with open(FLAGS.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(summary)
+
+
+def _mean_seconds(group):
+    """Mean search seconds of the rows that measured them (a row whose process was paused has None)."""
+    seconds = [r["search_seconds"] for r in group if r["search_seconds"] is not None]
+    return f"{statistics.mean(seconds):.0f}" + ("" if len(seconds) == len(group) else f" (n={len(seconds)})") \
+        if seconds else "–"
 
 
 def plot(summary):
