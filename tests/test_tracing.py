@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfprune
+from tests.test_graph import randomize
 from tfprune.verification import outputs
 
 L = keras.layers
@@ -66,14 +67,6 @@ class Net(keras.Model):
     def call(self, x, training=None):
         x = self.se(self.stage(self.stem(x), training=training))
         return self.head(keras.ops.mean(x, axis=(1, 2)))
-
-
-def randomize(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        low = 0.5 if v.name == "moving_variance" else -1.0
-        v.assign(rng.uniform(low, 1.0, v.shape).astype(v.dtype))
-    return model
 
 
 def built_net():
