@@ -5,13 +5,14 @@ import dataclasses
 
 import keras
 import numpy as np
+import onnx
 import pytest
 import tensorflow as tf
 
 import tfprune
 from tfprune.errors import ExportError
 from tfprune.exporting import ExportResult
-from tfprune.onnx_conversion import write_onnx
+from tfprune.onnx_conversion import default_converter, write_onnx
 from tfprune.runtimes import litert_interpreter, onnx_outputs, onnx_session
 
 
@@ -81,17 +82,31 @@ def test_onnx_round_trip_with_labels(model, data, tmp_path):
 
 
 def test_onnx_converters_agree(tmp_path):
-    """Keras's export (a never-called model: the signature is passed explicitly) and tf2onnx called directly."""
+    """Keras's export (a never-called model: the signature is passed explicitly), tf2onnx called directly, and the
+    large-model path (weights as inputs, then initialisers folded by ONNX Runtime) give the same graph and outputs."""
     model = tfprune.prune(tiny_convnet(), 0.5)  # a rebuilt model has never been called
     x = tfprune.verification.random_inputs(model, batch_size=4)
-    results = {}
-    for converter in ("keras", "tf2onnx"):
+    results, operators = {}, {}
+    for converter in ("keras", "tf2onnx", "stateless"):
         assert write_onnx(model, tmp_path / f"{converter}.onnx", converter=converter) == converter
         results[converter] = onnx_outputs(onnx_session(tmp_path / f"{converter}.onnx"), x)[0]
         np.testing.assert_allclose(results[converter], model(x), atol=1e-5)
+        graph = onnx.load(tmp_path / f"{converter}.onnx").graph
+        operators[converter] = [n.op_type for n in graph.node]
+        assert len(graph.input) == 1 and not any(i.name.startswith("tfprune_weight") for i in graph.input)
     np.testing.assert_allclose(results["keras"], results["tf2onnx"], atol=1e-6)
+    np.testing.assert_allclose(results["keras"], results["stateless"], atol=1e-6)
+    # BatchNormalization folded into the convolutions, the Dense a Gemm (MatMul + bias) in ONNX Runtime's hands
+    assert operators["stateless"] == [{"MatMul": "Gemm"}.get(op, op) for op in operators["keras"]]
     with pytest.raises(ValueError, match="Unknown ONNX converter 'torch'"):
         write_onnx(model, tmp_path / "m.onnx", converter="torch")
+
+
+def test_large_models_take_the_stateless_converter():
+    model = tiny_convnet()
+    weight_bytes = 4 * model.count_params()
+    assert default_converter(model, large_model_bytes=weight_bytes - 1) == "stateless"
+    assert default_converter(model, large_model_bytes=weight_bytes) == default_converter() == "keras"
 
 
 def test_onnx_folds_captured_tensors(tmp_path):
@@ -101,7 +116,7 @@ def test_onnx_folds_captured_tensors(tmp_path):
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Normalization(mean=[0.5, -1.0, 2.0], variance=[4.0, 0.25, 1.0])(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
-    for converter in ("keras", "tf2onnx"):
+    for converter in ("keras", "tf2onnx", "stateless"):
         write_onnx(model, tmp_path / f"{converter}.onnx", converter=converter)
         session = onnx_session(tmp_path / f"{converter}.onnx")
         assert len(session.get_inputs()) == 1
