@@ -52,7 +52,7 @@ from absl import app, flags, logging
 
 import tfprune
 from tfprune import criteria
-from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming, WeightSnapshot
+from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -141,33 +141,69 @@ def accuracy(model, data):
     return float(model.evaluate(*data, batch_size=512, verbose=0, return_dict=True)["accuracy"])
 
 
+class _Progress(keras.callbacks.Callback):
+    """Keeps on disk, across interrupted runs, θk (the weights after epoch k) and the seconds of the finished epochs
+    (beside `keras.callbacks.BackupAndRestore`, which resumes the training itself)."""
+
+    def __init__(self, prefix, rewind_epoch):
+        super().__init__()
+        self.prefix, self.rewind_epoch = prefix, rewind_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.cpu = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        progress = _read_json(self.prefix + "_progress.json", {"seconds": 0.0, "cpu_seconds": 0.0, "sittings": 1})
+        progress["seconds"] += time.perf_counter() - self.start
+        progress["cpu_seconds"] += time.process_time() - self.cpu
+        if epoch + 1 == self.rewind_epoch:
+            _write_weights(self.prefix + "_thetak.json", self.model)
+        _write_json(self.prefix + "_progress.json", progress)
+
+    def on_train_begin(self, logs=None):
+        path = self.prefix + "_progress.json"
+        if os.path.exists(path):  # a resumed run
+            _write_json(path, dict(_read_json(path), sittings=_read_json(path)["sittings"] + 1))
+
+
+def _read_json(path, default=None):
+    if default is not None and not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, value):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def _write_weights(path, model):
+    _write_json(path, {v.path: np.asarray(v.numpy()).tolist() for v in model.weights})
+
+
 def baseline(name, data):
-    """The trained baseline of `name`, θ0, θk and its record; trained once and kept in `work_dir`."""
+    """The trained baseline of `name`, θ0, θk and its record; trained once and kept in `work_dir`. An interrupted
+    training resumes from its last finished epoch (`keras.callbacks.BackupAndRestore`) in the next run."""
     prefix = os.path.join(FLAGS.work_dir, f"{name}_{FLAGS.train_images}_{FLAGS.epochs}")
     if not os.path.exists(prefix + ".keras"):
+        os.makedirs(FLAGS.work_dir, exist_ok=True)
         keras.utils.set_random_seed(0)
         model = BUILDERS[name]()
-        snapshots = WeightSnapshot(0), WeightSnapshot(FLAGS.rewind_epoch)
-        start, cpu = time.perf_counter(), time.process_time()
-        train(model, data[0], FLAGS.epochs, FLAGS.learning_rate, 0, callbacks=snapshots, verbose=2)
-        record = {"model": name, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
-                  "epochs": FLAGS.epochs,
-                  "val_accuracy": accuracy(model, data[1]), "accuracy": accuracy(model, data[2]),
-                  "macs": tfprune.count_macs(model), "params": tfprune.count_params(model)}
-        os.makedirs(FLAGS.work_dir, exist_ok=True)
-        for key, snapshot in zip(("theta0", "thetak"), snapshots, strict=True):
-            with open(f"{prefix}_{key}.json", "w") as f:
-                json.dump({path: w.tolist() for path, w in snapshot.weights.items()}, f)
-        with open(prefix + ".json", "w") as f:
-            json.dump(record, f)
+        if not os.path.exists(prefix + "_theta0.json"):
+            _write_weights(prefix + "_theta0.json", model)
+        callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"), _Progress(prefix, FLAGS.rewind_epoch)]
+        train(model, data[0], FLAGS.epochs, FLAGS.learning_rate, 0, callbacks=callbacks, verbose=2)
+        record = dict(_read_json(prefix + "_progress.json"), model=name, epochs=FLAGS.epochs,
+                      val_accuracy=accuracy(model, data[1]), accuracy=accuracy(model, data[2]),
+                      macs=tfprune.count_macs(model), params=tfprune.count_params(model))
+        _write_json(prefix + ".json", record)
         model.save(prefix + ".keras")
     model = keras.saving.load_model(prefix + ".keras", compile=False)
-    snapshots = []
-    for key in ("theta0", "thetak"):
-        with open(f"{prefix}_{key}.json") as f:
-            snapshots.append({path: np.asarray(w, np.float32) for path, w in json.load(f).items()})
-    with open(prefix + ".json") as f:
-        return model, snapshots, json.load(f)
+    snapshots = [{path: np.asarray(w, np.float32) for path, w in _read_json(f"{prefix}_{key}.json").items()}
+                 for key in ("theta0", "thetak")]
+    return model, snapshots, _read_json(prefix + ".json")
 
 
 # ---- methods: each returns (slim model with inherited weights, plan, extra epochs) ------------------------------
@@ -303,7 +339,7 @@ def regime_row(name, model, snapshots, source, regime, data):
     if regime == "finetune_kd":
         slim = keras.saving.load_model(compile=False, filepath=os.path.join(
             FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_pruned.keras"))
-        epochs, learning_rate, teacher = FLAGS.finetune_epochs, FLAGS.finetune_learning_rate, model
+        epochs, learning_rate, teacher, callbacks = FLAGS.finetune_epochs, FLAGS.finetune_learning_rate, model, []
     else:
         if regime.startswith("lottery"):
             snapshot = snapshots[0 if regime == "lottery_0" else 1]
@@ -312,8 +348,10 @@ def regime_row(name, model, snapshots, source, regime, data):
             slim = tfprune.rebuild(model, plan, reinit="scratch", seed=seed)
         epochs = tfprune.scratch_b_epochs(FLAGS.epochs, model, slim) if regime == "scratch_b" else FLAGS.epochs
         learning_rate, teacher = FLAGS.learning_rate, None
+        callbacks = [keras.callbacks.BackupAndRestore(os.path.join(  # these trainings are long: resumable
+            FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_{regime}_backup"))]
     start, cpu = time.perf_counter(), time.process_time()
-    train(slim, data[0], epochs, learning_rate, seed, teacher=teacher)
+    train(slim, data[0], epochs, learning_rate, seed, callbacks=callbacks, teacher=teacher)
     return dict(source, regime=regime, accuracy=accuracy(slim, data[2]), val_accuracy=accuracy(slim, data[1]),
                 train_epochs=epochs, train_seconds=time.perf_counter() - start,
                 cpu_seconds=time.process_time() - cpu)
