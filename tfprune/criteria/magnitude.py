@@ -45,7 +45,7 @@ def _filter_norms(graph, group, order, channel_keep=None):
     total = np.zeros(group.width)
     for member in group.members:
         rule, layer = graph.rules.get(member.layer), graph.layers.get(member.layer)
-        if rule is None:
+        if rule is None or member.side not in rule.filter_sides:  # e.g. a layer that only reads the channels
             continue
         for side, weights in rule.filter_weights(layer):
             if side != member.side:
