@@ -84,6 +84,24 @@ def test_plan_rebuild_prune_leave_the_model_alone():
     assert model.get_config() == config
 
 
+def test_slim_weights_are_their_own_arrays():
+    """rebuild reads the caller's weights without copying them: what it keeps unsliced must still be a copy."""
+    model = conv_net()
+    plan = Plan(keep={"c1": [0, 2]}, widths={"c1": 8})  # c2 and the head's bias are carried over whole
+    snapshot = [w.copy() for w in model.get_weights()]
+    for slim in (tfprune.rebuild(model, plan), tfprune.rebuild(model, plan, reinit="lottery",
+                                                               initial_weights=snapshot)):
+        head_bias = model.get_layer("head").bias.numpy()
+        slim.get_layer("head").bias.assign(head_bias + 1.0)
+        slim.get_layer("c2").kernel.assign(np.zeros(slim.get_layer("c2").kernel.shape, "float32"))
+        np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), head_bias)
+        for a, b in zip(model.get_weights(), snapshot, strict=True):
+            np.testing.assert_array_equal(a, b)
+        model.get_layer("head").bias.assign(head_bias - 1.0)  # and the other way round
+        np.testing.assert_array_equal(slim.get_layer("head").bias.numpy(), head_bias + 1.0)
+        model.get_layer("head").bias.assign(head_bias)
+
+
 def test_plan_json_round_trip_and_reuse_on_a_copy(tmp_path):
     model = conv_net()
     plan = tfprune.plan(model, 0.4, scope="global")

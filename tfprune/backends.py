@@ -8,6 +8,7 @@ for the few things Keras has no public backend-neutral name for:
   in place between calls are seen without retracing);
 * `gradients_at`: gradients of a loss with respect to tensors computed inside a walk (`tf.GradientTape` on
   TensorFlow; on JAX, gradients with respect to zero perturbations added to those tensors);
+* `variable_view`: a weight as a read-only NumPy array without a copy (a view of the CPU buffer);
 * multi-process helpers for `keras.distribution` on JAX: `process_index`, `host_array` (a variable's value on this
   process, also when the array spans several processes), `same_on_all_processes` (fail, naming what differs,
   if processes disagree), `local_computation` (a scope without the global distribution, for per-process passes);
@@ -29,6 +30,7 @@ Example:
 import contextlib
 
 import keras
+import numpy as np
 
 SUPPORTED = ("tensorflow", "jax")
 
@@ -212,6 +214,37 @@ def host_array(value):
     if name() == "jax":
         value = _local_value(value)
     return keras.ops.convert_to_numpy(value)
+
+
+def variable_view(variable):
+    """A Keras variable's current value as a read-only NumPy array, without copying it where the backend allows.
+
+    On CPU this is a view of the backend's buffer (copying every weight of a large model costs tens of
+    milliseconds). Later assignments to the variable do not show through: TensorFlow copies a variable's buffer
+    before writing to it while a read of it is alive, and JAX arrays are immutable. Slice, reduce or copy it; it
+    cannot be written to.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> v = keras.Variable(np.arange(3.0, dtype="float32"))
+    >>> view = variable_view(v)
+    >>> _ = v.assign(np.zeros(3, "float32"))
+    >>> view.tolist(), view.flags.writeable
+    ([0.0, 1.0, 2.0], False)
+    """
+    value = variable.value
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        value = tf.convert_to_tensor(value)  # a read of the variable that shares its buffer
+    elif name() == "jax":
+        value = _local_value(value)
+    array = np.asarray(value)
+    if array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
 
 
 def same_on_all_processes(tree, what):

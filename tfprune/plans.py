@@ -32,7 +32,7 @@ class Plan:
     prune_outputs: bool = False
 
     def __post_init__(self):
-        keep = {str(k): tuple(int(i) for i in np.sort(np.asarray(v, dtype=np.int64))) for k, v in self.keep.items()}
+        keep = {str(k): tuple(np.sort(np.asarray(v, dtype=np.int64)).tolist()) for k, v in self.keep.items()}
         object.__setattr__(self, "keep", keep)
         object.__setattr__(self, "widths", {str(k): int(v) for k, v in self.widths.items()})
         missing = sorted(set(keep) - set(self.widths))

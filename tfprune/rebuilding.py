@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras.src.saving.serialization_lib import SafeModeScope
 
+from tfprune.backends import variable_view
 from tfprune.errors import UnsupportedModelError
 from tfprune.graph import ChannelGraph
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, pack_like_inputs, pack_like_outputs, run_nodes
@@ -70,7 +71,7 @@ def _weight_source(model, initial_weights):
     """`{id(variable): array}` to slice from: the model's weights or a snapshot of them."""
     variables = model.weights
     if initial_weights is None:
-        return {id(v): v.numpy() for v in variables}
+        return {id(v): variable_view(v) for v in variables}  # read-only: sliced or copied, never written
     if isinstance(initial_weights, dict):
         missing = [v.path for v in variables if v.path not in initial_weights]
         if missing:
@@ -87,6 +88,13 @@ def _weight_source(model, initial_weights):
             raise ValueError(f"initial_weights entry for '{v.path}' has shape {tuple(np.shape(value))}, "
                              f"the model's weight has {tuple(v.shape)}: the snapshot is of another model.")
     return {id(v): np.asarray(value) for v, value in zip(variables, values, strict=True)}
+
+
+def _sliced(source, index):
+    """`source[index]` (all of it if `index` is None) in an array of its own: the source may be a view of a weight
+    of the caller's model, which the slim model must never share."""
+    value = source if index is None else source[index]
+    return np.array(value) if np.may_share_memory(value, source) else value
 
 
 def _seeded(config, seed):
@@ -116,8 +124,7 @@ class _Rebuilder:
             return None
         keep = self.keep(path)
         index = self.graph.rules[path].weight_index(old, keep) if keep else {}
-        return {v.name: (self.source[id(v)][index[v.name]] if v.name in index else self.source[id(v)])
-                for v in old.weights}
+        return {v.name: _sliced(self.source[id(v)], index.get(v.name)) for v in old.weights}
 
     def preset_weights(self, new, values):
         """Let `new` create its weights with their final values instead of running initialisers that `copy_weights`
@@ -215,9 +222,7 @@ class _Rebuilder:
             for old_var, new_var in zip(old.weights, new.weights, strict=True):
                 if id(new_var) in self.preset:  # created with this very value
                     continue
-                value = source[id(old_var)]
-                if old_var.name in index:
-                    value = value[index[old_var.name]]
+                value = _sliced(source[id(old_var)], index.get(old_var.name))
                 if tuple(value.shape) != tuple(new_var.shape):
                     raise UnsupportedModelError(
                         f"Weight '{old_var.path}' sliced to {tuple(value.shape)} but the slim layer expects "

@@ -45,12 +45,12 @@ def _filter_norms(graph, group, order, channel_keep=None):
     total = np.zeros(group.width)
     for member in group.members:
         rule, layer = graph.rules.get(member.layer), graph.layers.get(member.layer)
-        if rule is None:
+        if rule is None or member.side not in rule.filter_sides:  # e.g. a layer that only reads the channels
             continue
         for side, weights in rule.filter_weights(layer):
             if side != member.side:
                 continue
-            magnitude = np.abs(weights) ** order
+            magnitude = np.abs(weights) if order == 1 else np.abs(weights) ** order  # x ** 1 == x: one pass less
             if channel_keep is not None:
                 mask = _input_mask(rule, layer, graph.layer_keep(member.layer, channel_keep).get("in"),
                                    weights.shape)

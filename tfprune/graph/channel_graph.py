@@ -244,7 +244,9 @@ class ChannelGraph:
                 if elems is not None:
                     b.fixed.append((elems, f"reaches model output '{_source_name(t)}'"))
         self.layers, self.rules, self.submodels = b.layers, b.rules, b.submodels
-        self._records = b.records
+        self._records = {}  # {path: {side: element ids}}
+        for (path, side), elems in b.records.items():
+            self._records.setdefault(path, {})[side] = elems
         self._build_groups(b)
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -338,7 +340,7 @@ class ChannelGraph:
 
     def recorded(self, path):
         """`{side: element ids}` of the channel positions a layer's weights or config follow."""
-        return {side: elems for (p, side), elems in self._records.items() if p == path}
+        return dict(self._records.get(path, {}))
 
     def channels(self, elems):
         """(group index, channel index) of each position given by element ids."""

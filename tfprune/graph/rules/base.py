@@ -31,8 +31,11 @@ class LayerRule:
         """The config of the slim layer, given the keep masks of the recorded sides."""
         return config
 
+    filter_sides = ()  # the sides `filter_weights` returns arrays for
+
     def filter_weights(self, layer):
-        """`(side, array)` pairs whose last axis indexes the channels of `side`, for magnitude criteria."""
+        """`(side, array)` pairs whose last axis indexes the channels of `side`, for magnitude criteria (read-only
+        arrays, one side of `filter_sides` each)."""
         return []
 
     def new_layer(self, layer, config):

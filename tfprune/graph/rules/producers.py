@@ -5,6 +5,7 @@ Their output channels start a new channel space; their input channels are whatev
 
 import numpy as np
 
+from tfprune.backends import variable_view
 from tfprune.graph.rules.base import LayerRule, NotUnderstood, require_channels_last, single_input
 from tfprune.graph.rules.passthrough import CHANNEL_SPANNING_ACTIVATIONS, activation_name
 
@@ -18,6 +19,7 @@ class Dense(LayerRule):
     """`Dense`: kernel (in, units) on the last axis."""
 
     width_attribute = "units"
+    filter_sides = ("out",)
 
     def propagate(self, ctx, layer, inputs):
         elems = single_input(inputs)
@@ -35,7 +37,7 @@ class Dense(LayerRule):
         return {**config, self.width_attribute: int(keep["out"].sum())}
 
     def filter_weights(self, layer):
-        return [("out", layer.kernel.numpy())]
+        return [("out", variable_view(layer.kernel))]
 
 
 class Conv(Dense):
@@ -106,11 +108,13 @@ class ConvTranspose(Dense):
         return {"kernel": kernel, "bias": (np.flatnonzero(keep["out"]),)}
 
     def filter_weights(self, layer):
-        return [("out", np.swapaxes(layer.kernel.numpy(), -1, -2))]
+        return [("out", np.swapaxes(variable_view(layer.kernel), -1, -2))]
 
 
 class DepthwiseConv(LayerRule):
     """`DepthwiseConv1D/2D`: output channel c*m + j comes from input channel c alone, so they are pruned together."""
+
+    filter_sides = ("out",)
 
     def propagate(self, ctx, layer, inputs):
         require_channels_last(layer)
@@ -126,7 +130,7 @@ class DepthwiseConv(LayerRule):
                 "bias": (np.flatnonzero(keep["out"]),)}
 
     def filter_weights(self, layer):
-        kernel = layer.kernel.numpy()
+        kernel = variable_view(layer.kernel)
         return [("out", kernel.reshape(kernel.shape[:-2] + (-1,)))]
 
 
@@ -151,4 +155,4 @@ class SeparableConv(Dense):
                 "bias": (kept_out,)}
 
     def filter_weights(self, layer):
-        return [("out", layer.pointwise_kernel.numpy())]
+        return [("out", variable_view(layer.pointwise_kernel))]
