@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune import backends
+
 BUDGET_TOLERANCE = 0.03  # the budget loss is zero for expected MACs in [(1 - tolerance) * target, target]
 _BUDGET_SCALE = 0.01  # relative distance to the band at which the budget loss's slope halves
 
@@ -186,8 +188,11 @@ class DMCPTrainer(keras.Model):
         return task + self.budget_weight * budget
 
     def train_step(self, *args):
-        if keras.backend.backend() == "jax":
+        if backends.name() == "jax":
             return self._stateless_train_step(*args)
+        if backends.name() != "tensorflow":
+            raise backends.BackendError(f"tfprune.search.dmcp trains on the Keras backends {backends.SUPPORTED}; "
+                                        f"this process runs '{backends.name()}'.")
         data, = args
         x, y = _unpack(data)
         record = {}
