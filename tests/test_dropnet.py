@@ -87,6 +87,24 @@ def test_mask_changes_need_no_new_train_step():
     assert model.traces == baseline.traces >= 1
 
 
+def test_a_fit_stopped_by_an_exception_can_be_run_again():
+    model = cnn()
+    x, y = data()
+    dropnet = DropNet(x[:16], fraction=0.3, rewind=None, seed=0)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[dropnet, Stop()])
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[dropnet])
+    assert len(dropnet.history) == 3
+    assert_masked_exactly(model, dropnet.plan())
+    assert all(v.constraint is None for v in model.weights)
+    assert len(model.variables) == len(model.weights) and "train_step" not in vars(model)
+
+
 def test_lowest_mean_activation_goes_first_per_layer_and_globally():
     model = cnn()
     x, _ = data()

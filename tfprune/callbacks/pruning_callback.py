@@ -264,6 +264,8 @@ class PruningCallback(keras.callbacks.Callback):
             os.remove(self._backup_path())
 
     def _install(self):
+        if self._installed or self._mask_states:
+            self._uninstall()  # this callback's fit stopped with an exception, so on_train_end never came
         variables = {v.path: v for v in self.model.trainable_weights}
         for path, updates in self.variable_updates().items():
             variable = variables[path]
@@ -283,9 +285,12 @@ class PruningCallback(keras.callbacks.Callback):
         if keras.config.is_nnx_enabled():
             raise ValueError(f"{type(self).__name__} applies its masks in the model's train_step, which Keras "
                              "bypasses with Flax NNX enabled (keras.config.is_nnx_enabled()); train without NNX.")
+        if isinstance(vars(self.model).get("train_step"), _MaskedTrainStep):  # left by a fit stopped by an exception
+            del self.model.train_step
+            self.model._seed_generators[:] = [g for g in self.model._seed_generators if not isinstance(g, _MaskState)]
         masks = {path: m for path, m in self._mask_variables.items() if path in variables}
-        self._mask_states = [_MaskState(m) for m in masks.values()]
-        self.model._seed_generators.extend(self._mask_states)
+        self._mask_states = [(self.model, _MaskState(m)) for m in masks.values()]
+        self.model._seed_generators.extend(state for _, state in self._mask_states)
         trainable = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
         non_trainable = {id(v): i for i, v in enumerate(self.model.non_trainable_variables)}
         pairs = [(trainable[id(variables[path])], non_trainable[id(m)]) for path, m in masks.items()]
@@ -301,11 +306,11 @@ class PruningCallback(keras.callbacks.Callback):
             else:
                 setattr(target, attribute, original)
         self._installed = []
-        if self._mask_states:
-            ids = {id(state) for state in self._mask_states}
-            self.model._seed_generators[:] = [g for g in self.model._seed_generators if id(g) not in ids]
-            self._mask_states = []
-            self.model.test_function = self.model.predict_function = None
+        for model in {id(model): model for model, _ in self._mask_states}.values():
+            ids = {id(state) for _, state in self._mask_states}
+            model._seed_generators[:] = [g for g in model._seed_generators if id(g) not in ids]
+            model.test_function = model.predict_function = None
+        self._mask_states = []
         self.model.train_function = None  # the next fit traces a step without this callback's updates
 
     # --- backup -------------------------------------------------------------------------------------------------
