@@ -4,8 +4,8 @@ plain `fit`, and DropNet's measuring pass over an epoch, measured in the same ru
     python benchmarks/callback_overhead.py            # writes benchmarks/results/callback_overhead.md
     KERAS_BACKEND=jax python benchmarks/callback_overhead.py --out=...   # the same on the JAX backend
 
-The table says which Keras backend ran it. On JAX a DropNet step also costs one retrace of the train step (the
-masks enter the JAX step as constants), which falls in the timed epoch after the step.
+The table says which Keras backend ran it. A DropNet step changes mask variables only: it retraces nothing on
+either backend (before, on JAX, the masks were constants of the step and each step cost one retrace).
 
 Plain, NetworkSlimming, GroupLasso and DropNet fits of the same model and data take turns, `--rounds` times,
 `--epochs` epochs each; an epoch's time runs from the start of the epoch to the end of every callback's

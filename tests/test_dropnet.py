@@ -53,6 +53,56 @@ def test_masks_hold_exactly_at_every_step_with_momentum_and_adam(optimizer, jit_
     slim = dropnet.slim_model()
     np.testing.assert_allclose(slim(x[:8]), model(x[:8]), rtol=1e-5, atol=1e-6)
     assert all(v.constraint is None for v in model.weights)
+    assert len(model.variables) == len(model.weights) and "train_step" not in vars(model)  # left as it was
+
+
+class CountsTraces(keras.Model):
+    """A functional model that counts how often Keras traces its train step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.traces = 0
+
+    def train_step(self, *args):
+        self.traces += 1
+        return super().train_step(*args)
+
+
+def test_mask_changes_need_no_new_train_step():
+    def counting_model():
+        plain = classifier()
+        model = CountsTraces(plain.inputs, plain.outputs)
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
+        return model
+
+    x, y = data()
+    baseline = counting_model()
+    baseline.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    model = counting_model()
+    dropnet = DropNet(x[:16], fraction=0.3, rewind=None, seed=0)
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[dropnet])
+    assert len(dropnet.history) == 3
+    assert_masked_exactly(model, dropnet.plan())
+    # two mask changes during the fit, no more traces than a plain fit: the masks are variables, not step constants
+    assert model.traces == baseline.traces >= 1
+
+
+def test_a_fit_stopped_by_an_exception_can_be_run_again():
+    model = cnn()
+    x, y = data()
+    dropnet = DropNet(x[:16], fraction=0.3, rewind=None, seed=0)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[dropnet, Stop()])
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[dropnet])
+    assert len(dropnet.history) == 3
+    assert_masked_exactly(model, dropnet.plan())
+    assert all(v.constraint is None for v in model.weights)
+    assert len(model.variables) == len(model.weights) and "train_step" not in vars(model)
 
 
 def test_lowest_mean_activation_goes_first_per_layer_and_globally():

@@ -5,10 +5,16 @@ penalties to the loss. Both run inside the compiled train step, not in per-batch
 as Keras variable constraints (which the optimizer applies right after each update, in the same compiled step, on
 every backend, with `jit_compile` and under `tf.distribute` strategies or `keras.distribution`) and the penalties
 as variable regularizers (which Keras adds to the loss). What may change between epochs (the masks) lives in
-non-trainable `keras.Variable`s that the constraint reads. On TensorFlow the compiled step reads them, so changing
-a mask retraces nothing; on JAX the step is a pure function of the model's own variables, so the masks enter it as
-constants and the callback asks Keras for a new train step after each mask change (one retrace per pruning step).
-Both are removed again when `fit` ends, so the model is left as it was given, apart from its trained weights.
+non-trainable `keras.Variable`s, changed by `assign`, never in constants of the compiled step, so changing a mask
+retraces nothing on either backend:
+
+- on TensorFlow the masking constraint reads the mask variables, which the compiled step reads like any variable;
+- on JAX the step is a pure function of the model's state, so the masks are made part of that state while `fit`
+  runs (in `model.variables` and `model.non_trainable_variables`, as a `keras.random.SeedGenerator`'s state is; not
+  in `model.weights`, so they are never saved), and the model's `train_step` multiplies each masked weight by its
+  mask, taken from the step's input state, right after the optimizer update (after the variable's constraints).
+
+All of it is removed again when `fit` ends, so the model is left as it was given, apart from its trained weights.
 
 **Multi-process runs** (`keras.distribution.DataParallel` on JAX, one process per host): every process holds the
 same masks and state and takes the same decisions (measurements are made on the same data everywhere and checked
@@ -52,6 +58,36 @@ class _Chain:
         for update in self.updates:
             value = update(value)
         return value
+
+
+class _MaskState:
+    """One mask variable held as model state that is not a weight, the way a `keras.random.SeedGenerator` holds
+    its state: a model lists the `.state` of what is in its `_seed_generators` in `model.variables` and
+    `model.non_trainable_variables` (so the JAX train step takes it as input) but not in `model.weights` (so it is
+    never saved)."""
+
+    def __init__(self, variable):
+        self.state = variable
+
+
+class _MaskedTrainStep:
+    """The JAX `train_step` of a model whose masks are state: the model's own step, then every masked trainable
+    variable multiplied by its mask, read from the step's non-trainable state (so a mask change needs no retrace).
+
+    Args:
+        step: the model's `train_step(state, data) -> (logs, state)`.
+        pairs: `[(index in trainable_variables, index of its mask in non_trainable_variables)]`.
+    """
+
+    def __init__(self, step, pairs):
+        self.step, self.pairs = step, pairs
+
+    def __call__(self, state, data):
+        logs, (trainable, non_trainable, optimizer_variables, metrics_variables) = self.step(state, data)
+        trainable = list(trainable)
+        for t, n in self.pairs:
+            trainable[t] = trainable[t] * non_trainable[n]
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 
 class _Sum:
@@ -111,6 +147,7 @@ class PruningCallback(keras.callbacks.Callback):
         self.graph = None
         self._installed = []
         self._mask_variables = {}
+        self._mask_states = []
 
     # --- what subclasses provide -------------------------------------------------------------------------------
 
@@ -147,9 +184,12 @@ class PruningCallback(keras.callbacks.Callback):
                         np.ones(variable.shape, variable.dtype), trainable=False, name="tfprune_mask")
 
     def masking_updates(self):
-        """The mask constraints, for subclasses that hold masks: `{variable.path: [multiply by its mask]}`."""
+        """The mask updates, for subclasses that hold masks: `{variable.path: [multiply by its mask]}` on
+        TensorFlow; on JAX `{}`, the masks being applied by the train step itself (see the module docstring)."""
         if not self._mask_variables:
             self._create_mask_variables()
+        if backends.name() == "jax":
+            return {}
         return {path: [lambda value, m=m: value * m] for path, m in self._mask_variables.items()}
 
     def apply_plan_masks(self, plan):
@@ -162,8 +202,6 @@ class PruningCallback(keras.callbacks.Callback):
                     np.ones(variable.shape, variable.dtype) if mask is None else mask.astype(variable.dtype))
             if mask is not None:
                 variable.assign(np.where(mask, backends.host_array(variable), 0))
-        if self._installed and backends.name() == "jax":
-            self.model.make_train_function(force=True)  # the JAX step holds the masks as constants
 
     # --- plan helpers -------------------------------------------------------------------------------------------
 
@@ -226,6 +264,8 @@ class PruningCallback(keras.callbacks.Callback):
             os.remove(self._backup_path())
 
     def _install(self):
+        if self._installed or self._mask_states:
+            self._uninstall()  # this callback's fit stopped with an exception, so on_train_end never came
         variables = {v.path: v for v in self.model.trainable_weights}
         for path, updates in self.variable_updates().items():
             variable = variables[path]
@@ -235,13 +275,42 @@ class PruningCallback(keras.callbacks.Callback):
             variable = variables[path]
             self._installed.append((variable, "regularizer", variable.regularizer))
             variable.regularizer = _Sum(variable.regularizer, penalty)
+        if backends.name() == "jax" and self._mask_variables:
+            self._install_jax_masks(variables)
         # A train step traced before (an earlier fit) would not see the new constraints and penalties.
         self.model.make_train_function(force=True)
 
+    def _install_jax_masks(self, variables):
+        """Make the masks model state and the model's `train_step` apply them (JAX; see the module docstring)."""
+        if keras.config.is_nnx_enabled():
+            raise ValueError(f"{type(self).__name__} applies its masks in the model's train_step, which Keras "
+                             "bypasses with Flax NNX enabled (keras.config.is_nnx_enabled()); train without NNX.")
+        if isinstance(vars(self.model).get("train_step"), _MaskedTrainStep):  # left by a fit stopped by an exception
+            del self.model.train_step
+            self.model._seed_generators[:] = [g for g in self.model._seed_generators if not isinstance(g, _MaskState)]
+        masks = {path: m for path, m in self._mask_variables.items() if path in variables}
+        self._mask_states = [(self.model, _MaskState(m)) for m in masks.values()]
+        self.model._seed_generators.extend(state for _, state in self._mask_states)
+        trainable = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
+        non_trainable = {id(v): i for i, v in enumerate(self.model.non_trainable_variables)}
+        pairs = [(trainable[id(variables[path])], non_trainable[id(m)]) for path, m in masks.items()]
+        self._installed.append((self.model, "train_step", self.model.__dict__.get("train_step")))
+        self.model.train_step = _MaskedTrainStep(self.model.train_step, pairs)
+        # the evaluation and prediction steps take the model's state too, which now has the masks in it
+        self.model.test_function = self.model.predict_function = None
+
     def _uninstall(self):
-        for variable, attribute, original in reversed(self._installed):
-            setattr(variable, attribute, original)
+        for target, attribute, original in reversed(self._installed):
+            if attribute == "train_step" and original is None:
+                del target.train_step  # back to the class's own train_step
+            else:
+                setattr(target, attribute, original)
         self._installed = []
+        for model in {id(model): model for model, _ in self._mask_states}.values():
+            ids = {id(state) for _, state in self._mask_states}
+            model._seed_generators[:] = [g for g in model._seed_generators if id(g) not in ids]
+            model.test_function = model.predict_function = None
+        self._mask_states = []
         self.model.train_function = None  # the next fit traces a step without this callback's updates
 
     # --- backup -------------------------------------------------------------------------------------------------

@@ -82,9 +82,6 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
     >>> slim = result.slim_model()
     """
     start = time.perf_counter()
-    if keras.backend.backend() != "tensorflow":
-        raise NotImplementedError(f"tfprune.search.dmcp trains with the TensorFlow backend (its training step takes "
-                                  f"gradients with tf.GradientTape); the Keras backend is {keras.backend.backend()!r}.")
     target = _check_target(target_macs)
     check_width_range(width_range)
     epochs = _check_int(epochs, "epochs", 1)

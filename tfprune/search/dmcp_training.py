@@ -11,11 +11,19 @@ One step does, in order:
   alone, with their own optimizer.
 
 Widths and modes are gate variables assigned inside the step, so one traced step serves every sub-network.
+
+The same step runs on both backends: on TensorFlow through `tf.GradientTape` and the optimizers' `apply`; on JAX as
+Keras's stateless train step (`train_step(state, data) -> (logs, state)`): the stateful code above runs inside a
+`keras.StatelessScope` that maps every variable to its value in `state`, gradients come from `jax.value_and_grad`
+of that, and both optimizers update through `stateless_apply`. The architecture optimizer's variables are part of
+the trainer's non-trainable state, so the JAX step carries them from step to step like the gates' modes and widths.
 """
 
 import keras
 import numpy as np
 from keras import ops
+
+from tfprune import backends
 
 BUDGET_TOLERANCE = 0.03  # the budget loss is zero for expected MACs in [(1 - tolerance) * target, target]
 _BUDGET_SCALE = 0.01  # relative distance to the band at which the budget loss's slope halves
@@ -31,11 +39,7 @@ def budget_loss(ratio, target):
 
 
 def _gradients(loss_fn, variables):
-    """`(loss, gradients of loss_fn() with respect to variables)` on the backend in use."""
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise NotImplementedError(f"tfprune.search.dmcp trains with the TensorFlow backend; the Keras backend is "
-                                  f"{backend!r}. The MarkovChannelGate layer itself runs on any backend.")
+    """`(loss, gradients of loss_fn() with respect to variables)`, on TensorFlow (the JAX step is stateless)."""
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
@@ -79,6 +83,14 @@ class DMCPTrainer(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
             "loss", "task_loss_max", "task_loss_min", "task_loss_random", "arch_task_loss", "budget_loss",
             "dmcp_expected_macs")}
+        # the alphas' optimizer state, tracked as the trainer's non-trainable state (the JAX step carries it)
+        self.arch_optimizer.build(self.alphas)
+        self.arch_state = list(self.arch_optimizer.variables)
+
+    def compile(self, optimizer="rmsprop", **kwargs):
+        """As `keras.Model.compile`; `optimizer` trains the weights (not the alphas), and is built on them now."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.weight_variables)
 
     # ---- phases -------------------------------------------------------------------------------------------
 
@@ -175,10 +187,14 @@ class DMCPTrainer(keras.Model):
         record.update(arch_task_loss=task, budget_loss=budget, dmcp_expected_macs=ratio)
         return task + self.budget_weight * budget
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if sample_weight is not None:
-            raise ValueError("tfprune.search.dmcp does not take sample weights; pass (x, y) batches.")
+    def train_step(self, *args):
+        if backends.name() == "jax":
+            return self._stateless_train_step(*args)
+        if backends.name() != "tensorflow":
+            raise backends.BackendError(f"tfprune.search.dmcp trains on the Keras backends {backends.SUPPORTED}; "
+                                        f"this process runs '{backends.name()}'.")
+        data, = args
+        x, y = _unpack(data)
         record = {}
         if self.train_weights:
             variables = self.weight_variables
@@ -189,14 +205,87 @@ class DMCPTrainer(keras.Model):
             _, grads = _gradients(lambda: self._arch_loss(x, y, record), self.alphas)
             self.arch_optimizer.apply(grads, self.alphas)
         else:
-            ratio = self.expected_macs_ratio()
-            record.update(dmcp_expected_macs=ratio, budget_loss=budget_loss(ratio, self.target))
+            self._record_budget(record)
         for name, value in record.items():
             self.trackers[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
+    def _record_budget(self, record):
+        ratio = self.expected_macs_ratio()
+        record.update(dmcp_expected_macs=ratio, budget_loss=budget_loss(ratio, self.target))
+
+    # ---- the step on JAX: stateless -----------------------------------------------------------------------
+
+    def _stateless(self, fn, trainable, non_trainable):
+        """`(fn(), new non-trainable values)`, `fn` run with every variable of the trainer read from the values."""
+        refs = self.non_trainable_variables
+        mapping = list(zip(self.trainable_variables, trainable, strict=True)) + list(
+            zip(refs, non_trainable, strict=True))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            out = fn()
+        return out, [scope.get_current_value(v) for v in refs]
+
+    def _stateless_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_values, metrics_values = (list(part) for part in state)
+        x, y = _unpack(data)
+        position = {id(v): i for i, v in enumerate(self.trainable_variables)}
+        state_position = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
+
+        def step_on(indices, loss_method):
+            """Loss, gradients with respect to the trainable values at `indices`, recorded values, new state."""
+            def loss_of(values, non_trainable):
+                current = list(trainable)
+                for i, value in zip(indices, values, strict=True):
+                    current[i] = value
+                record = {}
+                loss, new_state = self._stateless(lambda: loss_method(x, y, record), current, non_trainable)
+                return loss, (record, new_state)
+
+            (loss, (record, new_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+                [trainable[i] for i in indices], non_trainable)
+            return loss, grads, record, new_state
+
+        record = {}
+        if self.train_weights:
+            indices = [position[id(v)] for v in self.weight_variables]
+            loss, grads, found, non_trainable = step_on(indices, self._weight_loss)
+            new_weights, optimizer_values = self.optimizer.stateless_apply(
+                optimizer_values, grads, [trainable[i] for i in indices])
+            for i, value in zip(indices, new_weights, strict=True):
+                trainable[i] = value
+            record.update(found, loss=loss)
+        if self.train_arch:
+            indices = [position[id(a)] for a in self.alphas]
+            arch_indices = [state_position[id(v)] for v in self.arch_optimizer.variables]
+            _, grads, found, non_trainable = step_on(indices, self._arch_loss)
+            new_alphas, arch_values = self.arch_optimizer.stateless_apply(
+                [non_trainable[i] for i in arch_indices], grads, [trainable[i] for i in indices])
+            for i, value in zip(indices, new_alphas, strict=True):
+                trainable[i] = value
+            for i, value in zip(arch_indices, arch_values, strict=True):
+                non_trainable[i] = value
+            record.update(found)
+        else:
+            _, non_trainable = self._stateless(lambda: self._record_budget(record), trainable, non_trainable)
+        metrics = self.metrics_variables
+        with keras.StatelessScope(state_mapping=list(zip(metrics, metrics_values, strict=True))) as scope:
+            for name, value in record.items():
+                self.trackers[name].update_state(value)
+            logs = {m.name: m.result() for m in self.metrics}
+        metrics_values = [scope.get_current_value(v) for v in metrics]
+        return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+
+    def test_step(self, *args):
         raise NotImplementedError("DMCPTrainer is trained only; evaluate the slim model from the search result.")
+
+
+def _unpack(data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if sample_weight is not None:
+        raise ValueError("tfprune.search.dmcp does not take sample weights; pass (x, y) batches.")
+    return x, y
 
 
 class DMCPRecorder(keras.callbacks.Callback):
@@ -207,7 +296,13 @@ class DMCPRecorder(keras.callbacks.Callback):
         self.trainer, self.every = trainer, max(1, int(every))
         self.history, self.step, self.phase = [], 0, "warmup"
 
+    def _sync(self):
+        """On JAX `fit` keeps the trainer's values in its own state during an epoch: bring them into the variables."""
+        if hasattr(self.trainer, "jax_state_sync"):
+            self.trainer.jax_state_sync()
+
     def snapshot(self):
+        self._sync()
         widths = {name: float(ops.convert_to_numpy(gate.expected_width()))
                   for name, gate in zip(self.trainer.gate_names, self.trainer.gates, strict=True)}
         ratio = float(ops.convert_to_numpy(self.trainer.expected_macs_ratio()))
@@ -219,5 +314,6 @@ class DMCPRecorder(keras.callbacks.Callback):
             self.history.append(self.snapshot())
 
     def marginals(self):
+        self._sync()
         return {name: np.asarray(ops.convert_to_numpy(gate.marginals()))
                 for name, gate in zip(self.trainer.gate_names, self.trainer.gates, strict=True)}
