@@ -105,11 +105,14 @@ def test_default_fitness_fine_tunes_on_train_and_scores_on_validation_leaving_th
     slim.compile_from_config(model.get_compile_config())
     keras.utils.set_random_seed(0)
     slim.fit(x[:64], y[:64], batch_size=16, epochs=1, steps_per_epoch=2, verbose=0)
-    np.testing.assert_allclose(fitness.copy.predict(x[64:], verbose=0), slim.predict(x[64:], verbose=0), atol=1e-5)
+    probabilities = slim.predict(x[64:], verbose=0)
+    np.testing.assert_allclose(fitness.copy.predict(x[64:], verbose=0), probabilities, atol=1e-5)
     accuracy = slim.evaluate(x[64:], y[64:], batch_size=16, verbose=0, return_dict=True)["accuracy"]
-    # equal up to one near-tie of the 32 images flipped by float rounding (seen on JAX, where XLA may order sums
-    # differently between traces)
-    assert abs(value - result.fitness) <= 1 / 32 and abs(value - accuracy) <= 1 / 32
+    # equal up to the near-ties among the 32 images, whose class float rounding may flip (seen on JAX, where XLA may
+    # order sums differently between traces; two fine-tuning steps leave many outputs near 1/2)
+    near_ties = int(np.sum(np.abs(probabilities[:, 0] - probabilities[:, 1]) < 1e-2))
+    assert abs(value - result.fitness) <= near_ties / 32 + 1e-6, (value, result.fitness, near_ties)
+    assert abs(value - accuracy) <= near_ties / 32 + 1e-6, (value, accuracy, near_ties)
     fig = result.figure()
     assert len(fig.axes) == 2
 
