@@ -549,9 +549,9 @@ def regimes_plot(groups, regimes):
                yerr=[s[1] for s in stats], capsize=2, label=REGIME_LABELS[regime])
     ax.set_xticks(np.arange(len(panels)), [f"{n} {t}\n{LABELS[m]}" for n, t, m in panels], fontsize="small")
     values = [r["accuracy"] for k, g in groups.items() if k[:3] in panels for r in g]
-    ax.set_ylim(min(values) - 0.01, max(values) + 0.005)
+    ax.set_ylim(min(values) - 0.01, max(values) + 0.01)
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize="small", ncol=len(regimes))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small", ncol=len(regimes))
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(FLAGS.out + "_regimes.png", dpi=110)
 
