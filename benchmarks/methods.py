@@ -269,9 +269,7 @@ def run_method(method, name, model, target, seed, data):
     elif method == "l1_sensitivity":
         analysis, seconds = sensitivity_analysis(model, name, sample)
         start = time.perf_counter() - seconds
-        ratios = analysis.ratios_for_macs(1 - target)  # meets the target, often below it: scaled back up to it
-        plan, _ = tfprune.plan_for_macs(model, target, lambda r: tfprune.plan(
-            model, {g: min(0.999, 2 * r * ratio) for g, ratio in ratios.items()}))
+        plan = analysis.plan_for_macs(target)
         slim = tfprune.rebuild(model, plan)
     elif method in ("slimming", "group_lasso", "dropnet"):
         copy = keras.models.clone_model(model)

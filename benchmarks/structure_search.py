@@ -110,9 +110,7 @@ def search(method, model, target, seed, data, abc_evaluations):
     else:
         analysis, analysis_seconds = _sensitivity(model, val)
         start = time.perf_counter() - analysis_seconds
-        ratios = analysis.ratios_for_macs(1 - target)  # meets the target, often below it: scaled back up to it
-        plan, _ = tfprune.plan_for_macs(model, target, lambda r: tfprune.plan(
-            model, {name: min(0.999, 2 * r * ratio) for name, ratio in ratios.items()}))
+        plan = analysis.plan_for_macs(target)
         return plan, time.perf_counter() - start, 0, None
     return result.plan, time.perf_counter() - start, result.evaluations, result.fitness
 

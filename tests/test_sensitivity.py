@@ -94,6 +94,21 @@ def test_ratios_for_macs_meet_the_target_with_the_smallest_tolerance(analysed):
         result.ratios_for_macs(0.99)
 
 
+def test_plan_for_macs_uses_the_budget_the_ratios_leave():
+    model = small_cnn()
+    values = np.array([[1.0, 0.5, 0.4, 0.3],     # c1: sensitive, kept whole
+                       [1.0, 1.0, 1.0, 0.9],
+                       [1.0, 1.0, 1.0, 0.95]])
+    result = SensitivityResult(["c1", "c2", "c3"], (0.0, *RATIOS), values, 1.0, "accuracy", model,
+                               tfprune.ChannelGraph(model), tfprune.criteria.get("l1"), None)
+    full = tfprune.count_macs(model)
+    ratios = result.ratios_for_macs(0.2)
+    assert ratios == {"c1": 0.0, "c2": 0.5, "c3": 0.5} and result.macs(ratios) / full < 0.55  # far below 80%
+    plan = result.plan_for_macs(0.8)
+    assert 0.7 < tfprune.count_macs(tfprune.rebuild(model, plan)) / full <= 0.8  # scaled up to the budget
+    assert len(plan.keep["c1"]) == 8 and len(plan.keep["c2"]) < 8 and len(plan.keep["c3"]) < 16  # not re-shaped
+
+
 def test_sensitivity_errors():
     model = small_cnn()
     x = np.zeros((4, 12, 12, 3), "float32")

@@ -16,6 +16,7 @@ from tfprune import criteria
 from tfprune.counting import count_macs
 from tfprune.graph import ChannelGraph
 from tfprune.macs_model import MacsModel
+from tfprune.macs_target import plan_for_macs
 from tfprune.masking import mask
 from tfprune.planning import plan as make_plan
 from tfprune.plans import Plan
@@ -92,6 +93,28 @@ class SensitivityResult:
             else:
                 lo = mid + 1
         return self.ratios_for_drop(tolerances[lo])
+
+    def plan_for_macs(self, target, min_channels=1, round_to=1) -> Plan:
+        """A plan that keeps at most `target` of the MACs and uses that budget, shaped by the curves.
+
+        `ratios_for_macs(1 - target)` meets the target but often falls well below it (the tolerated drop moves in
+        steps, and each step moves several groups at once). Its ratios are therefore scaled by one common factor in
+        [0, 2), bisected by `tfprune.plan_for_macs` to the largest plan within the target: the least sensitive
+        groups still lose the most, and groups the curves leave whole stay whole.
+
+        Args:
+            target: the MACs ratio to keep, slim over original, in (0, 1).
+            min_channels, round_to: as in `tfprune.plan`.
+
+        Returns:
+            The `Plan` (same criterion as the analysis).
+        """
+        ratios = self.ratios_for_macs(1 - target, min_channels, round_to)
+        chosen, _ = plan_for_macs(self._model, target, lambda r: make_plan(
+            self._model, {name: min(0.999, 2 * r * ratio) for name, ratio in ratios.items()},
+            criterion=self._criterion, data=self._data, graph=self._graph, min_channels=min_channels,
+            round_to=round_to), graph=self._graph)
+        return chosen
 
     def macs(self, ratios, min_channels=1, round_to=1) -> int:
         """MACs of the model pruned with `ratios` (a dict for `tfprune.plan`) by the analysis' criterion."""
