@@ -46,8 +46,9 @@ def check_non_negative(value, what):
     return float(value)
 
 
-class _Chain:
-    """The constraint installed on a variable: the original constraint (if any), then the callback's updates."""
+class ChainedConstraint:
+    """A variable constraint: the variable's original constraint (if any), then each of `updates` (value -> value) in
+    turn; what the callbacks and the structure search's masked fine-tuning install."""
 
     def __init__(self, original, updates):
         self.original, self.updates = original, updates
@@ -270,7 +271,7 @@ class PruningCallback(keras.callbacks.Callback):
         for path, updates in self.variable_updates().items():
             variable = variables[path]
             self._installed.append((variable, "constraint", variable.constraint))
-            variable.constraint = _Chain(variable.constraint, updates)
+            variable.constraint = ChainedConstraint(variable.constraint, updates)
         for path, penalty in self.variable_penalties().items():
             variable = variables[path]
             self._installed.append((variable, "regularizer", variable.regularizer))

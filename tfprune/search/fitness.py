@@ -5,6 +5,7 @@ import time
 import keras
 import numpy as np
 
+from tfprune.callbacks.pruning_callback import ChainedConstraint
 from tfprune.graph import ChannelGraph
 from tfprune.masking import variable_masks
 from tfprune.planning import check_positive_int
@@ -62,7 +63,7 @@ class FineTuneFitness:
                 for variable in getattr(self.graph.layers.get(member.layer), "trainable_weights", ()):
                     if id(variable) not in self.masks:
                         mask = keras.Variable(np.ones(variable.shape), dtype=variable.dtype, trainable=False)
-                        variable.constraint = _Masked(variable.constraint, mask)
+                        variable.constraint = ChainedConstraint(variable.constraint, [lambda value, m=mask: value * m])
                         self.masks[id(variable)] = mask
         self.copy.compile_from_config(model.get_compile_config())
         self.copy.optimizer.build(self.copy.trainable_variables)
@@ -87,18 +88,6 @@ class FineTuneFitness:
                                      verbose=0, return_dict=True)
         metric = next((k for k in results if k != "loss"), None)
         return float(results[metric]) if metric else -float(results["loss"])
-
-
-class _Masked:
-    """A variable constraint: the variable's own constraint (if any), then the multiplication by a mask."""
-
-    def __init__(self, original, mask):
-        self.original, self.mask = original, mask
-
-    def __call__(self, value):
-        if self.original is not None:
-            value = self.original(value)
-        return value * self.mask
 
 
 def _split(data):
