@@ -477,6 +477,16 @@ def report(rows, baselines):
                      for g in regimes]
             lines.append(f"| {name} | {target} | {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "## Compass: accuracy drop against the unpruned baseline", ""] + compass(groups, baselines)
+    lines += ["", "## Compute per method", "", "Wall-clock minutes summed over every row of the method: its own "
+              "work (measuring, searching, sparsity training), the fine-tuning of the method rows, and the regime "
+              "trainings of its architectures.", "", "| method | rows | method min | fine-tuning min | regimes min |",
+              "|---|---|---|---|---|"]
+    for method in (m for m in LABELS if any(r["method"] == m for r in rows)):
+        mine = [r for r in rows if r["method"] == method]
+        tuned = [r for r in mine if r["regime"] == "finetune"]
+        lines.append(f"| {LABELS[method]} | {len(mine)} | {sum(r['method_seconds'] for r in tuned) / 60:.0f} | "
+                     f"{sum(r['train_seconds'] for r in tuned) / 60:.0f} | "
+                     f"{sum(r['train_seconds'] for r in mine if r['regime'] != 'finetune') / 60:.0f} |")
     seconds = sum(b["seconds"] for b in baselines.values()) + sum(r["method_seconds"] * (r["regime"] == "finetune")
                                                                    + r["train_seconds"] for r in rows)
     entries = list(baselines.values()) + rows
