@@ -239,6 +239,7 @@ def sensitivity_analysis(model, name, val):
     """Li et al.'s per-group ratios; the analysis depends on neither seed nor target and is computed once per run."""
     if name not in _SENSITIVITY:
         start = time.perf_counter()
+        model.compile(loss=LOSS, metrics=["accuracy"])  # sensitivity measures the compiled metric
         _SENSITIVITY[name] = tfprune.sensitivity(model, val, verbose=0), time.perf_counter() - start
     return _SENSITIVITY[name]
 
@@ -366,7 +367,8 @@ def regime_sources(name, rows):
             by_method.setdefault(r["method"], []).append(r["accuracy"])
         ranked = sorted((m for m in by_method if m != "l1"), key=lambda m: -statistics.mean(by_method[m]))
         chosen = set(ranked[:FLAGS.regime_methods])
-    return [r for r in mine if r["method"] in chosen | {"l1"} and str(r["seed"]) in FLAGS.seeds]
+    return [r for r in mine if r["method"] in chosen | {"l1"} and str(r["seed"]) in FLAGS.seeds
+            and r["target"] in {float(t) for t in FLAGS.targets}]
 
 
 def read_rows(paths):
