@@ -447,7 +447,8 @@ def report(rows, baselines):
              "seconds include measuring, searching and sparsity training; extra epochs are the method's own "
              "training, in epochs of the training split.", ""]
     for name, b in sorted(baselines.items()):
-        lines.append(f"**{name}** baseline: test accuracy **{b['accuracy']:.4f}** (validation {b['val_accuracy']:.4f})"
+        lines.append(f"**{BUILDERS[name].__name__}** (`--models={name}`) baseline: test accuracy "
+                     f"**{b['accuracy']:.4f}** (validation {b['val_accuracy']:.4f})"
                      f" after {b['epochs']} epochs, {b['seconds'] / 60:.0f} min; {b['macs']:,} MACs, "
                      f"{b['params']:,} params.")
     lines += ["", "| model | MACs target | method | n | MACs ratio | params ratio | latency ratio | pruned | "
@@ -460,7 +461,7 @@ def report(rows, baselines):
         acc = [r["accuracy"] for r in group]
         base = baselines[name]["accuracy"]
         lines.append(
-            f"| {name} | {target} | {LABELS[method]} | {len(group)} | "
+            f"| {BUILDERS[name].__name__} | {target} | {LABELS[method]} | {len(group)} | "
             f"{statistics.mean(r['macs_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['params_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['latency_ratio'] for r in group):.2f} | "
@@ -477,7 +478,7 @@ def report(rows, baselines):
             cells = [f"{_cell([r['accuracy'] for r in groups[(name, target, method, g)]])} "
                      f"(n={len(groups[(name, target, method, g)])})" if (name, target, method, g) in groups else "–"
                      for g in regimes]
-            lines.append(f"| {name} | {target} | {LABELS[method]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {BUILDERS[name].__name__} | {target} | {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "## Compass: accuracy drop against the unpruned baseline", ""] + compass(groups, baselines)
     lines += ["", "## Compute per method", "", "Wall-clock minutes summed over every row of the method: its own "
               "work (measuring, searching, sparsity training), the fine-tuning of the method rows, and the regime "
@@ -500,6 +501,7 @@ def report(rows, baselines):
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     pareto_plot(groups, baselines)
+    ranking_plot(groups, baselines)
     regimes_plot(groups, regimes)
 
 
@@ -521,7 +523,8 @@ def compass(groups, baselines):
                 if (name, target, "l1", regime) in tuned:
                     values = tuned[(name, target, "l1", regime)]
                     parts.append(f"L1 ({REGIME_LABELS[regime]}) {_cell([base - a for a in values], 100, 2)} points")
-            lines.append(f"- {name} at {target} of the MACs (−{1 - target:.0%}): " + "; ".join(parts) + ".")
+            lines.append(f"- {BUILDERS[name].__name__} at {target} of the MACs (−{1 - target:.0%}): "
+                         + "; ".join(parts) + ".")
     return lines
 
 
@@ -539,11 +542,38 @@ def pareto_plot(groups, baselines):
             if points:
                 x, y, e = zip(*sorted(points), strict=True)
                 ax.errorbar(x, y, yerr=e, marker=markers[method], capsize=3, label=LABELS[method], alpha=0.85)
-        ax.set(title=f"{name}: fine-tuned test accuracy against MACs", xlabel="MACs ratio (slim / original)",
-               ylabel="test accuracy")
+        ax.set(title=f"{BUILDERS[name].__name__}: fine-tuned test accuracy against MACs",
+               xlabel="MACs ratio (slim / original)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
     fig.savefig(FLAGS.out + ".png", dpi=110)
+
+
+AIMS = {0.5: 0.003, 0.25: 0.01}  # the compass: at most this drop at -50% and at -75% of the MACs
+
+
+def ranking_plot(groups, baselines):
+    """One panel per model and target: every method's fine-tuned accuracy (mean ± sd), best on top, against the
+    unpruned baseline and the compass aim."""
+    panels = sorted({k[:2] for k in groups if k[3] == "finetune"}, key=lambda k: (k[0], -k[1]))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, layout="constrained")
+    for ax, (name, target) in zip(axes[0], panels, strict=True):
+        stats = sorted((_stats([r["accuracy"] for r in g]) + (len(g), LABELS[k[2]]) for k, g in groups.items()
+                        if k[:2] == (name, target) and k[3] == "finetune"))
+        means, stds, counts, labels = zip(*stats, strict=True)
+        ax.errorbar(means, range(len(means)), xerr=stds, fmt="o", capsize=3)
+        ax.set_yticks(range(len(means)), [f"{label} (n={n})" for label, n in zip(labels, counts, strict=True)])
+        base = baselines[name]["accuracy"]
+        ax.axvline(base, color="black", linestyle="--", label="unpruned")
+        if target in AIMS:
+            ax.axvline(base - AIMS[target], color="tab:green", linestyle=":",
+                       label=f"aim: −{100 * AIMS[target]:.1f} points")
+        ax.set(title=f"{BUILDERS[name].__name__}, {target:g} of the MACs", xlabel="fine-tuned test accuracy")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+    fig.savefig(FLAGS.out + "_ranking.png", dpi=110)
 
 
 def regimes_plot(groups, regimes):
