@@ -31,8 +31,9 @@ augmentation, seed-dependent order). Seeds vary the fine-tuning and every random
 
 **Regimes** (`--stage=regimes`), for plain L1 and the best `regime_methods` methods by mean fine-tuned accuracy
 (or those named by --regime_methods_list): fine-tuning with knowledge distillation from the baseline
-(`tfprune.fine_tune(teacher=...)`, the same epochs); lottery rewind to θ0 and to θk, and Scratch-E, each trained
-`epochs` epochs with the baseline's recipe; Scratch-B trained `epochs × MACs(full) / MACs(slim)` epochs.
+(`tfprune.fine_tune(teacher=...)`, the same epochs); fine-tuning for `epochs` epochs instead of `finetune_epochs`
+(the compute of Scratch-E: does longer fine-tuning close the gap?); lottery rewind to θ0 and to θk, and Scratch-E,
+each trained `epochs` epochs with the baseline's recipe; Scratch-B trained `epochs × MACs(full) / MACs(slim)` epochs.
 
 Every row also has the MACs and params ratios, the LiteRT (TFLite) latency ratio at batch 1 and one thread, and the
 method's cost: its seconds (measuring, searching, sparsity training) and its extra training epochs.
@@ -79,7 +80,8 @@ flags.DEFINE_integer("dmcp_epochs", 2, "DMCP's supernet epochs from the baseline
 flags.DEFINE_integer("abc_cycles", 3, "ABCPruner cycles (5 food sources, limit 3, 30 fitness batches of 64).")
 flags.DEFINE_integer("regime_methods", 2, "Best methods (by mean fine-tuned accuracy) run in every regime, besides l1.")
 flags.DEFINE_list("regime_methods_list", [], "Run the regimes for these methods instead of the best ones.")
-flags.DEFINE_list("regimes", ["finetune_kd", "lottery_0", "lottery_k", "scratch_e", "scratch_b"], "Regimes to run.")
+flags.DEFINE_list("regimes", ["finetune_kd", "finetune_long", "lottery_0", "lottery_k", "scratch_e", "scratch_b"],
+                  "Regimes to run.")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "methods"), "Output prefix.")
 flags.DEFINE_string("work_dir", os.path.join(os.path.dirname(__file__), "..", ".bench_cache", "methods"),
                     "Trained baselines, snapshots and pruned models between runs (not committed).")
@@ -90,8 +92,9 @@ BUILDERS = {"resnet": tfprune.models.small_resnet, "vgg": tfprune.models.small_v
 LABELS = {"l1": "L1 (uniform)", "l1_sensitivity": "L1 + sensitivity (Li)", "apoz": "APoZ", "hrank": "HRank",
           "taylor": "Taylor", "lasso": "LASSO + reconstruction (He)", "slimming": "Network Slimming",
           "group_lasso": "group lasso (SSL)", "dropnet": "DropNet", "abc": "ABCPruner", "dmcp": "DMCP"}
-REGIME_LABELS = {"finetune": "fine-tune", "finetune_kd": "fine-tune + KD", "lottery_0": "lottery θ0",
-                 "lottery_k": "lottery θk", "scratch_e": "Scratch-E", "scratch_b": "Scratch-B"}
+REGIME_LABELS = {"finetune": "fine-tune", "finetune_kd": "fine-tune + KD", "finetune_long": "fine-tune E epochs",
+                 "lottery_0": "lottery θ0", "lottery_k": "lottery θk", "scratch_e": "Scratch-E",
+                 "scratch_b": "Scratch-B"}
 LOSS = "sparse_categorical_crossentropy"
 SETTINGS = ("train_images", "val_size", "measure_images", "epochs", "learning_rate", "weight_decay", "batch_size",
             "rewind_epoch", "finetune_epochs", "finetune_learning_rate", "sparsity_epochs", "dmcp_epochs",
@@ -335,10 +338,12 @@ def regime_row(name, model, snapshots, source, regime, data):
     """One regime on the slim architecture of the method row `source` (its plan, or its pruned model for KD)."""
     seed, target = source["seed"], source["target"]
     plan = tfprune.Plan.from_json(source["plan"])
-    if regime == "finetune_kd":
+    teacher = model if regime == "finetune_kd" else None
+    if regime.startswith("finetune"):
         slim = keras.saving.load_model(compile=False, filepath=os.path.join(
             FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_pruned.keras"))
-        epochs, learning_rate, teacher, callbacks = FLAGS.finetune_epochs, FLAGS.finetune_learning_rate, model, []
+        epochs = FLAGS.epochs if regime == "finetune_long" else FLAGS.finetune_epochs
+        learning_rate = FLAGS.finetune_learning_rate
     else:
         if regime.startswith("lottery"):
             snapshot = snapshots[0 if regime == "lottery_0" else 1]
@@ -346,9 +351,9 @@ def regime_row(name, model, snapshots, source, regime, data):
         else:
             slim = tfprune.rebuild(model, plan, reinit="scratch", seed=seed)
         epochs = tfprune.scratch_b_epochs(FLAGS.epochs, model, slim) if regime == "scratch_b" else FLAGS.epochs
-        learning_rate, teacher = FLAGS.learning_rate, None
-        callbacks = [keras.callbacks.BackupAndRestore(os.path.join(  # these trainings are long: resumable
-            FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_{regime}_backup"))]
+        learning_rate = FLAGS.learning_rate
+    callbacks = [keras.callbacks.BackupAndRestore(os.path.join(  # long trainings are resumable
+        FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_{regime}_backup"))] if epochs > 10 else []
     start, cpu = time.perf_counter(), time.process_time()
     train(slim, data[0], epochs, learning_rate, seed, callbacks=callbacks, teacher=teacher)
     return dict(source, regime=regime, accuracy=accuracy(slim, data[2]), val_accuracy=accuracy(slim, data[1]),
@@ -512,14 +517,14 @@ def compass(groups, baselines):
         base = baselines[name]["accuracy"]
         for target in sorted({k[1] for k in groups if k[0] == name}, reverse=True):
             tuned = {k: [r["accuracy"] for r in g] for k, g in groups.items()
-                     if k[:2] == (name, target) and k[3] in ("finetune", "finetune_kd")}
+                     if k[:2] == (name, target) and k[3].startswith("finetune")}
             if not tuned:
                 continue
             best = max(tuned, key=lambda k: statistics.mean(tuned[k]))
             drops = [base - a for a in tuned[best]]
             parts = [f"best {LABELS[best[2]]} ({REGIME_LABELS[best[3]]}) {_cell(drops, 100, 2)} points "
                      f"(n={len(drops)})"]
-            for regime in ("finetune", "finetune_kd"):
+            for regime in ("finetune", "finetune_kd", "finetune_long"):
                 if (name, target, "l1", regime) in tuned:
                     values = tuned[(name, target, "l1", regime)]
                     parts.append(f"L1 ({REGIME_LABELS[regime]}) {_cell([base - a for a in values], 100, 2)} points")
@@ -611,4 +616,7 @@ def main(_):
 
 
 if __name__ == "__main__":
+    flags.register_multi_flags_validator(
+        ["rewind_epoch", "epochs"], lambda f: 0 < f["rewind_epoch"] < f["epochs"],
+        "--rewind_epoch must be at least 1 and less than --epochs (θk is kept after epoch k).")
     app.run(main)
