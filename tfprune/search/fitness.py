@@ -18,9 +18,10 @@ class FineTuneFitness:
 
     The slim network starts from the searched model's weights (BatchNormalization statistics included) and is
     trained for `steps` batches of `train_data` with the model's compiled loss, a fresh optimizer of the same
-    settings and the same metrics (`model.get_compile_config()`), on the same batches for every candidate (the
-    Keras seed is reset to `seed` first); the fitness is the first compiled metric on `val_data` (accuracy,
-    typically), or minus the loss when there is none.
+    settings and the same metrics (`model.get_compile_config()`), on the same batches for every candidate (for
+    arrays, `steps` batches in the order of permutations drawn from `seed`, as many as needed; a dataset gives its
+    own batches), with the Keras seed reset to `seed` first; the fitness is the first compiled
+    metric on `val_data` (accuracy, typically), or minus the loss when there is none.
 
     Every candidate is trained as a *masked* copy of the model rather than a rebuilt one: the plan's removed
     weights are zero and held at zero by variable constraints inside the train step, which computes exactly what the
@@ -53,6 +54,14 @@ class FineTuneFitness:
         self.steps, self.seed = steps, seed
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.train, self.val = _split(train_data), _split(val_data)
+        if steps and self.train[1] is not None:
+            # the same batches for every candidate, drawn here: Keras's own shuffle of arrays draws from NumPy's
+            # global state, which the first fit of a JAX model also consumes (its first candidate's batches differed)
+            x, y = self.train
+            count = len(keras.tree.flatten(x)[0])
+            order = np.random.default_rng(seed)
+            order = np.concatenate([order.permutation(count) for _ in range(-(-steps * self.batch_size // count))])
+            self.train = keras.tree.map_structure(lambda a: np.asarray(a)[order[:steps * self.batch_size]], (x, y))
         graph = graph or ChannelGraph(model)
         self.copy = rebuild(model, Plan(keep={}, widths={}), graph=graph)  # same layers and names, own variables
         self.graph = ChannelGraph(self.copy)
@@ -83,7 +92,7 @@ class FineTuneFitness:
         if self.steps:
             keras.utils.set_random_seed(self.seed)
             self.copy.fit(*self.train, batch_size=None if self.train[1] is None else self.batch_size, epochs=1,
-                          steps_per_epoch=self.steps, verbose=0)
+                          steps_per_epoch=self.steps, shuffle=False, verbose=0)
         results = self.copy.evaluate(*self.val, batch_size=None if self.val[1] is None else self.batch_size,
                                      verbose=0, return_dict=True)
         metric = next((k for k in results if k != "loss"), None)
