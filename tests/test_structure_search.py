@@ -86,12 +86,17 @@ def test_same_seed_same_search_and_repeats_come_from_the_cache():
     assert third.history != first.history
 
 
-def test_default_fitness_fine_tunes_on_train_and_scores_on_validation_leaving_the_model_alone():
-    rng = np.random.default_rng(0)
-    x = rng.random((96, 16, 16, 1), np.float32)
+def compiled_model_and_bright_images(count, seed):
+    """A compiled two-class small_vgg and `count` random 16×16 images labelled by whether they are bright."""
+    x = np.random.default_rng(seed).random((count, 16, 16, 1), np.float32)
     y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int64")
     model = tfprune.models.small_vgg(input_shape=(16, 16, 1), classes=2, widths=(8, 16), convs_per_stage=1)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, x, y
+
+
+def test_default_fitness_fine_tunes_on_train_and_scores_on_validation_leaving_the_model_alone():
+    model, x, y = compiled_model_and_bright_images(96, seed=0)
     before = [w.copy() for w in model.get_weights()]
     result = tfprune.search.abc(model, (x[:64], y[:64]), (x[64:], y[64:]), target_macs=0.6, food_sources=2,
                                 cycles=1, fine_tune_steps=2, batch_size=16, seed=0, verbose=0)
@@ -121,11 +126,7 @@ def test_default_fitness_fine_tunes_on_train_and_scores_on_validation_leaving_th
 def test_default_fitness_trains_every_candidate_on_the_same_batches():
     # Keras shuffles arrays from NumPy's global state, which a JAX model's first fit also draws from: the first
     # candidate used to get other batches than the rest
-    rng = np.random.default_rng(1)
-    x = rng.random((40, 16, 16, 1), np.float32)
-    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int64")
-    model = tfprune.models.small_vgg(input_shape=(16, 16, 1), classes=2, widths=(8, 16), convs_per_stage=1)
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model, x, y = compiled_model_and_bright_images(40, seed=1)
     plan = tfprune.plan(model, 0.5)
     fitness = tfprune.search.FineTuneFitness(model, (x[:24], y[:24]), (x[24:], y[24:]), steps=3, batch_size=16)
     trained = []
