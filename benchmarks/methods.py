@@ -517,7 +517,7 @@ def report(rows, baselines):
     print("\n".join(lines))
     pareto_plot(groups, baselines)
     ranking_plot(groups, baselines)
-    regimes_plot(groups, regimes)
+    regimes_plot(groups, regimes, baselines)
 
 
 def compass(groups, baselines):
@@ -591,7 +591,7 @@ def ranking_plot(groups, baselines):
     fig.savefig(FLAGS.out + "_ranking.png", dpi=110)
 
 
-def regimes_plot(groups, regimes):
+def regimes_plot(groups, regimes, baselines):
     panels = sorted({k[:3] for k in groups if k[3] != "finetune"}, key=lambda k: (k[0], -k[1], k[2]))
     if not panels:
         return
@@ -604,6 +604,10 @@ def regimes_plot(groups, regimes):
                yerr=[s[1] for s in stats], capsize=2, label=REGIME_LABELS[regime])
     ax.set_xticks(np.arange(len(panels)), [f"{n} {t}\n{LABELS[m]}" for n, t, m in panels], fontsize="small")
     values = [r["accuracy"] for k, g in groups.items() if k[:3] in panels for r in g]
+    for style, name in zip(("--", ":", "-."), sorted({p[0] for p in panels} & set(baselines)), strict=False):
+        values.append(baselines[name]["accuracy"])
+        ax.axhline(values[-1], color="black", linestyle=style, linewidth=1,
+                   label=f"unpruned {BUILDERS[name].__name__}")
     ax.set_ylim(min(values) - 0.01, max(values) + 0.01)
     ax.set_ylabel("test accuracy")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small", ncol=len(regimes))
