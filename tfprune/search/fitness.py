@@ -57,11 +57,9 @@ class FineTuneFitness:
         if steps and self.train[1] is not None:
             # the same batches for every candidate, drawn here: Keras's own shuffle of arrays draws from NumPy's
             # global state, which the first fit of a JAX model also consumes (its first candidate's batches differed)
-            x, y = self.train
-            count = len(keras.tree.flatten(x)[0])
-            order = np.random.default_rng(seed)
-            order = np.concatenate([order.permutation(count) for _ in range(-(-steps * self.batch_size // count))])
-            self.train = keras.tree.map_structure(lambda a: np.asarray(a)[order[:steps * self.batch_size]], (x, y))
+            count = len(keras.tree.flatten(self.train[0])[0])
+            rng = np.random.default_rng(seed)
+            self.order = np.concatenate([rng.permutation(count) for _ in range(-(-steps * self.batch_size // count))])
         graph = graph or ChannelGraph(model)
         self.copy = rebuild(model, Plan(keep={}, widths={}), graph=graph)  # same layers and names, own variables
         self.graph = ChannelGraph(self.copy)
@@ -91,12 +89,19 @@ class FineTuneFitness:
             self.copy.train_function = None
         if self.steps:
             keras.utils.set_random_seed(self.seed)
-            self.copy.fit(*self.train, batch_size=None if self.train[1] is None else self.batch_size, epochs=1,
-                          steps_per_epoch=self.steps, shuffle=False, verbose=0)
+            data = self.train[0] if self.train[1] is None else self._batches()
+            self.copy.fit(data, epochs=1, steps_per_epoch=self.steps, shuffle=False, verbose=0)
         results = self.copy.evaluate(*self.val, batch_size=None if self.val[1] is None else self.batch_size,
                                      verbose=0, return_dict=True)
         metric = next((k for k in results if k != "loss"), None)
         return float(results[metric]) if metric else -float(results["loss"])
+
+
+    def _batches(self):
+        """The `steps` training batches of array data, indexed one at a time (no copy of the data)."""
+        for step in range(self.steps):
+            index = self.order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield keras.tree.map_structure(lambda a, i=index: np.asarray(a)[i], self.train)
 
 
 def _split(data):
