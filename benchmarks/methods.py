@@ -342,7 +342,8 @@ def method_row(name, model, record, target, method, seed, data):
 
 
 def regime_row(name, model, snapshots, source, regime, data):
-    """One regime on the slim architecture of the method row `source` (its plan, or its pruned model for KD)."""
+    """One regime on the slim architecture of the method row `source`: its pruned model for the fine-tuning regimes,
+    its plan for the others."""
     seed, target = source["seed"], source["target"]
     plan = tfprune.Plan.from_json(source["plan"])
     teacher = model if regime == "finetune_kd" else None

@@ -96,7 +96,6 @@ class FineTuneFitness:
         metric = next((k for k in results if k != "loss"), None)
         return float(results[metric]) if metric else -float(results["loss"])
 
-
     def _batches(self):
         """The `steps` training batches of array data, indexed one at a time (no copy of the data)."""
         for step in range(self.steps):
