@@ -151,10 +151,10 @@ def accuracy(model, data):
 
 
 class _Progress(keras.callbacks.Callback):
-    """Keeps on disk, across interrupted runs, θk (the weights after epoch k) and the seconds of the finished epochs
-    (beside `keras.callbacks.BackupAndRestore`, which resumes the training itself)."""
+    """Keeps on disk, across interrupted runs, the seconds of the finished epochs and, given `rewind_epoch` k, θk
+    (the weights after epoch k), beside `keras.callbacks.BackupAndRestore`, which resumes the training itself."""
 
-    def __init__(self, prefix, rewind_epoch):
+    def __init__(self, prefix, rewind_epoch=None):
         super().__init__()
         self.prefix, self.rewind_epoch = prefix, rewind_epoch
 
@@ -360,13 +360,17 @@ def regime_row(name, model, snapshots, source, regime, data):
             slim = tfprune.rebuild(model, plan, reinit="scratch", seed=seed)
         epochs = tfprune.scratch_b_epochs(FLAGS.epochs, model, slim) if regime == "scratch_b" else FLAGS.epochs
         learning_rate = FLAGS.learning_rate
-    callbacks = [keras.callbacks.BackupAndRestore(os.path.join(  # long trainings are resumable
-        FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_{regime}_backup"))] if epochs > 10 else []
+    prefix = os.path.join(FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_{regime}")
+    resumable = epochs > 10  # long trainings resume across sittings, and count the time of every sitting
+    callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"), _Progress(prefix)] if resumable else []
     start, cpu = time.perf_counter(), time.process_time()
     train(slim, data[0], epochs, learning_rate, seed, callbacks=callbacks, teacher=teacher)
+    times = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+    if resumable:
+        times = _read_json(prefix + "_progress.json")
+        os.remove(prefix + "_progress.json")
     return dict(source, regime=regime, accuracy=accuracy(slim, data[2]), val_accuracy=accuracy(slim, data[1]),
-                train_epochs=epochs, train_seconds=time.perf_counter() - start,
-                cpu_seconds=time.process_time() - cpu)
+                train_epochs=epochs, train_seconds=times["seconds"], cpu_seconds=times["cpu_seconds"])
 
 
 def regime_sources(name, rows):
