@@ -36,6 +36,7 @@ fine-tuned accuracy (or those named by --regime_methods_list): fine-tuning with 
 (`tfprune.fine_tune(teacher=...)`, the same epochs); fine-tuning for `epochs` epochs instead of `finetune_epochs`
 (the compute of Scratch-E: does longer fine-tuning close the gap?); lottery rewind to θ0 and to θk, and Scratch-E,
 each trained `epochs` epochs with the baseline's recipe; Scratch-B trained `epochs × MACs(full) / MACs(slim)` epochs.
+With "fine-tune E epochs" comes its control: the unpruned baseline fine-tuned the same epochs (method `unpruned`).
 
 Every row also has the MACs and params ratios, the LiteRT (TFLite) latency ratio at batch 1 and one thread, and the
 method's cost: its seconds (measuring, searching, sparsity training) and its extra training epochs.
@@ -94,7 +95,8 @@ flags.DEFINE_list("merge", [], "Run nothing: report the rows of these .jsonl fil
 BUILDERS = {"resnet": tfprune.models.small_resnet, "vgg": tfprune.models.small_vgg}
 LABELS = {"l1": "L1 (uniform)", "l1_sensitivity": "L1 + sensitivity (Li)", "apoz": "APoZ", "hrank": "HRank",
           "taylor": "Taylor", "lasso": "LASSO + reconstruction (He)", "slimming": "Network Slimming",
-          "group_lasso": "group lasso (SSL)", "dropnet": "DropNet", "abc": "ABCPruner", "dmcp": "DMCP"}
+          "group_lasso": "group lasso (SSL)", "dropnet": "DropNet", "abc": "ABCPruner", "dmcp": "DMCP",
+          "unpruned": "unpruned (control)"}
 REGIME_LABELS = {"finetune": "fine-tune", "finetune_kd": "fine-tune + KD", "finetune_long": "fine-tune E epochs",
                  "lottery_0": "lottery θ0", "lottery_k": "lottery θk", "scratch_e": "Scratch-E",
                  "scratch_b": "Scratch-B"}
@@ -361,16 +363,34 @@ def regime_row(name, model, snapshots, source, regime, data):
         epochs = tfprune.scratch_b_epochs(FLAGS.epochs, model, slim) if regime == "scratch_b" else FLAGS.epochs
         learning_rate = FLAGS.learning_rate
     prefix = os.path.join(FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_{regime}")
-    resumable = epochs > 10  # long trainings resume across sittings, and count the time of every sitting
+    return dict(source, regime=regime,
+                **trained(slim, data, epochs, learning_rate, seed, prefix, teacher=teacher))
+
+
+def trained(model, data, epochs, learning_rate, seed, prefix, teacher=None):
+    """Train `model` in place with the one recipe; its test and validation accuracy, epochs and time. A training
+    longer than 10 epochs resumes across sittings (from `prefix` files) and counts the time of every sitting."""
+    resumable = epochs > 10
     callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"), _Progress(prefix)] if resumable else []
     start, cpu = time.perf_counter(), time.process_time()
-    train(slim, data[0], epochs, learning_rate, seed, callbacks=callbacks, teacher=teacher)
+    train(model, data[0], epochs, learning_rate, seed, callbacks=callbacks, teacher=teacher)
     times = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     if resumable:
         times = _read_json(prefix + "_progress.json")
         os.remove(prefix + "_progress.json")
-    return dict(source, regime=regime, accuracy=accuracy(slim, data[2]), val_accuracy=accuracy(slim, data[1]),
-                train_epochs=epochs, train_seconds=times["seconds"], cpu_seconds=times["cpu_seconds"])
+    return dict(accuracy=accuracy(model, data[2]), val_accuracy=accuracy(model, data[1]), train_epochs=epochs,
+                train_seconds=times["seconds"], cpu_seconds=times["cpu_seconds"])
+
+
+def control_row(name, model, seed, data):
+    """The control of the "fine-tune E epochs" regime: the unpruned baseline itself fine-tuned the same `epochs`
+    epochs at `finetune_learning_rate`, so that a slim model's drop can be read against equal training."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    prefix = os.path.join(FLAGS.work_dir, f"{name}_unpruned_{seed}_finetune_long")
+    return dict(model=name, target=1.0, method="unpruned", regime="finetune_long", seed=seed, macs_ratio=1.0,
+                params_ratio=1.0, method_seconds=0.0, extra_epochs=0.0,
+                **trained(copy, data, FLAGS.epochs, FLAGS.finetune_learning_rate, seed, prefix))
 
 
 def regime_sources(name, rows):
@@ -436,6 +456,9 @@ def run(rows, baselines):
             for regime in FLAGS.regimes:
                 if (name, source["target"], source["method"], regime, source["seed"]) not in {_key(r) for r in rows}:
                     append(rows, regime_row(name, model, snapshots, source, regime, data), rows_path)
+        for seed in map(int, FLAGS.seeds) if "finetune_long" in FLAGS.regimes else ():
+            if (name, 1.0, "unpruned", "finetune_long", seed) not in {_key(r) for r in rows}:
+                append(rows, control_row(name, model, seed, data), rows_path)
 
 
 # ---- report --------------------------------------------------------------------------------------------------------
@@ -530,7 +553,8 @@ def compass(groups, baselines):
     lines = []
     for name in sorted(baselines):
         base = baselines[name]["accuracy"]
-        for target in sorted({k[1] for k in groups if k[0] == name}, reverse=True):
+        control = [r["accuracy"] for r in groups.get((name, 1.0, "unpruned", "finetune_long"), ())]
+        for target in sorted({k[1] for k in groups if k[0] == name and k[2] != "unpruned"}, reverse=True):
             tuned = {k: [r["accuracy"] for r in g] for k, g in groups.items()
                      if k[:2] == (name, target) and k[3].startswith("finetune")}
             if not tuned:
@@ -543,6 +567,10 @@ def compass(groups, baselines):
                 if (name, target, "l1", regime) in tuned:
                     values = tuned[(name, target, "l1", regime)]
                     parts.append(f"L1 ({REGIME_LABELS[regime]}) {_cell([base - a for a in values], 100, 2)} points")
+            if control and (name, target, "l1", "finetune_long") in tuned:
+                drops = [statistics.mean(control) - a for a in tuned[(name, target, "l1", "finetune_long")]]
+                parts.append(f"L1 ({REGIME_LABELS['finetune_long']}) against the unpruned model fine-tuned the same "
+                             f"epochs ({_cell(control)}, n={len(control)}) {_cell(drops, 100, 2)} points")
             lines.append(f"- {BUILDERS[name].__name__} at {target} of the MACs (−{1 - target:.0%}): "
                          + "; ".join(parts) + ".")
     return lines
@@ -553,7 +581,7 @@ def pareto_plot(groups, baselines):
     if not names:
         return
     fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 5.5), squeeze=False, layout="constrained")
-    markers = dict(zip(LABELS, "osD^v<>pPX*", strict=True))
+    markers = dict(zip(LABELS, "osD^v<>pPX*h", strict=True))
     for ax, name in zip(axes[0], names, strict=True):
         ax.axhline(baselines[name]["accuracy"], color="black", linestyle="--", label="unpruned")
         for method in LABELS:
