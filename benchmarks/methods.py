@@ -549,20 +549,25 @@ def report(rows, baselines):
 
 
 def compass(groups, baselines):
-    """The drop of plain L1 and of the best (method, regime) after fine-tuning, at each target."""
+    """The drop of plain L1 and of the best (method, regime) after fine-tuning, at each target, and of the best
+    architecture trained again from a reset (lottery or scratch)."""
     lines = []
     for name in sorted(baselines):
         base = baselines[name]["accuracy"]
         control = [r["accuracy"] for r in groups.get((name, 1.0, "unpruned", "finetune_long"), ())]
         for target in sorted({k[1] for k in groups if k[0] == name and k[2] != "unpruned"}, reverse=True):
-            tuned = {k: [r["accuracy"] for r in g] for k, g in groups.items()
-                     if k[:2] == (name, target) and k[3].startswith("finetune")}
+            mine = {k: [r["accuracy"] for r in g] for k, g in groups.items() if k[:2] == (name, target)}
+            tuned = {k: v for k, v in mine.items() if k[3].startswith("finetune")}
             if not tuned:
                 continue
-            best = max(tuned, key=lambda k: statistics.mean(tuned[k]))
-            drops = [base - a for a in tuned[best]]
-            parts = [f"best {LABELS[best[2]]} ({REGIME_LABELS[best[3]]}) {_cell(drops, 100, 2)} points "
-                     f"(n={len(drops)})"]
+            parts = []
+            retrained = set(mine) - set(tuned)
+            for kind, keys in (("best fine-tuned:", tuned), ("best retrained (lottery or scratch):", retrained)):
+                if keys:
+                    best = max(keys, key=lambda k: statistics.mean(mine[k]))
+                    drops = [base - a for a in mine[best]]
+                    parts.append(f"{kind} {LABELS[best[2]]} ({REGIME_LABELS[best[3]]}) {_cell(drops, 100, 2)} points "
+                                 f"(n={len(drops)})")
             for regime in ("finetune", "finetune_kd", "finetune_long"):
                 if (name, target, "l1", regime) in tuned:
                     values = tuned[(name, target, "l1", regime)]
