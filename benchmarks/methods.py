@@ -36,7 +36,8 @@ fine-tuned accuracy (or those named by --regime_methods_list): fine-tuning with 
 (`tfprune.fine_tune(teacher=...)`, the same epochs); fine-tuning for `epochs` epochs instead of `finetune_epochs`
 (the compute of Scratch-E: does longer fine-tuning close the gap?); lottery rewind to θ0 and to θk, and Scratch-E,
 each trained `epochs` epochs with the baseline's recipe; Scratch-B trained `epochs × MACs(full) / MACs(slim)` epochs.
-With "fine-tune E epochs" comes its control: the unpruned baseline fine-tuned the same epochs (method `unpruned`).
+Scratch-E and Scratch-B run once per architecture and seed: methods with the same widths share them. With "fine-tune
+E epochs" comes its control: the unpruned baseline fine-tuned the same epochs (method `unpruned`).
 
 Every row also has the MACs and params ratios, the LiteRT (TFLite) latency ratio at batch 1 and one thread, and the
 method's cost: its seconds (measuring, searching, sparsity training) and its extra training epochs.
@@ -411,6 +412,20 @@ def regime_sources(name, rows):
     return sources
 
 
+def same_training(source, regime, rows):
+    """The row already written of the same Scratch training as `regime` on `source`'s architecture, if any.
+
+    Scratch-E and Scratch-B depend only on the widths and the seed, not on which channels a criterion kept, so methods
+    that share widths (l1, apoz, hrank, taylor and lasso all get `matched_ratios`'s) share these rows."""
+    def widths(row):
+        return {g: len(v["keep"]) for g, v in json.loads(row["plan"])["groups"].items()}
+
+    if regime.startswith("scratch"):
+        return next((r for r in rows if r["regime"] == regime and _key(r)[:2] == _key(source)[:2]
+                     and r["seed"] == source["seed"] and widths(r) == widths(source)), None)
+    return None
+
+
 def read_rows(paths):
     rows = {}
     for path in paths:
@@ -454,7 +469,13 @@ def run(rows, baselines):
             continue
         for source in regime_sources(name, rows):
             for regime in FLAGS.regimes:
-                if (name, source["target"], source["method"], regime, source["seed"]) not in {_key(r) for r in rows}:
+                if (name, source["target"], source["method"], regime, source["seed"]) in {_key(r) for r in rows}:
+                    continue
+                twin = same_training(source, regime, rows)
+                if twin:
+                    logging.info("%s %s %s %s seed %d: not run, the same training as %s's", name, source["target"],
+                                 source["method"], regime, source["seed"], twin["method"])
+                else:
                     append(rows, regime_row(name, model, snapshots, source, regime, data), rows_path)
         for seed in map(int, FLAGS.seeds) if "finetune_long" in FLAGS.regimes else ():
             if (name, 1.0, "unpruned", "finetune_long", seed) not in {_key(r) for r in rows}:
@@ -519,8 +540,8 @@ def report(rows, baselines):
         for name, target, method in sorted({k[:3] for k in groups if k[3] != "finetune"},
                                            key=lambda k: (k[0], -k[1], order.index(k[2]))):
             cells = [f"{_cell([r['accuracy'] for r in groups[(name, target, method, g)]])} "
-                     f"(n={len(groups[(name, target, method, g)])})" if (name, target, method, g) in groups else "–"
-                     for g in regimes]
+                     f"(n={len(groups[(name, target, method, g)])})" if (name, target, method, g) in groups else
+                     _twin_cell(groups.get((name, target, method, "finetune"), []), g, rows) for g in regimes]
             lines.append(f"| {BUILDERS[name].__name__} | {target} | {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "## Compass: accuracy drop against the unpruned baseline", ""] + compass(groups, baselines)
     lines += ["", "## Compute per method", "", "Wall-clock minutes summed over every row of the method: its own "
@@ -546,6 +567,12 @@ def report(rows, baselines):
     pareto_plot(groups, baselines)
     ranking_plot(groups, baselines)
     regimes_plot(groups, regimes, baselines)
+
+
+def _twin_cell(sources, regime, rows):
+    """The regime table's cell of a regime not run because another method's architecture got the same training."""
+    twin = next((t for t in (same_training(r, regime, rows) for r in sources) if t), None)
+    return f"= {LABELS[twin['method']]}" if twin else "–"
 
 
 def compass(groups, baselines):
