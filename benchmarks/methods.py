@@ -264,6 +264,13 @@ def dropnet_fraction(target):
     return 1 - target ** (1 / (2 * max(1, FLAGS.sparsity_epochs - 1)))
 
 
+def _copy(model):
+    """A copy of `model` with its weights, to train without touching the baseline."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def run_method(method, name, model, target, seed, data):
     """(slim model with inherited weights, plan, method seconds, extra epochs) of one method."""
     train_data, val, _ = data
@@ -287,8 +294,7 @@ def run_method(method, name, model, target, seed, data):
         plan = analysis.plan_for_macs(target)
         slim = tfprune.rebuild(model, plan)
     elif method in ("slimming", "group_lasso", "dropnet"):
-        copy = keras.models.clone_model(model)
-        copy.set_weights(model.get_weights())
+        copy = _copy(model)
         callback = {"slimming": lambda: NetworkSlimming(l1=1e-4),
                     "group_lasso": lambda: GroupLasso(strength=1e-3, groups="filter"),
                     "dropnet": lambda: DropNet(sample[0][:1024], fraction=dropnet_fraction(target), rewind=None,
@@ -386,8 +392,7 @@ def trained(model, data, epochs, learning_rate, seed, prefix, teacher=None):
 def control_row(name, model, seed, data):
     """The control of the "fine-tune E epochs" regime: the unpruned baseline itself fine-tuned the same `epochs`
     epochs at `finetune_learning_rate`, so that a slim model's drop can be read against equal training."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = _copy(model)
     prefix = os.path.join(FLAGS.work_dir, f"{name}_unpruned_{seed}_finetune_long")
     return dict(model=name, target=1.0, method="unpruned", regime="finetune_long", seed=seed, macs_ratio=1.0,
                 params_ratio=1.0, method_seconds=0.0, extra_epochs=0.0,
