@@ -662,25 +662,40 @@ def ranking_plot(groups, baselines):
 
 
 def regimes_plot(groups, regimes, baselines):
-    panels = sorted({k[:3] for k in groups if k[3] != "finetune"}, key=lambda k: (k[0], -k[1], k[2]))
+    """One group of bars per slim architecture, only the regimes it ran (colour = regime), n over each bar; the
+    unpruned baseline and its control (fine-tuned the same extra epochs) as lines."""
+    panels = sorted({k[:3] for k in groups if k[3] != "finetune" and k[2] != "unpruned"},
+                    key=lambda k: (k[0], -k[1], list(LABELS).index(k[2])))
     if not panels:
         return
     fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(panels)), 5), layout="constrained")
-    width = 0.8 / len(regimes)
-    for i, regime in enumerate(regimes):
-        stats = [_stats([r["accuracy"] for r in groups[p + (regime,)]]) if p + (regime,) in groups else (np.nan, 0)
-                 for p in panels]
-        ax.bar(np.arange(len(panels)) + (i - (len(regimes) - 1) / 2) * width, [s[0] for s in stats], width,
-               yerr=[s[1] for s in stats], capsize=2, label=REGIME_LABELS[regime])
+    colours = dict(zip(REGIME_LABELS, plt.get_cmap("tab10").colors, strict=False))
+    width, labelled, values = 0.8 / len(regimes), set(), []
+    for x, panel in enumerate(panels):
+        ran = [g for g in regimes if panel + (g,) in groups]
+        for i, regime in enumerate(ran):
+            accuracy = [r["accuracy"] for r in groups[panel + (regime,)]]
+            mean, std = _stats(accuracy)
+            position = x + (i - (len(ran) - 1) / 2) * width
+            ax.bar(position, mean, width, yerr=std, capsize=2, color=colours[regime],
+                   label=None if regime in labelled else REGIME_LABELS[regime])
+            ax.annotate(f"{len(accuracy)}", (position, mean + std), xytext=(0, 2), textcoords="offset points",
+                        ha="center", fontsize="x-small")
+            labelled.add(regime)
+            values += accuracy
     ax.set_xticks(np.arange(len(panels)), [f"{n} {t}\n{LABELS[m]}" for n, t, m in panels], fontsize="small")
-    values = [r["accuracy"] for k, g in groups.items() if k[:3] in panels for r in g]
     for style, name in zip(("--", ":", "-."), sorted({p[0] for p in panels} & set(baselines)), strict=False):
         values.append(baselines[name]["accuracy"])
         ax.axhline(values[-1], color="black", linestyle=style, linewidth=1,
                    label=f"unpruned {BUILDERS[name].__name__}")
+        control = [r["accuracy"] for r in groups.get((name, 1.0, "unpruned", "finetune_long"), ())]
+        if control:
+            values.append(statistics.mean(control))
+            ax.axhline(values[-1], color="grey", linestyle=style, linewidth=1,
+                       label=f"unpruned {BUILDERS[name].__name__}, fine-tuned E more epochs (n={len(control)})")
     ax.set_ylim(min(values) - 0.01, max(values) + 0.01)
-    ax.set_ylabel("test accuracy")
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small", ncol=len(regimes))
+    ax.set(ylabel="test accuracy", title="Test accuracy per regime (the number over a bar is its n of seeds)")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small", ncol=4)
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(FLAGS.out + "_regimes.png", dpi=110)
 
