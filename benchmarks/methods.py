@@ -32,12 +32,13 @@ Every slim model is then fine-tuned the same `finetune_epochs` epochs (cosine fr
 augmentation, seed-dependent order). Seeds vary the fine-tuning and every random choice of a method.
 
 **Regimes** (`--stage=regimes`), for plain L1 and, at each target, the best `regime_methods` methods there by mean
-fine-tuned accuracy (or those named by --regime_methods_list): fine-tuning with knowledge distillation from the baseline
-(`tfprune.fine_tune(teacher=...)`, the same epochs); fine-tuning for `epochs` epochs instead of `finetune_epochs`
-(the compute of Scratch-E: does longer fine-tuning close the gap?); lottery rewind to θ0 and to θk, and Scratch-E,
-each trained `epochs` epochs with the baseline's recipe; Scratch-B trained `epochs × MACs(full) / MACs(slim)` epochs.
-Scratch-E and Scratch-B run once per architecture and seed: methods with the same widths share them. With "fine-tune
-E epochs" comes its control: the unpruned baseline fine-tuned the same epochs (method `unpruned`).
+fine-tuned accuracy (or those named by --regime_methods_list): fine-tuning with knowledge distillation from the
+baseline (`tfprune.fine_tune(teacher=...)`, the same epochs); fine-tuning for `epochs` epochs instead of
+`finetune_epochs` (the compute of Scratch-E: does longer fine-tuning close the gap?), without and with distillation;
+lottery rewind to θ0 and to θk, and Scratch-E, each trained `epochs` epochs with the baseline's recipe; Scratch-B
+trained `epochs × MACs(full) / MACs(slim)` epochs. Scratch-E and Scratch-B run once per architecture and seed: methods
+with the same widths share them. With "fine-tune E epochs" comes its control: the unpruned baseline fine-tuned the
+same epochs (method `unpruned`).
 
 Every row also has the MACs and params ratios, the LiteRT (TFLite) latency ratio at batch 1 and one thread, and the
 method's cost: its seconds (measuring, searching, sparsity training) and its extra training epochs.
@@ -85,7 +86,8 @@ flags.DEFINE_integer("abc_cycles", 3, "ABCPruner cycles (5 food sources, limit 3
 flags.DEFINE_integer("regime_methods", 2,
                      "Best methods per target (by mean fine-tuned accuracy) run in every regime, besides l1.")
 flags.DEFINE_list("regime_methods_list", [], "Run the regimes for these methods instead of the best ones.")
-flags.DEFINE_list("regimes", ["finetune_kd", "finetune_long", "lottery_0", "lottery_k", "scratch_e", "scratch_b"],
+flags.DEFINE_list("regimes", ["finetune_kd", "finetune_long", "finetune_long_kd", "lottery_0", "lottery_k",
+                              "scratch_e", "scratch_b"],
                   "Regimes to run.")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "methods"), "Output prefix.")
 flags.DEFINE_string("work_dir", os.path.join(os.path.dirname(__file__), "..", ".bench_cache", "methods"),
@@ -99,6 +101,7 @@ LABELS = {"l1": "L1 (uniform)", "l1_sensitivity": "L1 + sensitivity (Li)", "apoz
           "group_lasso": "group lasso (SSL)", "dropnet": "DropNet", "abc": "ABCPruner", "dmcp": "DMCP",
           "unpruned": "unpruned (control)"}
 REGIME_LABELS = {"finetune": "fine-tune", "finetune_kd": "fine-tune + KD", "finetune_long": "fine-tune E epochs",
+                 "finetune_long_kd": "fine-tune E epochs + KD",
                  "lottery_0": "lottery θ0", "lottery_k": "lottery θk", "scratch_e": "Scratch-E",
                  "scratch_b": "Scratch-B"}
 LOSS = "sparse_categorical_crossentropy"
@@ -355,11 +358,11 @@ def regime_row(name, model, snapshots, source, regime, data):
     its plan for the others."""
     seed, target = source["seed"], source["target"]
     plan = tfprune.Plan.from_json(source["plan"])
-    teacher = model if regime == "finetune_kd" else None
+    teacher = model if regime.endswith("_kd") else None
     if regime.startswith("finetune"):
         slim = keras.saving.load_model(compile=False, filepath=os.path.join(
             FLAGS.work_dir, f"{name}_{source['method']}_{target}_{seed}_pruned.keras"))
-        epochs = FLAGS.epochs if regime == "finetune_long" else FLAGS.finetune_epochs
+        epochs = FLAGS.epochs if regime.startswith("finetune_long") else FLAGS.finetune_epochs
         learning_rate = FLAGS.finetune_learning_rate
     else:
         if regime.startswith("lottery"):
@@ -482,7 +485,7 @@ def run(rows, baselines):
                                  source["method"], regime, source["seed"], twin["method"])
                 else:
                     append(rows, regime_row(name, model, snapshots, source, regime, data), rows_path)
-        for seed in map(int, FLAGS.seeds) if "finetune_long" in FLAGS.regimes else ():
+        for seed in map(int, FLAGS.seeds) if any(g.startswith("finetune_long") for g in FLAGS.regimes) else ():
             if (name, 1.0, "unpruned", "finetune_long", seed) not in {_key(r) for r in rows}:
                 append(rows, control_row(name, model, seed, data), rows_path)
 
@@ -600,14 +603,15 @@ def compass(groups, baselines):
                     drops = [base - a for a in mine[bests[-1]]]
                     parts.append(f"{kind} {LABELS[bests[-1][2]]} ({REGIME_LABELS[bests[-1][3]]}) "
                                  f"{_cell(drops, 100, 2)} points (n={len(drops)})")
-            for regime in ("finetune", "finetune_kd", "finetune_long"):
+            for regime in ("finetune", "finetune_kd", "finetune_long", "finetune_long_kd"):
                 if (name, target, "l1", regime) in tuned and (name, target, "l1", regime) not in bests:
                     values = tuned[(name, target, "l1", regime)]
                     parts.append(f"L1 ({REGIME_LABELS[regime]}) {_cell([base - a for a in values], 100, 2)} points")
-            if control and (name, target, "l1", "finetune_long") in tuned:
-                drops = [statistics.mean(control) - a for a in tuned[(name, target, "l1", "finetune_long")]]
-                parts.append(f"L1 ({REGIME_LABELS['finetune_long']}) against the unpruned model fine-tuned the same "
-                             f"epochs ({_cell(control)}, n={len(control)}) {_cell(drops, 100, 2)} points")
+            for regime in ("finetune_long", "finetune_long_kd"):
+                if control and (name, target, "l1", regime) in tuned:
+                    drops = [statistics.mean(control) - a for a in tuned[(name, target, "l1", regime)]]
+                    parts.append(f"L1 ({REGIME_LABELS[regime]}) against the unpruned model fine-tuned the same "
+                                 f"epochs ({_cell(control)}, n={len(control)}) {_cell(drops, 100, 2)} points")
             lines.append(f"- {BUILDERS[name].__name__} at {target} of the MACs (−{1 - target:.0%}): "
                          + "; ".join(parts) + ".")
     return lines

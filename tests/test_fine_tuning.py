@@ -47,8 +47,43 @@ def test_distillation_trains_the_student_in_place_and_leaves_the_teacher_alone(t
     assert teacher.trainable and all(layer.trainable for layer in teacher.layers)
 
 
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+class _WeightsAtStart(keras.callbacks.Callback):
+    def __init__(self, model):
+        super().__init__()
+        self.student = model
+
+    def on_train_begin(self, logs=None):
+        self.weights = [w.copy() for w in self.student.get_weights()]
+
+
+def test_an_interrupted_distillation_resumes_with_backup_and_restore(teacher, tmp_path):
+    x, y = task(seed=4)
+    slim = tfprune.prune(teacher, 0.5)
+    original = [w.copy() for w in slim.get_weights()]
+    settings = dict(teacher=teacher, loss="sparse_categorical_crossentropy", batch_size=32, verbose=0)
+    with pytest.raises(KeyboardInterrupt):  # stopped after its first epoch, whose backup is written
+        tfprune.fine_tune(slim, (x, y), epochs=3, optimizer=keras.optimizers.SGD(0.05),
+                          callbacks=[keras.callbacks.BackupAndRestore(tmp_path), _Interrupt()], **settings)
+    interrupted = slim.get_weights()
+    assert teacher.trainable
+    fresh = tfprune.prune(teacher, 0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(original, fresh.get_weights(), strict=True))
+    probe = _WeightsAtStart(fresh)
+    history = tfprune.fine_tune(fresh, (x, y), epochs=3, optimizer=keras.optimizers.SGD(0.05),
+                                callbacks=[keras.callbacks.BackupAndRestore(tmp_path), probe], **settings)
+    assert len(history.history["loss"]) == 2  # the two epochs left
+    assert all(np.array_equal(a, b) for a, b in zip(interrupted, probe.weights, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(original, probe.weights, strict=True))
+
+
 def test_softmax_models_are_distilled_through_log_probabilities_exactly():
     x, y = task(seed=2)
+    keras.utils.set_random_seed(0)  # the initial weights, and with them the size of the head's logits
     inputs = keras.Input((12, 12, 1))  # no BatchNormalization: training and inference compute the same
     hidden = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(inputs)
     outputs = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(hidden))
@@ -60,7 +95,8 @@ def test_softmax_models_are_distilled_through_log_probabilities_exactly():
     own = keras.losses.SparseCategoricalCrossentropy()(y, teacher.predict(x, verbose=0))
     assert history.history["student_loss"][0] == pytest.approx(float(own), rel=1e-4)  # CE on log-probabilities
     head = twin.layers[-1]  # a different function: the loss sees it
-    head.kernel.assign(np.random.default_rng(0).normal(0, 3, head.kernel.shape).astype("float32"))
+    head.kernel.assign(np.random.default_rng(0).normal(0, 30, head.kernel.shape).astype("float32"))
+    assert np.abs(twin.predict(x, verbose=0) - teacher.predict(x, verbose=0)).max() > 0.1
     history = tfprune.fine_tune(twin, (x, y), teacher=teacher, optimizer=keras.optimizers.SGD(0.0), **frozen)
     assert history.history["distillation_loss"][0] > 1e-2
 

@@ -75,6 +75,9 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
             distillation_losses=keras.distillation.LogitsDistillation(temperature=float(temperature),
                                                                       loss=keras.losses.KLDivergence()),
             student_loss_weight=float(student_loss_weight))
+        # Its weights are the two built models', so it is built: `fit` callbacks that read or restore weights when
+        # training begins (keras.callbacks.BackupAndRestore) refuse an unbuilt model.
+        distiller.build(keras.tree.map_structure(lambda t: t.shape, student_view.input))
         distiller.compile(**settings)
         return distiller.fit(x, y, **fit)
     finally:
