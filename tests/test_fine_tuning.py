@@ -81,6 +81,23 @@ def test_an_interrupted_distillation_resumes_with_backup_and_restore(teacher, tm
     assert any(not np.array_equal(a, b) for a, b in zip(original, probe.weights, strict=True))
 
 
+def test_model_checkpoints_save_the_student_not_the_distiller(teacher, tmp_path):
+    x, y = task(seed=5)
+    slim = tfprune.prune(teacher, 0.5)
+    slim.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model_file, weights_file = tmp_path / "slim.keras", tmp_path / "slim.weights.h5"
+    checkpoints = [keras.callbacks.ModelCheckpoint(model_file),
+                   keras.callbacks.ModelCheckpoint(weights_file, save_weights_only=True)]
+    tfprune.fine_tune(slim, (x, y), epochs=2, teacher=teacher, batch_size=32, callbacks=checkpoints, verbose=0)
+    saved = keras.saving.load_model(model_file)
+    assert [layer.name for layer in saved.layers] == [layer.name for layer in slim.layers]
+    assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), slim.get_weights(), strict=True))
+    twin = tfprune.prune(teacher, 0.5)
+    twin.load_weights(weights_file)
+    assert all(np.array_equal(a, b) for a, b in zip(twin.get_weights(), slim.get_weights(), strict=True))
+    assert all("set_model" not in vars(c) for c in checkpoints)  # the caller's callbacks are left as they were
+
+
 def test_softmax_models_are_distilled_through_log_probabilities_exactly():
     x, y = task(seed=2)
     keras.utils.set_random_seed(0)  # the initial weights, and with them the size of the head's logits

@@ -32,7 +32,9 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
         student_loss_weight: weight of the student's own loss, in [0, 1]; the distillation loss gets the rest.
         optimizer, loss, metrics: compile settings overriding the model's own (`loss` is required for an
             uncompiled model).
-        batch_size, validation_data, callbacks, verbose: as in `model.fit`.
+        batch_size, validation_data, callbacks, verbose: as in `model.fit`. With a teacher, the callbacks see the
+            `Distiller` (its optimizer, its logs), except `keras.callbacks.ModelCheckpoint`s: they save `model`, the
+            student, not the Distiller with the teacher inside.
 
     Returns:
         The `keras.callbacks.History` of the training.
@@ -66,6 +68,9 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
             not 0 <= student_loss_weight <= 1:
         raise ValueError(f"student_loss_weight must be a number in [0, 1]; got {student_loss_weight!r}.")
     trainable = teacher.trainable
+    checkpoints = [c for c in callbacks or () if isinstance(c, keras.callbacks.ModelCheckpoint)]
+    for checkpoint in checkpoints:  # fit hands every callback the Distiller; these get the student instead
+        checkpoint.set_model = lambda _, checkpoint=checkpoint: keras.callbacks.Callback.set_model(checkpoint, model)
     try:
         distiller = keras.distillation.Distiller(
             teacher=teacher_view, student=student_view,
@@ -82,6 +87,8 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
         return distiller.fit(x, y, **fit)
     finally:
         teacher.trainable = trainable
+        for checkpoint in checkpoints:
+            del checkpoint.set_model
 
 
 def _compile_settings(model, optimizer, loss, metrics):
