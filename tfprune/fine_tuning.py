@@ -68,7 +68,8 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
             not 0 <= student_loss_weight <= 1:
         raise ValueError(f"student_loss_weight must be a number in [0, 1]; got {student_loss_weight!r}.")
     trainable = teacher.trainable
-    checkpoints = [c for c in callbacks or () if isinstance(c, keras.callbacks.ModelCheckpoint)]
+    checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)] \
+        if isinstance(callbacks, list | tuple) else []  # not in a keras.callbacks.CallbackList, which fit takes as is
     for checkpoint in checkpoints:  # fit hands every callback the Distiller; these get the student instead
         checkpoint.set_model = lambda _, checkpoint=checkpoint: keras.callbacks.Callback.set_model(checkpoint, model)
     try:
