@@ -88,8 +88,8 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
         return distiller.fit(x, y, **fit)
     finally:
         teacher.trainable = trainable
-        for checkpoint in checkpoints:
-            del checkpoint.set_model
+        for checkpoint in checkpoints:  # pop: the same callback may be in the list twice
+            vars(checkpoint).pop("set_model", None)
 
 
 def _compile_settings(model, optimizer, loss, metrics):
