@@ -173,3 +173,42 @@ def test_repaired_widths_land_on_the_target_and_keep_their_proportions(target):
     for name, width in widths.items():  # one common scale, up to rounding: no cheap group filled to the brim
         wanted = min(scale * expected[name], graph[name].width)
         assert abs(width - wanted) <= 2, (name, width, wanted)
+
+
+@keras.saving.register_keras_serializable(package="test_dmcp")
+class _RecordingL1(keras.regularizers.L1):
+    """An L1 activity regularizer that records the sum of |activations| of each call."""
+
+    seen, recording = [], True
+
+    def __call__(self, x):
+        if self.recording:
+            self.seen.append(float(keras.ops.sum(keras.ops.abs(x))))
+        return super().__call__(x)
+
+
+def test_every_sub_network_pays_its_activity_regularizer_and_the_weights_pay_theirs_once():
+    seen = _RecordingL1.seen  # Keras divides each activity loss by the batch size
+    inputs = keras.Input((12, 12, 1))
+    h = keras.layers.Conv2D(8, 3, kernel_regularizer=keras.regularizers.L2(0.1), name="conv1")(inputs)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+    h = keras.layers.Conv2D(16, 3, name="conv2")(h)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+    h = keras.layers.Dense(10, activity_regularizer=_RecordingL1(0.01))(keras.layers.GlobalAveragePooling2D()(h))
+    _, trainer, *_ = _trainer(keras.Model(inputs, h), 0.5, subnets=2, distill=False)
+    x, y = _data(4)
+    seen.clear()
+    record = {}
+    loss = float(trainer._weight_loss(x, y, record))
+    assert len(seen) == 2 and abs(seen[0] - seen[1]) > 1e-3  # the largest and the smallest sub-network, different
+    kernel = keras.ops.convert_to_numpy(trainer.gated.get_layer("conv1").kernel)
+    expected = float(record["task_loss_max"]) + float(record["task_loss_min"]) + 0.01 * sum(seen) / len(x) \
+        + 0.1 * float(np.square(kernel).sum())
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # the compiled step (traced on TensorFlow, stateless and jitted on JAX) computes the same loss
+    _RecordingL1.recording = False
+    try:
+        logs = trainer.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+    finally:
+        _RecordingL1.recording = True
+    np.testing.assert_allclose(logs["loss"][0], loss, rtol=1e-5)

@@ -5,7 +5,9 @@ One step does, in order:
 * the **weight step** (sandwich rule): the largest, the smallest and `subnets - 2` random sub-networks (every gate
   in "mask" mode at a width drawn uniformly from its steps during the warm-up, from its Markov chain afterwards)
   each take a forward pass on the batch; the largest learns from the labels, the others from the largest's output
-  (distillation, `distill=True`) or from the labels; one optimizer step on the summed loss updates the weights;
+  (distillation, `distill=True`) or from the labels; one optimizer step on the summed loss updates the weights
+  (the losses layers add in `call`, such as activity regularizers, count once per sub-network; weight
+  regularizers once per step);
 * the **architecture step** (after the warm-up): every gate in "markov" mode scales its channel groups by their
   marginals; the task loss plus `budget_weight` × the budget loss on the expected MACs updates the gates' alphas
   alone, with their own optimizer.
@@ -157,10 +159,13 @@ class DMCPTrainer(keras.Model):
 
     def _weight_loss(self, x, y, record):
         kinds = ["max", "min"] + ["random"] * (self.subnets - 2)
-        total, teacher, random_losses = 0.0, None, []
+        weight_penalty = _weight_penalty(self.gated)
+        total, teacher, random_losses = weight_penalty, None, []
         for kind in kinds:
             self._set_subnet(kind)
             y_pred = self.gated(x, training=True)
+            if self.gated.losses:  # what this sub-network's layers added in the call (activity regularizers)
+                total = total + ops.sum(ops.stack(self.gated.losses)) - weight_penalty
             if kind == "max":
                 teacher = ops.stop_gradient(y_pred)
                 loss = self._task(y, y_pred)
@@ -174,8 +179,6 @@ class DMCPTrainer(keras.Model):
             total = total + loss
         if random_losses:
             record["task_loss_random"] = ops.mean(ops.stack(random_losses))
-        if self.gated.losses:
-            total = total + ops.sum(ops.stack(self.gated.losses))
         return total
 
     def _arch_loss(self, x, y, record):
@@ -279,6 +282,13 @@ class DMCPTrainer(keras.Model):
 
     def test_step(self, *args):
         raise NotImplementedError("DMCPTrainer is trained only; evaluate the slim model from the search result.")
+
+
+def _weight_penalty(model):
+    """The sum of `model`'s weight regularizers: counted once per weight step, while the losses its layers add in
+    `call` count once per sub-network (`model.losses` holds both)."""
+    penalties = [v.regularizer(v) for v in model.trainable_weights if v.regularizer is not None]
+    return ops.sum(ops.stack(penalties)) if penalties else 0.0
 
 
 def _unpack(data):
