@@ -86,8 +86,13 @@ def test_model_checkpoints_save_the_student_not_the_distiller(teacher, tmp_path)
     slim = tfprune.prune(teacher, 0.5)
     slim.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model_file, weights_file = tmp_path / "slim.keras", tmp_path / "slim.weights.h5"
-    checkpoints = [keras.callbacks.ModelCheckpoint(model_file),
-                   keras.callbacks.ModelCheckpoint(weights_file, save_weights_only=True)]
+
+    class Checkpoint(keras.callbacks.ModelCheckpoint):  # a subclass with its own set_model keeps it
+        def set_model(self, model):
+            self.given = model
+            super().set_model(model)
+
+    checkpoints = [keras.callbacks.ModelCheckpoint(model_file), Checkpoint(weights_file, save_weights_only=True)]
     tfprune.fine_tune(slim, (x, y), epochs=2, teacher=teacher, batch_size=32, callbacks=checkpoints, verbose=0)
     saved = keras.saving.load_model(model_file)
     assert [layer.name for layer in saved.layers] == [layer.name for layer in slim.layers]
@@ -95,6 +100,7 @@ def test_model_checkpoints_save_the_student_not_the_distiller(teacher, tmp_path)
     twin = tfprune.prune(teacher, 0.5)
     twin.load_weights(weights_file)
     assert all(np.array_equal(a, b) for a, b in zip(twin.get_weights(), slim.get_weights(), strict=True))
+    assert checkpoints[1].given is slim
     assert all("set_model" not in vars(c) for c in checkpoints)  # the caller's callbacks are left as they were
 
 

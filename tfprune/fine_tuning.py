@@ -71,7 +71,7 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
     checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)] \
         if isinstance(callbacks, list | tuple) else []  # not in a keras.callbacks.CallbackList, which fit takes as is
     for checkpoint in checkpoints:  # fit hands every callback the Distiller; these get the student instead
-        checkpoint.set_model = lambda _, checkpoint=checkpoint: keras.callbacks.Callback.set_model(checkpoint, model)
+        checkpoint.set_model = lambda _, checkpoint=checkpoint: type(checkpoint).set_model(checkpoint, model)
     try:
         distiller = keras.distillation.Distiller(
             teacher=teacher_view, student=student_view,
