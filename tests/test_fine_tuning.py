@@ -1,5 +1,8 @@
 """tfprune.fine_tune: plain fine-tuning and distillation from the unpruned model through keras.distillation."""
 
+import math
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -93,8 +96,14 @@ def test_model_checkpoints_save_the_student_not_the_distiller(teacher, tmp_path)
             super().set_model(model)
 
     checkpoints = [keras.callbacks.ModelCheckpoint(model_file), Checkpoint(weights_file, save_weights_only=True)]
+    own_optimizer = slim.optimizer
     tfprune.fine_tune(slim, (x, y), epochs=2, teacher=teacher, batch_size=32, callbacks=checkpoints, verbose=0)
-    saved = keras.saving.load_model(model_file)
+    assert slim.optimizer is own_optimizer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saved = keras.saving.load_model(model_file)
+    assert not [w for w in caught if "optimizer" in str(w.message)]  # e.g. "Skipping variable loading for optimizer"
+    assert int(saved.optimizer.iterations) == 2 * math.ceil(len(x) / 32)  # the state of the optimizer that trained it
     assert [layer.name for layer in saved.layers] == [layer.name for layer in slim.layers]
     assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), slim.get_weights(), strict=True))
     twin = tfprune.prune(teacher, 0.5)

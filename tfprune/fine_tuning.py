@@ -34,7 +34,8 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
             uncompiled model).
         batch_size, validation_data, callbacks, verbose: as in `model.fit`. With a teacher, the callbacks see the
             `Distiller` (its optimizer, its logs), except `keras.callbacks.ModelCheckpoint`s: they save `model`, the
-            student, not the Distiller with the teacher inside.
+            student, not the Distiller with the teacher inside; a whole-model checkpoint holds the state of the
+            optimizer that trains it (`model` gets its own optimizer back when `fine_tune` returns).
 
     Returns:
         The `keras.callbacks.History` of the training.
@@ -67,7 +68,7 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
     if isinstance(student_loss_weight, bool) or not isinstance(student_loss_weight, numbers.Real) or \
             not 0 <= student_loss_weight <= 1:
         raise ValueError(f"student_loss_weight must be a number in [0, 1]; got {student_loss_weight!r}.")
-    trainable = teacher.trainable
+    trainable, own_optimizer = teacher.trainable, getattr(model, "optimizer", None)
     checkpoints = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)] \
         if isinstance(callbacks, list | tuple) else []  # not in a keras.callbacks.CallbackList, which fit takes as is
     for checkpoint in checkpoints:  # fit hands every callback the Distiller; these get the student instead
@@ -85,9 +86,13 @@ def fine_tune(model, data, epochs=1, teacher=None, *, temperature=3.0, student_l
         # training begins (keras.callbacks.BackupAndRestore) refuse an unbuilt model.
         distiller.build(keras.tree.map_structure(lambda t: t.shape, student_view.input))
         distiller.compile(**settings)
+        if own_optimizer is not None:  # a checkpoint of the student saves the optimizer that trains it
+            model.optimizer = distiller.optimizer
         return distiller.fit(x, y, **fit)
     finally:
         teacher.trainable = trainable
+        if own_optimizer is not None:
+            model.optimizer = own_optimizer
         for checkpoint in checkpoints:  # pop: the same callback may be in the list twice
             vars(checkpoint).pop("set_model", None)
 
