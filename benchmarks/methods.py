@@ -599,9 +599,12 @@ def compass(groups, baselines):
             retrained = set(mine) - set(tuned)
             for kind, keys in (("best fine-tuned:", tuned), ("best retrained (lottery or scratch):", retrained)):
                 if keys:
-                    bests.append(max(keys, key=lambda k: statistics.mean(mine[k])))
-                    drops = [base - a for a in mine[bests[-1]]]
-                    parts.append(f"{kind} {LABELS[bests[-1][2]]} ({REGIME_LABELS[bests[-1][3]]}) "
+                    top = max(statistics.mean(mine[k]) for k in keys)
+                    tied = sorted(k for k in keys if statistics.mean(mine[k]) == top)
+                    bests += tied
+                    drops = [base - a for a in mine[tied[0]]]
+                    who = ", ".join(f"{LABELS[k[2]]} ({REGIME_LABELS[k[3]]})" for k in tied)
+                    parts.append(f"{kind} {who}{' tied at' if len(tied) > 1 else ''} "
                                  f"{_cell(drops, 100, 2)} points (n={len(drops)})")
             for regime in ("finetune", "finetune_kd", "finetune_long", "finetune_long_kd"):
                 if (name, target, "l1", regime) in tuned and (name, target, "l1", regime) not in bests:
