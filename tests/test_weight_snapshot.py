@@ -64,6 +64,7 @@ def test_scratch_b_budget_scales_epochs_by_the_macs_ratio():
     assert tfprune.scratch_b_epochs(30, model, slim) == int(np.ceil(30 * ratio)) > 30
     assert tfprune.scratch_b_epochs(30, model, slim, max_factor=1.5) == 45 < int(np.ceil(30 * ratio))
     assert tfprune.scratch_b_epochs(30, model, slim, max_factor=100) == int(np.ceil(30 * ratio))
+    assert tfprune.scratch_b_epochs(30, model, slim, max_factor=np.int64(2)) == 60  # numpy numbers are numbers
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         tfprune.scratch_b_epochs(0, model, slim)
     for bad in (0.5, True, "2", float("nan")):

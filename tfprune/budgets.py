@@ -1,6 +1,7 @@
 """Training budgets from "Rethinking the Value of Network Pruning" (Liu et al., ICLR 2019)."""
 
 import math
+import numbers
 
 from tfprune.counting import count_macs
 
@@ -10,7 +11,7 @@ def scratch_b_epochs(epochs, model, slim, max_factor=None):
 
     `epochs × MACs(model) / MACs(slim)`, rounded up (Scratch-E trains the same number of epochs instead).
     `max_factor` caps the result at `epochs × max_factor`: Liu et al. used the full ratio on CIFAR and capped it at 2
-    on ImageNet ("Rethinking", reference code), where the uncapped budget is too costly.
+    on ImageNet (their reference code trains at most 180 epochs where the full model trained 90).
 
     Example:
 
@@ -24,7 +25,7 @@ def scratch_b_epochs(epochs, model, slim, max_factor=None):
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}.")
-    if max_factor is not None and (isinstance(max_factor, bool) or not isinstance(max_factor, (int, float))
+    if max_factor is not None and (isinstance(max_factor, bool) or not isinstance(max_factor, numbers.Real)
                                    or not max_factor >= 1):
         raise ValueError(f"max_factor must be None or a number >= 1; got {max_factor!r}.")
     ratio = count_macs(model) / count_macs(slim)
