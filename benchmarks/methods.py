@@ -10,10 +10,11 @@
 rest for training. Criteria, sensitivity analysis and searches measure on the validation split only (the first
 `measure_images` of it for criteria); the 10,000 test images are used for the reported accuracies and nothing else.
 
-**Baselines.** tfprune.models.small_resnet and small_vgg, trained once (seed 0) with one recipe: SGD, Nesterov
-momentum 0.9, learning rate `learning_rate` with cosine decay to 0 over `epochs` epochs, decoupled weight decay
-`weight_decay`, batch `batch_size`, augmentation: 2-pixel zero padding + random 28×28 crop + horizontal flip. θ0
-(the initial weights) and θk (after epoch `rewind_epoch`) are kept for the lottery regimes.
+**Baselines.** tfprune.models.small_resnet and small_vgg, trained once (seed `baseline_seed`, 0 by default) with
+one recipe: SGD, Nesterov momentum 0.9, learning rate `learning_rate` with cosine decay to 0 over `epochs` epochs,
+decoupled weight decay `weight_decay`, batch `batch_size`, augmentation: 2-pixel zero padding + random 28×28 crop +
+horizontal flip. θ0 (the initial weights) and θk (after epoch `rewind_epoch`) are kept for the lottery regimes.
+Every training is deterministic: the same seed gives the same weights on the same machine and versions.
 
 **Methods**, each reaching ≤ the MACs target (50% and 25% of the baseline's) from the same trained baseline:
   l1, apoz, hrank, taylor   one per-layer ratio for every group, bisected to the target by `plan_for_macs` (the
@@ -73,6 +74,8 @@ flags.DEFINE_enum("stage", "all", ["all", "methods", "regimes"], "What to run: t
 flags.DEFINE_integer("train_images", 60000, "Training images used, of 60,000 (the validation split included).")
 flags.DEFINE_integer("val_size", 5000, "Validation images carved from the training images.")
 flags.DEFINE_integer("measure_images", 2000, "Validation images the data-driven criteria measure on.")
+flags.DEFINE_integer("baseline_seed", 0, "Seed of the baselines' initialisation and training; another seed gives a "
+                     "second baseline, to check that the readings are not one baseline's.")
 flags.DEFINE_integer("epochs", 30, "E: epochs of the baselines, lottery and Scratch-E.")
 flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate of training (cosine decay to 0).")
 flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay of every training.")
@@ -108,8 +111,8 @@ LOSS = "sparse_categorical_crossentropy"
 # ABC's keep ratios: a step of 0.05 rather than the paper's (and tfprune's default) 0.1, whose steps left the best
 # candidate at 25% of the MACs 4% under the budget, outside the ±2% every row is matched to
 ABC_GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))
-SETTINGS = ("train_images", "val_size", "measure_images", "epochs", "learning_rate", "weight_decay", "batch_size",
-            "rewind_epoch", "finetune_epochs", "finetune_learning_rate", "sparsity_epochs", "dmcp_epochs",
+SETTINGS = ("baseline_seed", "train_images", "val_size", "measure_images", "epochs", "learning_rate", "weight_decay",
+            "batch_size", "rewind_epoch", "finetune_epochs", "finetune_learning_rate", "sparsity_epochs", "dmcp_epochs",
             "abc_cycles")
 
 
@@ -124,13 +127,19 @@ def load_data():
 
 
 def augmented(x, y, seed):
-    """Shuffled, augmented (pad 2 + random crop + horizontal flip) batches of (x, y), seeded."""
-    def augment(image, label):
-        image = tf.image.resize_with_crop_or_pad(image, 32, 32)
-        image = tf.image.random_crop(image, x.shape[1:], seed=seed)
-        return tf.image.random_flip_left_right(image, seed=seed), label
+    """Shuffled, augmented (pad 2 + random crop + horizontal flip) batches of (x, y), the same for the same seed.
 
-    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+    The crops and flips are stateless, drawn from a per-image key of a seeded `Dataset.random` stream (new each
+    epoch), so that the parallel map gives the same batches in every run; stateful random ops there do not."""
+    def augment(pair, key):
+        image, label = pair
+        keys = tf.random.experimental.stateless_split(tf.stack([key, seed]), 2)
+        image = tf.image.resize_with_crop_or_pad(image, 32, 32)
+        image = tf.image.stateless_random_crop(image, x.shape[1:], keys[0])
+        return tf.image.stateless_random_flip_left_right(image, keys[1]), label
+
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    data = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed), keys)
     return data.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(FLAGS.batch_size).prefetch(2)
 
 
@@ -201,15 +210,15 @@ def _write_weights(path, model):
 def baseline(name, data):
     """The trained baseline of `name`, θ0, θk and its record; trained once and kept in `work_dir`. An interrupted
     training resumes from its last finished epoch (`keras.callbacks.BackupAndRestore`) in the next run."""
-    prefix = os.path.join(FLAGS.work_dir, f"{name}_{FLAGS.train_images}_{FLAGS.epochs}")
+    prefix = os.path.join(FLAGS.work_dir, f"{name}_{FLAGS.train_images}_{FLAGS.epochs}_{FLAGS.baseline_seed}")
     if not os.path.exists(prefix + ".keras"):
         os.makedirs(FLAGS.work_dir, exist_ok=True)
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(FLAGS.baseline_seed)
         model = BUILDERS[name]()
         if not os.path.exists(prefix + "_theta0.json"):
             _write_weights(prefix + "_theta0.json", model)
         callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"), _Progress(prefix, FLAGS.rewind_epoch)]
-        train(model, data[0], FLAGS.epochs, FLAGS.learning_rate, 0, callbacks=callbacks, verbose=2)
+        train(model, data[0], FLAGS.epochs, FLAGS.learning_rate, FLAGS.baseline_seed, callbacks=callbacks, verbose=2)
         record = dict(_read_json(prefix + "_progress.json"), model=name, epochs=FLAGS.epochs,
                       val_accuracy=accuracy(model, data[1]), accuracy=accuracy(model, data[2]),
                       macs=tfprune.count_macs(model), params=tfprune.count_params(model))
