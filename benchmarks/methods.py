@@ -14,7 +14,8 @@ rest for training. Criteria, sensitivity analysis and searches measure on the va
 one recipe: SGD, Nesterov momentum 0.9, learning rate `learning_rate` with cosine decay to 0 over `epochs` epochs,
 decoupled weight decay `weight_decay`, batch `batch_size`, augmentation: 2-pixel zero padding + random 28×28 crop +
 horizontal flip. θ0 (the initial weights) and θk (after epoch `rewind_epoch`) are kept for the lottery regimes.
-Every training is deterministic: the same seed gives the same weights on the same machine and versions.
+The augmented batches are the same for the same seed, and a baseline trained twice from one seed gets the same
+weights on the same machine and versions, so a lost `work_dir` can be rebuilt.
 
 **Methods**, each reaching ≤ the MACs target (50% and 25% of the baseline's) from the same trained baseline:
   l1, apoz, hrank, taylor   one per-layer ratio for every group, bisected to the target by `plan_for_macs` (the
