@@ -101,6 +101,24 @@ def test_plan_with_unknown_group_or_bad_indices_or_other_model():
     assert_unchanged(model, before)
 
 
+def test_a_plan_made_for_another_model_says_so():
+    model, other = small_model(), keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(6, 3, name="a"),
+                                                     keras.layers.Conv2D(4, 3, name="b"), keras.layers.Flatten(),
+                                                     keras.layers.Dense(2, name="out")])
+    before = weights_of(model)
+    plan = tfprune.plan(other, 0.5)
+    for operation in (tfprune.rebuild, tfprune.mask):
+        with pytest.raises(PlanError) as error:
+            operation(model, plan)
+        message = str(error.value)
+        assert message.startswith("The plan was made for another model: model 'small' has no channel group named "
+                                  "'a', 'b'"), message
+        assert "tfprune.plan(model" in message and "prunable groups: c1, c2" in message, message
+    with pytest.raises(PlanError, match="1 of the plan's 2 groups are not in this model: .* named 'a'"):
+        tfprune.rebuild(model, Plan(keep={"a": [0], "c1": [0]}, widths={"a": 6, "c1": 6}))
+    assert_unchanged(model, before)
+
+
 def test_corrupt_plan_json():
     with pytest.raises(PlanError, match="invalid JSON"):
         Plan.from_json("{not json")

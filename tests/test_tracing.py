@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tfprune
 from tests.test_graph import randomize
-from tfprune.verification import outputs
+from tfprune.verification import check_equivalence, outputs
 
 L = keras.layers
 
@@ -263,7 +263,6 @@ def test_closed_layer_that_acts_per_channel_passes_channels():
     assert "holds weights of its own" in graph.closed["affine"]
     assert graph["conv"].prunable
     assert tfprune.count_macs(model) == 4 * 4 * 9 * 3 * 8 + 4 * 4 * 8 * 4 + 4 * 2
-    from tfprune.verification import check_equivalence
 
     assert check_equivalence(model, tfprune.plan(model, 0.5)) < 1e-5
 
@@ -295,8 +294,141 @@ def test_counting_never_leaves_out_a_layer_with_weights():
     model = keras.Model(inputs, OwnKernelTensorFlow(name="opaque")(inputs))
     with pytest.raises(tfprune.UnknownMACsError, match="layer 'opaque' \\(OwnKernelTensorFlow\\).*lower_bound"):
         tfprune.count_macs(model)
-    with pytest.warns(UserWarning, match="'opaque'.*lower bound"):
+    with pytest.warns(UserWarning, match="lower bound.*'opaque'"):
         assert tfprune.count_macs(model, unknown_macs="lower_bound") == 0
+
+
+@pytest.mark.tensorflow_only  # as above
+def test_unknown_macs_give_one_warning_that_names_every_unknown_layer_at_the_callers_line():
+    inputs = keras.Input((5,))
+    x = OwnKernelTensorFlow(name="opaque1")(inputs)
+    model = keras.Model(inputs, OwnKernelTensorFlow(name="opaque2")(L.Dense(5, name="fc")(x)))
+    with pytest.warns(UserWarning) as record:
+        assert tfprune.count_macs(model, unknown_macs="lower_bound") == 7 * 5  # fc alone
+    assert len(record) == 1, [str(w.message) for w in record]
+    message = str(record[0].message)
+    assert "2 layer(s)" in message and "'opaque1' (OwnKernelTensorFlow" in message and "'opaque2'" in message
+    assert record[0].filename == __file__  # the caller's line, not one inside tfprune
+
+
+class Patches(L.Layer):
+    """Image patches as Keras's ViT example cuts them: the batch size is read from the tensor at run time."""
+
+    def __init__(self, size, infer_count=False, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.infer_count = size, infer_count
+
+    def call(self, images):
+        shape = keras.ops.shape(images)
+        batch, count = shape[0], (shape[1] // self.size) * (shape[2] // self.size)
+        patches = keras.ops.image.extract_patches(images, size=self.size)
+        return keras.ops.reshape(patches, (batch, -1 if self.infer_count else count, self.size ** 2 * shape[3]))
+
+
+@pytest.mark.parametrize("infer_count", [False, True])
+def test_a_layer_that_reshapes_with_the_batch_size_is_traced(infer_count):
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = L.Dense(6, name="embed")(Patches(4, infer_count, name="patches")(x))  # 4 patches of 4·4·4 = 64 features
+    model = randomize(keras.Model(inputs, L.Dense(3, name="out")(L.GlobalAveragePooling1D()(x))))
+
+    graph = tfprune.ChannelGraph(model)
+
+    assert any(path.startswith("patches/reshape") for path in graph.layers) and not graph.closed, graph.closed
+    assert graph["embed"].prunable
+    assert tfprune.count_macs(model) == 8 * 8 * 9 * 3 * 4 + 4 * 64 * 6 + 6 * 3
+    plan = tfprune.plan(model, 0.5)
+    assert check_equivalence(model, plan) < 1e-5
+    assert tfprune.rebuild(model, plan).get_layer("embed").units == 3
+
+
+class ReshapesToAnOpenSize(L.Layer):
+    def call(self, x):
+        shape = keras.ops.shape(x)
+        return keras.ops.reshape(x, (shape[0], shape[1], -1, 2))  # the height is unknown on symbolic inputs
+
+
+def test_a_reshape_to_a_size_known_only_at_run_time_closes_the_layer_with_its_reason():
+    inputs = keras.Input((None, None, 3))
+    x = ReshapesToAnOpenSize(name="rows")(L.Conv2D(4, 3, padding="same", name="conv")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+
+    graph = tfprune.ChannelGraph(model)
+
+    assert "axis other than the batch axis" in graph.closed["rows"], graph.closed
+    assert not graph["conv"].prunable  # its channels reach a closed layer
+
+
+class ConvThenFlatten(L.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(6, 3, padding="same", name="conv")
+
+    def call(self, x):
+        y = self.conv(x)
+        return keras.ops.reshape(y, (-1, 6 * 6, 6))
+
+
+def test_a_keras_ops_reshape_inside_a_custom_layer_rebuilds():
+    inputs = keras.Input((6, 6, 3))
+    x = ConvThenFlatten(name="block")(L.Conv2D(4, 3, padding="same", name="stem")(inputs))
+    x = L.Dense(4, name="mix")(x)
+    model = randomize(keras.Model(inputs, L.Dense(3, name="out")(L.GlobalAveragePooling1D()(x))))
+    plan = tfprune.plan(model, 0.5)
+    assert {"stem", "block/conv", "mix"} <= set(plan.keep)
+
+    slim = tfprune.rebuild(model, plan)
+
+    assert slim.get_layer("block").get_layer("conv").filters == 3
+    assert slim.get_layer("block").output.shape == (None, 36, 3)
+    assert check_equivalence(model, plan) < 1e-5
+
+
+class DrawsWithoutSeed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(4, 3, padding="same")
+        self.head = L.Dense(2)
+
+    def call(self, x, training=False):
+        y = self.conv(x)
+        if training:
+            y = keras.random.dropout(y, 0.5)
+        return self.head(keras.ops.mean(y, axis=(1, 2)))
+
+
+class NoisyBlock(L.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(4, 3, padding="same", name="conv")
+
+    def call(self, x):
+        return self.conv(x) + keras.random.normal((4,))
+
+
+class HoldsNoisyBlock(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.block = NoisyBlock(name="noisy")
+        self.head = L.Dense(2)
+
+    def call(self, x):
+        return self.head(keras.ops.mean(self.block(x), axis=(1, 2)))
+
+
+@pytest.mark.parametrize("model_class, named", [(DrawsWithoutSeed, "subclassed model 'random' (DrawsWithoutSeed)"),
+                                                (HoldsNoisyBlock, "layer 'noisy'")])
+def test_unseeded_random_numbers_are_refused_naming_the_layer_and_what_to_do(model_class, named):
+    model = model_class(name="random")
+    model(np.zeros((1, 6, 6, 3), "float32"))
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(tfprune.UnsupportedModelError) as error:
+            tfprune.ChannelGraph(model)
+        messages.add(str(error.value))
+    assert len(messages) == 1, messages  # no figure that changes between calls
+    message = messages.pop()
+    assert named in message and "without a seed" in message and "keras.layers.Dropout" in message, message
 
 
 def test_never_built_subclassed_model_needs_input_shape():

@@ -14,7 +14,9 @@ warning and 0 for that layer.
 
 import dataclasses
 import math
+import os
 import re
+import sys
 import warnings
 
 import keras
@@ -95,7 +97,21 @@ def layer_counts(model, unknown_macs="raise") -> dict:
     opened = open_model(model)
     counter = _Counter(macs=True, unknown_macs=unknown_macs, channelwise=opened.channelwise)
     counter.walk(opened.model)
+    if counter.unknown:
+        layers = "; ".join(f"'{path}' ({why})" for path, why in counter.unknown.items())
+        warnings.warn(f"MACs of {len(counter.unknown)} layer(s) with weights are unknown and counted as 0, so the "
+                      f"total is a lower bound: {layers}.", stacklevel=_caller_stacklevel())
     return counter.counts
+
+
+def _caller_stacklevel():
+    """The `stacklevel` of `warnings.warn` (called by this module's caller) that points at the first frame outside
+    tfprune, so that a warning names the user's line, not an internal one."""
+    package = os.path.dirname(os.path.abspath(sys.modules[__name__.split(".")[0]].__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def layer_macs(model, unknown_macs="raise") -> dict:
@@ -228,6 +244,7 @@ class _Counter:
         self.channelwise = channelwise  # closed layers shown to act on each channel alone: 0 MACs
         self.counts = {}
         self.seen_weights = set()
+        self.unknown = {}  # path -> why, for layers with weights whose MACs are unknown (counted as 0)
 
     def walk(self, model, prefix="", input_shapes=None):
         """Count the layers of `model`; return the shapes of its outputs (None when not counting MACs).
@@ -285,10 +302,10 @@ class _Counter:
                 raise UnknownMACsError(
                     f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): it has weights and {why}. Pass "
                     "unknown_macs='lower_bound' to count it as 0 MACs (the total is then a lower bound).") from e
-            warnings.warn(f"MACs of layer '{path}' ({type(op).__name__}) are unknown ({why}); counted as 0, so the "
-                          "total is a lower bound.", stacklevel=4)
+            self.unknown[path] = f"{type(op).__name__}: {why}"
             return 0
         inner = _Counter(macs=True, unknown_macs=self.unknown_macs)
+        inner.unknown = self.unknown
         inner.walk(raw, prefix=path + "/", input_shapes=in_shapes)
         return sum(c.macs for c in inner.counts.values())
 

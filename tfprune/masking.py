@@ -1,5 +1,6 @@
 """mask(): zero, in place, exactly the weights that rebuild() would drop."""
 
+import keras
 import numpy as np
 
 from tfprune.graph import ChannelGraph
@@ -59,8 +60,8 @@ def variable_masks(model, plan, graph):
     masks = []
     for path, layer in graph.layers.items():
         keep = graph.layer_keep(path, channel_keep)
-        if all(k.all() for k in keep.values()):
-            continue
+        if all(k.all() for k in keep.values()) or not isinstance(layer, keras.layers.Layer):
+            continue  # nothing removed, or a keras.ops operation (a reshape, a concatenation): no weights
         index = graph.rules[path].weight_index(layer, keep)
         for variable in layer.weights:
             if variable.name in index:

@@ -45,6 +45,17 @@ class Plan:
 
     def validate(self, graph):
         """Check the plan against a `ChannelGraph`; raise `PlanError` saying what does not fit."""
+        missing = [name for name in self.keep if name not in graph]
+        if missing:
+            names = ", ".join(f"'{m}'" for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                                                 else "")
+            groups = [g.name for g in graph.groups if g.prunable]
+            what = ("The plan was made for another model" if len(missing) == len(self.keep) else
+                    f"{len(missing)} of the plan's {len(self.keep)} groups are not in this model")
+            raise PlanError(
+                f"{what}: model '{graph.model.name}' has no channel group named {names}. A plan fits the model it "
+                "was made from (the same layers, the same names): make one for this model with tfprune.plan(model, "
+                f"...). Its prunable groups: {', '.join(groups[:8]) or 'none'}{', ...' if len(groups) > 8 else ''}.")
         for name, kept in self.keep.items():
             group = graph[name]
             if group.width != self.widths[name]:

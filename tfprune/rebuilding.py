@@ -210,7 +210,7 @@ class _Rebuilder:
     def copy_weights(self, source):
         for path, old in self.graph.layers.items():
             new = self.created.get(path)
-            if new is None or new is old or not old.weights:
+            if new is None or new is old or not isinstance(old, keras.layers.Layer) or not old.weights:
                 continue
             if self.reinit == "scratch" and old.trainable_weights:
                 continue

@@ -31,6 +31,10 @@ TOLERANCE = 1e-4
 _BATCH = 2
 _UNKNOWN_SIZE = 32
 _OPEN_SIZES = (32, 64, 128, 224)  # tried in turn for the sizes a model leaves open, when checking its trace
+UNSEEDED = ("its call draws random numbers without a seed (a keras.random op with seed=None), which no trace can "
+            "reproduce. Draw them with a Keras layer held by the layer and called with training=training "
+            "(keras.layers.Dropout, GaussianNoise, GaussianDropout): its seed generator is a variable tfprune can "
+            "restore")
 
 
 @dataclasses.dataclass
@@ -183,6 +187,11 @@ class _Opener:
             traced = self.open_checked(raw, values) or raw
             problem = self.disagreement(model, (packed_values,), {}, traced, packed_values)
         if problem:
+            random = [f"'{path}': {why}" for path, why in self.closed.items() if UNSEEDED in why]
+            if UNSEEDED in problem and not random:
+                raise UnsupportedModelError(f"Cannot trace subclassed model {name}: {problem}.")
+            if random:
+                raise UnsupportedModelError(f"Cannot trace subclassed model {name}: layer {'; layer '.join(random)}.")
             raise UnsupportedModelError(f"The trace of subclassed model {name} does not compute what the model "
                                         f"computes: {problem}. tfprune cannot read this model.")
         return OpenedModel(traced, self.closed, self.channelwise, True)
@@ -297,7 +306,13 @@ class _Opener:
                 self.closed[path] = f"its call could not be traced ({first_line(e)})"
                 return None
             inner_inputs = tensors if self.checking else model_inputs(raw)
-            inner = self.open_graph(raw, inner_inputs, path + "/") or raw
+            try:
+                inner = self.open_graph(raw, inner_inputs, path + "/") or raw
+            except _CalledDifferently:
+                raise
+            except Exception as e:  # noqa: BLE001 - the trace cannot run on the values the layer itself runs on
+                self.never_open[id(op)] = f"its trace fails on real inputs ({first_line(e)})"
+                raise _CalledDifferently from e
             self.traces[id(op)] = (inner, (shapes, constants))
         if not self.checking:
             return inner
@@ -305,7 +320,7 @@ class _Opener:
                                                        strict=True)))
         problem = self.disagreement(op, args, kwargs, inner, tensors if len(tensors) > 1 else tensors[0])
         if problem:
-            why = f"its trace does not compute what the layer computes: {problem}"
+            why = problem if UNSEEDED in problem else f"its trace does not compute what the layer computes: {problem}"
             # Other calls of the layer may already use the trace: open again with the layer closed everywhere.
             self.never_open[id(op)] = why
             raise _CalledDifferently
@@ -378,7 +393,15 @@ class _Opener:
                 return f"in {'training' if training else 'inference'} mode it fails ({first_line(e)})"
             problem = _compare(expected, actual)
             if problem:
-                return f"in {'training' if training else 'inference'} mode {problem}"
+                mode = "training" if training else "inference"
+                try:
+                    again = tree.flatten(original(*args, **{**kwargs, "training": training}))
+                finally:
+                    restore()
+                if _compare(expected, again):  # not even the layer itself repeats its result
+                    return (f"in {mode} mode it gives different outputs on two calls with the same inputs and "
+                            f"weights: {UNSEEDED}")
+                return f"in {mode} mode {problem}"
         return None
 
 
@@ -417,8 +440,31 @@ def trace_call(op, node, shapes=None):
                                                         zip(out.shape, expected.shape, strict=True)):
             raise ValueError(f"its call returned shape {tuple(out.shape)} on symbolic inputs, "
                              f"{tuple(expected.shape)} in the model")
-    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
-                       name=op.name)
+    raw = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                      name=op.name)
+    return _with_batch_reshapes(raw)
+
+
+def _with_batch_reshapes(model):
+    """`model` with every `keras.ops.reshape` to `(batch, ...)` made a `keras.layers.Reshape` of the other axes.
+
+    `ops.shape(x)[0]` is None on symbolic inputs, so a layer that reshapes to `(ops.shape(x)[0], -1, d)` (the
+    idiom of Keras's ViT example) records a reshape to `(None, -1, d)`, which no real tensor can take. Keeping the
+    batch axis and reshaping the rest is what the layer's call does on real inputs (the checking pass compares them).
+    A size left unknown on any other axis cannot be recovered: the layer is then not traced, with that reason."""
+    from keras.src.ops import numpy as numpy_ops
+
+    replacements = {}
+    for node in keras_nodes.call_nodes(model):
+        op = node.operation
+        if not isinstance(op, numpy_ops.Reshape) or None not in tuple(op.newshape):
+            continue
+        newshape = tuple(op.newshape)
+        if None in newshape[1:]:
+            raise ValueError(f"it reshapes to {newshape}, a size that is known only at run time on an axis other "
+                             "than the batch axis; give that size from the layer's configuration instead")
+        replacements[id(node)] = keras.layers.Reshape(newshape[1:], name=op.name)
+    return _replay(model, replacements) if replacements else model
 
 
 def _replay(model, replacements):
