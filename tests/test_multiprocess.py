@@ -2,8 +2,10 @@
 
 Each process runs examples/train_multiprocess.py: `fit` with DropNet, then NetworkSlimming, then GroupLasso, each
 on its own half of the training data, with a shared backup_dir; the test asserts that both end with the same plans
-and the same weights, bit for bit, and that measuring different data on the two processes is refused on both.
-The processes use the JAX backend whatever backend this pytest run uses.
+and the same weights, bit for bit, and that measuring different data on the two processes is refused on both. It
+runs twice: with each process passing its own shard of NumPy arrays (`--data=arrays`), and with every process
+passing the same global `tf.data.Dataset` for Keras to shard, DropNet measuring a dataset of several batches
+(`--data=dataset`). The processes use the JAX backend whatever backend this pytest run uses.
 """
 
 import os
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +27,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
+@pytest.mark.parametrize("data", ["arrays", "dataset"])
+def test_two_processes_end_with_identical_plans_and_weights(tmp_path, data):
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     address = f"127.0.0.1:{free_port()}"
@@ -32,7 +36,7 @@ def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
     workers = [subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "train_multiprocess.py"), f"--coordinator_address={address}",
          "--num_processes=2", f"--process_id={i}", f"--out={tmp_path / f'process{i}.npz'}",
-         f"--backup_dir={tmp_path / 'backup'}", "--show_disagreement"],
+         f"--backup_dir={tmp_path / 'backup'}", f"--data={data}", "--show_disagreement"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []
     try:
@@ -44,7 +48,7 @@ def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
                 worker.kill()
     for i, (worker, log) in enumerate(zip(workers, logs, strict=True)):
         assert worker.returncode == 0, f"process {i} failed:\n{log[-3000:]}"
-    print(f"two processes: {time.perf_counter() - start:.1f} s")
+    print(f"two processes, {data}: {time.perf_counter() - start:.1f} s")
     first, second = (np.load(tmp_path / f"process{i}.npz") for i in range(2))
     assert sorted(first.files) == sorted(second.files)
     for callback in ("dropnet", "slimming", "group_lasso"):
