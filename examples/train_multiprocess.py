@@ -10,9 +10,17 @@ Start one copy per process (per host on a real cluster), the same flags on each 
     python examples/train_multiprocess.py --coordinator_address=10.0.0.1:12355 --num_processes=4 --process_id=$RANK
 
 Every process trains on its own shard of the training data (`keras.distribution.DataParallel`, weights replicated,
-gradients averaged across processes), and the pruning callbacks run on every process with the same state: DropNet
-measures the same sample on every process (checked to agree), the masks and penalties are identical, and the
-`--backup_dir` state is written by process 0 only (put it on a file system all hosts share). The script trains a
+gradients averaged across processes), given one of two ways (--data):
+
+- `arrays`: each process slices its own shard of NumPy arrays and passes it to `fit`, with the distribution's
+  `auto_shard_dataset` set to False;
+- `dataset`: every process builds the same global `tf.data.Dataset` and passes it to `fit`, and Keras shards it
+  (`auto_shard_dataset` left at True), as in Keras's distribution guide. DropNet then measures a `tf.data.Dataset`
+  too, of several batches.
+
+The pruning callbacks run on every process with the same state: DropNet measures the same sample on every process
+(checked to agree), the masks and penalties are identical, and the `--backup_dir` state is written by process 0 only
+(put it on a file system all hosts share). The script trains a
 small CNN three times, with `DropNet`, `NetworkSlimming` and `GroupLasso`, and prints each plan; with --out each
 process also saves its plans and trained weights (tests/test_multiprocess.py compares them between processes).
 
@@ -32,6 +40,8 @@ flags.DEFINE_integer("num_processes", 2, "how many processes take part")
 flags.DEFINE_integer("process_id", 0, "this process's index, 0 .. num_processes - 1")
 flags.DEFINE_integer("epochs", 2, "epochs of each of the three trainings")
 flags.DEFINE_integer("examples", 96, "training examples in all (split between the processes)")
+flags.DEFINE_enum("data", "arrays", ["arrays", "dataset"], "how the training data reaches fit: "
+                  "each process's shard of NumPy arrays, or the same global tf.data.Dataset that Keras shards")
 flags.DEFINE_string("backup_dir", None, "a shared directory for the callbacks' state (resume after interruption)")
 flags.DEFINE_string("out", None, "save this process's plans and weights to this .npz file")
 flags.DEFINE_bool("show_disagreement", False, "at the end, measure activations on different data on each process "
@@ -76,13 +86,20 @@ def main(argv):
     from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
 
     distribution = keras.distribution.DataParallel(devices=jax.devices())
-    distribution.auto_shard_dataset = False  # each process passes its own shard of the arrays below
+    x, y = synthetic_data(FLAGS.examples)
+    if FLAGS.data == "arrays":
+        distribution.auto_shard_dataset = False  # each process passes its own shard of the arrays
+        shard = slice(FLAGS.process_id, None, FLAGS.num_processes)
+        train = {"x": x[shard], "y": y[shard], "batch_size": 8}
+        measure = x[:32]  # DropNet's measuring sample: the same on every process
+    else:
+        import tensorflow as tf
+
+        # the same global dataset on every process, global batches of 8 per process; Keras gives each process its part
+        train = {"x": tf.data.Dataset.from_tensor_slices((x, y)).batch(8 * FLAGS.num_processes)}
+        measure = tf.data.Dataset.from_tensor_slices(x[:32]).batch(8)  # measured whole by every process
     keras.distribution.set_distribution(distribution)
 
-    x, y = synthetic_data(FLAGS.examples)
-    shard = slice(FLAGS.process_id, None, FLAGS.num_processes)
-    x_local, y_local = x[shard], y[shard]
-    measure = x[:32]  # DropNet's measuring sample: the same on every process
     callbacks = {
         "dropnet": lambda: DropNet(measure, fraction=0.25, rewind=None, seed=0, backup_dir=FLAGS.backup_dir),
         "slimming": lambda: NetworkSlimming(l1=0.05, backup_dir=FLAGS.backup_dir),
@@ -92,7 +109,7 @@ def main(argv):
     for name, make in callbacks.items():
         model = small_cnn()
         callback = make()
-        model.fit(x_local, y_local, epochs=FLAGS.epochs, batch_size=8, verbose=0, callbacks=[callback])
+        model.fit(**train, epochs=FLAGS.epochs, verbose=0, callbacks=[callback])
         plan = callback.plan() if name == "dropnet" else callback.plan(ratio=0.5)
         kept = {group: len(k) for group, k in plan.keep.items()}
         print(f"process {FLAGS.process_id}: {name} keeps {kept} channels", flush=True)

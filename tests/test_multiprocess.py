@@ -2,8 +2,12 @@
 
 Each process runs examples/train_multiprocess.py: `fit` with DropNet, then NetworkSlimming, then GroupLasso, each
 on its own half of the training data, with a shared backup_dir; the test asserts that both end with the same plans
-and the same weights, bit for bit, and that measuring different data on the two processes is refused on both.
-The processes use the JAX backend whatever backend this pytest run uses.
+and the same weights, bit for bit, and that measuring different data on the two processes is refused on both. It
+runs twice: with each process passing its own shard of NumPy arrays (`--data=arrays`), and with every process
+passing the same global `tf.data.Dataset` for Keras to shard, DropNet measuring a dataset of several batches
+(`--data=dataset`). A shorter test runs `tfprune.backends.same_on_all_processes` itself on two processes: float64
+values that float32 cannot hold agree when they are the same, and differ when they differ by one bit. The processes
+use the JAX backend whatever backend this pytest run uses.
 """
 
 import os
@@ -14,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,16 +29,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
+def run_two_processes(arguments):
+    """Run `arguments(process_id, coordinator_address)` (a command line) as processes 0 and 1 on the JAX backend;
+    assert that both exit with 0 and return their output."""
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     address = f"127.0.0.1:{free_port()}"
-    start = time.perf_counter()
-    workers = [subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "train_multiprocess.py"), f"--coordinator_address={address}",
-         "--num_processes=2", f"--process_id={i}", f"--out={tmp_path / f'process{i}.npz'}",
-         f"--backup_dir={tmp_path / 'backup'}", "--show_disagreement"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    workers = [subprocess.Popen(arguments(i, address), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for i in range(2)]
     logs = []
     try:
         for worker in workers:
@@ -44,7 +47,44 @@ def test_two_processes_end_with_identical_plans_and_weights(tmp_path):
                 worker.kill()
     for i, (worker, log) in enumerate(zip(workers, logs, strict=True)):
         assert worker.returncode == 0, f"process {i} failed:\n{log[-3000:]}"
-    print(f"two processes: {time.perf_counter() - start:.1f} s")
+    return logs
+
+
+SAME_ON_ALL_PROCESSES = """
+import sys
+import keras
+import numpy as np
+from tfprune import backends
+
+process_id, address = int(sys.argv[1]), sys.argv[2]
+keras.distribution.initialize(job_addresses=address, num_processes=2, process_id=process_id)
+# float64 values float32 cannot hold, and an int64 past 2**32, the same on both processes: accepted
+backends.same_on_all_processes({"sum": np.array([0.1, 1 / 3]), "count": np.int64(2**40 + 1)}, "The sums")
+try:  # a difference far below float32's resolution: refused
+    backends.same_on_all_processes({"sum": np.array([0.1, 1 / 3 + process_id * 1e-15])}, "The sums")
+    print("not refused")
+except ValueError as e:
+    print(e)
+"""
+
+
+def test_same_on_all_processes_compares_values_bit_for_bit():
+    logs = run_two_processes(lambda i, address: [sys.executable, "-c", SAME_ON_ALL_PROCESSES, str(i), address])
+    values = ["0.3333333333333333", "0.3333333333333343"]  # process 0's, process 1's
+    for i, log in enumerate(logs):
+        assert (f"The sums differ between the processes of this multi-process run, so they would take different "
+                f"decisions: ['sum'][1] is {values[i]} on process {i} and {values[1 - i]} on process {1 - i}. "
+                "Give every process the same data for it.") in log, log
+
+
+@pytest.mark.parametrize("data", ["arrays", "dataset"])
+def test_two_processes_end_with_identical_plans_and_weights(tmp_path, data):
+    start = time.perf_counter()
+    run_two_processes(lambda i, address: [
+        sys.executable, str(ROOT / "examples" / "train_multiprocess.py"), f"--coordinator_address={address}",
+        "--num_processes=2", f"--process_id={i}", f"--out={tmp_path / f'process{i}.npz'}",
+        f"--backup_dir={tmp_path / 'backup'}", f"--data={data}", "--show_disagreement"])
+    print(f"two processes, {data}: {time.perf_counter() - start:.1f} s")
     first, second = (np.load(tmp_path / f"process{i}.npz") for i in range(2))
     assert sorted(first.files) == sorted(second.files)
     for callback in ("dropnet", "slimming", "group_lasso"):

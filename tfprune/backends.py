@@ -11,7 +11,8 @@ for the few things Keras has no public backend-neutral name for:
 * `variable_view`: a weight as a read-only NumPy array without a copy (a view of the CPU buffer);
 * multi-process helpers for `keras.distribution` on JAX: `process_index`, `host_array` (a variable's value on this
   process, also when the array spans several processes), `same_on_all_processes` (fail, naming what differs,
-  if processes disagree), `local_computation` (a scope without the global distribution, for per-process passes);
+  if processes disagree bit for bit), `local_computation` (a scope without the global distribution, for
+  per-process passes);
 * `require_backend`: the error a TensorFlow-bound function (SavedModel/LiteRT export, the TensorFlow latency
   engine) raises under another backend.
 
@@ -248,18 +249,44 @@ def variable_view(variable):
 
 
 def same_on_all_processes(tree, what):
-    """Check that every process holds the same `tree` of NumPy arrays and numbers; `ValueError` saying `what`
-    differs if not. Free with a single process."""
+    """Check that every process holds the same `tree` of NumPy arrays and numbers, bit for bit; `ValueError` saying
+    `what` differs, and naming the first value that does, if not. Free with a single process.
+
+    The values are compared as their bytes, gathered from every process in one all-gather. (Gathered as numbers,
+    64-bit values would reach JAX as 32-bit ones unless `jax_enable_x64` is set, and a float64 that float32 cannot
+    hold, such as a sum of float32 values over several batches, would seem to differ from itself.) The comparison is
+    a collective: every process must call it at the same point with a tree of the same structure, shapes and dtypes.
+
+    Example (with a single process, as here, there is nothing to compare):
+
+    >>> same_on_all_processes({"mean_abs": np.array([0.1, 0.2])}, "The statistics")
+    """
     if process_count() == 1:
         return
+    import jax
     from jax.experimental import multihost_utils
 
-    try:
-        multihost_utils.assert_equal(tree)
-    except AssertionError as e:
-        raise ValueError(
-            f"{what} differ between the processes of this multi-process run, so they would take different "
-            f"decisions. Give every process the same data for it. ({str(e)[:200]})") from None
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    arrays = [np.asarray(value) for _, value in leaves]
+    mine = np.frombuffer(b"".join(a.tobytes() for a in arrays), np.uint8)
+    every = multihost_utils.process_allgather(mine)  # (processes, bytes)
+    other = next((p for p, theirs in enumerate(every) if not np.array_equal(theirs, mine)), None)
+    if other is None:
+        return
+    start = 0
+    for (path, _), value in zip(leaves, arrays, strict=True):
+        stop = start + value.nbytes
+        differs = (every[other][start:stop] != mine[start:stop]).reshape(value.size, value.itemsize).any(axis=1)
+        if differs.any():
+            first = int(np.flatnonzero(differs)[0])
+            theirs = np.frombuffer(every[other][start:stop].tobytes(), value.dtype)[first].item()
+            index = [int(i) for i in np.unravel_index(first, value.shape)]
+            where = jax.tree_util.keystr(path) + (str(index) if index else "")
+            raise ValueError(
+                f"{what} differ between the processes of this multi-process run, so they would take different "
+                f"decisions: {where or 'the value'} is {value.flat[first].item()!r} on process {process_index()} "
+                f"and {theirs!r} on process {other}. Give every process the same data for it.")
+        start = stop
 
 
 @contextlib.contextmanager

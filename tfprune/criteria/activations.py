@@ -199,8 +199,9 @@ class ActivationTaps:
         # weights (no sharding), so that all take the same decisions; `same_on_all_processes` checks it.
         with backends.local_computation():
             sums, taps_info = self._measure(data, statistics, loss, batch_size, steps, verbose)
-        backends.same_on_all_processes(sums, "The activation statistics measured on each process's data")
-        return self._per_group(sums, taps_info, statistics)
+        stats = self._per_group(sums, taps_info, statistics)
+        backends.same_on_all_processes(stats, "The activation statistics measured on each process's data")
+        return stats
 
     def _measure(self, data, statistics, loss, batch_size, steps, verbose):
         function, taps_info = self._function(statistics, loss)
