@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -180,3 +182,15 @@ def test_bad_arguments():
     gate = _gate(4)
     with pytest.raises(ValueError, match=r"width must be in \[1, 4\]"):
         gate.set_mask(5)
+
+
+def test_a_keras_file_saved_by_tfprune_0_1_0_still_loads():
+    """`tests/data/markov_gate_v0.1.0.keras` was saved before the package was regrouped by role (the gate then lived
+    in `tfprune.layers.markov_channel_gate`, as its config's `module` still says): it loads by its registered name
+    and computes what it computed when saved (the float32 outputs stored beside it, to rounding)."""
+    data = Path(__file__).parent / "data"
+    model = keras.saving.load_model(data / "markov_gate_v0.1.0.keras")
+    gate = model.get_layer("gate")
+    assert isinstance(gate, MarkovChannelGate) and gate.channels == 8 and gate.steps == (2, 4, 6, 8)
+    saved = np.load(data / "markov_gate_v0.1.0_io.npz")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(saved["x"])), saved["y"], rtol=1e-5, atol=1e-5)
