@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 
 import tfprune
 from tfprune import criteria
-from tfprune.datasets import fashion_mnist
-from tfprune.models import small_resnet, small_vgg
+from tfprune.training.datasets import fashion_mnist
+from tfprune.training.models import small_resnet, small_vgg
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("train_size", 8000, "Fashion-MNIST training images (the last 500 are held out for sensitivity).")

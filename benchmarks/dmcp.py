@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import tfprune
-from tfprune.planning import plan_removals
+from tfprune.pruning.planning import plan_removals
 from tfprune.search.dmcp import repair_widths
 
 matplotlib.use("Agg")

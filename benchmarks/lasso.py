@@ -3,8 +3,8 @@
     nice -n 10 python benchmarks/lasso.py [--models=small_vgg,small_resnet] [--ratio=0.3] [--epochs=2]
 
 For each reference CNN (`tfprune.models`), trained briefly on real Fashion-MNIST, the same per-layer ratio is
-planned by L1 and by LASSO, each rebuilt with and without reconstruction (`tfprune.reconstruction.reconstruct`
-works with any plan), plus random selection as the floor. Reported: the relative error of every refitted layer's
+planned by L1 and by LASSO, each rebuilt with and without reconstruction (`tfprune.reconstruct` works with any
+plan), plus random selection as the floor. Reported: the relative error of every refitted layer's
 linear output against the original network on held-out images (`output_errors`), the relative error of the logits,
 and the test accuracy before and after a short fine-tune. Writes benchmarks/results/lasso.md.
 """
@@ -19,8 +19,8 @@ from absl import app, flags
 import tfprune
 from tfprune import models
 from tfprune.criteria import LassoSelection
-from tfprune.datasets import fashion_mnist
-from tfprune.reconstruction import output_errors, reconstruct
+from tfprune.criteria.channel_pruning.reconstruction import output_errors, reconstruct
+from tfprune.training.datasets import fashion_mnist
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["small_vgg", "small_resnet"], "Constructors in tfprune.models.")

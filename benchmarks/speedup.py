@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import tfprune
-from tfprune.benchmarking import available_threads
+from tfprune.measurement.benchmarking import available_threads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["ResNet50", "MobileNetV2", "VGG16", "EfficientNetB0", "DenseNet121"],
@@ -112,8 +112,8 @@ def measure(name, workdir):
         onnx = tfprune.export(m, stem + ".onnx", format="onnx")
         files[label], onnx_files[label] = lite.path, onnx.path
         differences[label] = {"tflite": lite.max_abs_difference, "onnx": onnx.max_abs_difference,
-                              "output_scale": float(np.abs(tfprune.verification.outputs(
-                                  m, tfprune.verification.random_inputs(m))[0]).max())}
+                              "output_scale": float(np.abs(tfprune.deployment.verification.outputs(
+                                  m, tfprune.deployment.verification.random_inputs(m))[0]).max())}
         logging.info("%s: %s exported; max abs difference LiteRT %.1e, ONNX Runtime %.1e", name, label,
                      lite.max_abs_difference, onnx.max_abs_difference)
     logging.info("%s: TFLite and ONNX files written", name)

@@ -26,7 +26,7 @@ from tests.zoo import (  # noqa: E402
     application,
     randomize_channel_parameters,
 )
-from tfprune.verification import check_equivalence, random_inputs  # noqa: E402
+from tfprune.deployment.verification import check_equivalence, random_inputs  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("only", None, "Restrict to these model names.")

@@ -18,8 +18,9 @@
    ratios against the unpruned model and saves the same figures as demo.png, with the artefacts, in `--output_dir`.
 
 Only progress bars (one line per epoch when stdout is not a terminal), the pruning steps and the table are
-printed: TensorFlow's, LiteRT's and the converters' routine log is hidden (`tfprune.log_filter.quiet_log`; lines
-that are not known to be harmless are still shown at the end). `--verbose` shows everything.
+printed: TensorFlow's, LiteRT's and the converters' routine log is hidden
+(`tfprune.deployment.log_filter.quiet_log`; lines that are not known to be harmless are still shown at the end).
+`--verbose` shows everything.
 """
 
 import os
@@ -29,7 +30,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from tfprune.log_filter import quiet_log  # does not import TensorFlow: the log is hidden before TensorFlow starts
+from tfprune.deployment.log_filter import (
+    quiet_log,  # does not import TensorFlow: the log is hidden before TensorFlow starts
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Where the models, exports and demo.png go.")
@@ -142,8 +145,8 @@ def run():
     import keras
 
     import tfprune
-    from tfprune.datasets import fashion_mnist
-    from tfprune.models import small_vgg
+    from tfprune.training.datasets import fashion_mnist
+    from tfprune.training.models import small_vgg
 
     started = time.perf_counter()
     os.makedirs(FLAGS.output_dir, exist_ok=True)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 import tfprune
-from tfprune.verification import check_equivalence, random_inputs
+from tfprune.deployment.verification import check_equivalence, random_inputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ResNet50", "A keras.applications constructor name, e.g. MobileNetV2, VGG16.")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfprune
-from tfprune.benchmarking import Latency, LatencyReport, available_threads
+from tfprune.measurement.benchmarking import Latency, LatencyReport, available_threads
 
 
 def convnet(input_shape=(16, 16, 3)):
@@ -93,7 +93,7 @@ def test_onnxruntime_engine(models, tmp_path):
 
 
 def test_onnxruntime_threads_are_honoured(models, tmp_path):
-    from tfprune.runtimes import onnx_session
+    from tfprune.deployment.runtimes import onnx_session
 
     path = tfprune.export(models[0], tmp_path / "m.onnx", format="onnx").path
     for threads in (1, 2):

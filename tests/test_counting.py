@@ -10,7 +10,7 @@ from tensorflow.python.framework.function_def_to_graph import function_def_to_gr
 
 import tfprune
 from tfprune import UnsupportedModelError
-from tfprune.counting import layer_counts, layer_macs, layer_params
+from tfprune.measurement.counting import layer_counts, layer_macs, layer_params
 
 L = keras.layers
 _CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")

@@ -5,7 +5,7 @@ import pytest
 import tfprune
 from tfprune.errors import PlanError
 from tfprune.layers import MarkovChannelGate
-from tfprune.planning import plan_removals
+from tfprune.pruning.planning import plan_removals
 from tfprune.search.dmcp import build_supernet, repair_widths
 from tfprune.search.dmcp_training import DMCPTrainer
 

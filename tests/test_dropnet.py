@@ -8,7 +8,7 @@ import tfprune
 from tests.training_problems import classes as data
 from tests.training_problems import classifier
 from tfprune.callbacks import DropNet
-from tfprune.masking import weight_masks
+from tfprune.pruning.masking import weight_masks
 
 
 def cnn(optimizer="adam", jit_compile="auto"):

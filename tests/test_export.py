@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 
 import tfprune
+from tfprune.deployment.exporting import ExportResult
+from tfprune.deployment.onnx_conversion import default_converter, write_onnx
+from tfprune.deployment.runtimes import litert_interpreter, onnx_outputs, onnx_session
 from tfprune.errors import ExportError
-from tfprune.exporting import ExportResult
-from tfprune.onnx_conversion import default_converter, write_onnx
-from tfprune.runtimes import litert_interpreter, onnx_outputs, onnx_session
 
 
 def tiny_convnet():
@@ -85,7 +85,7 @@ def test_onnx_converters_agree(tmp_path):
     """Keras's export (a never-called model: the signature is passed explicitly), tf2onnx called directly, and the
     large-model path (weights as inputs, then initialisers folded by ONNX Runtime) give the same graph and outputs."""
     model = tfprune.prune(tiny_convnet(), 0.5)  # a rebuilt model has never been called
-    x = tfprune.verification.random_inputs(model, batch_size=4)
+    x = tfprune.deployment.verification.random_inputs(model, batch_size=4)
     results, operators = {}, {}
     for converter in ("keras", "tf2onnx", "stateless"):
         assert write_onnx(model, tmp_path / f"{converter}.onnx", converter=converter) == converter
@@ -120,7 +120,7 @@ def test_onnx_folds_captured_tensors(tmp_path):
         write_onnx(model, tmp_path / f"{converter}.onnx", converter=converter)
         session = onnx_session(tmp_path / f"{converter}.onnx")
         assert len(session.get_inputs()) == 1
-        x = tfprune.verification.random_inputs(model, batch_size=3)
+        x = tfprune.deployment.verification.random_inputs(model, batch_size=3)
         np.testing.assert_allclose(onnx_outputs(session, x)[0], model(x), atol=1e-5)
     assert tfprune.export(model, tmp_path / "m.onnx", format="onnx").max_abs_difference < 1e-5
 
@@ -150,7 +150,7 @@ def test_tflite_quantized(model, data, tmp_path, quantize, relative_tolerance):
     result = tfprune.export(model, tmp_path / f"{quantize}.tflite", format="tflite", quantize=quantize,
                             representative_data=data if quantize == "int8" else None)
     assert result.quantize == quantize
-    scale = output_scale(model, data if quantize == "int8" else tfprune.verification.random_inputs(model))
+    scale = output_scale(model, data if quantize == "int8" else tfprune.deployment.verification.random_inputs(model))
     assert result.max_abs_difference < relative_tolerance * scale
     assert result.max_abs_difference > 0  # quantisation was really applied
     assert result.size_bytes < float_size
@@ -190,7 +190,7 @@ def test_pruned_model_is_smaller_on_disk(model, tmp_path):
 def test_model_is_not_modified(tmp_path):
     model = tiny_convnet()
     before = [w.copy() for w in model.get_weights()]
-    x = tfprune.verification.random_inputs(model)
+    x = tfprune.deployment.verification.random_inputs(model)
     y = np.asarray(model(x))
     tfprune.export(model, tmp_path / "sm")
     tfprune.export(model, tmp_path / "m.tflite", format="tflite", quantize="dynamic")

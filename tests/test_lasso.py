@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import tfprune
-from tfprune.capturing import LayerInputs, NotEnoughData
-from tfprune.criteria.lasso import LassoSelection, lasso_keep
-from tfprune.patches import LinearPatches
-from tfprune.reconstruction import output_errors, reconstruct
+from tfprune.criteria.channel_pruning.capturing import LayerInputs, NotEnoughData
+from tfprune.criteria.channel_pruning.lasso import LassoSelection, lasso_keep
+from tfprune.criteria.channel_pruning.patches import LinearPatches
+from tfprune.criteria.channel_pruning.reconstruction import output_errors, reconstruct
 
 
 def images(n, shape=(10, 10, 3), seed=0):

@@ -1,4 +1,4 @@
-"""tfprune.log_filter.quiet_log: routine native log lines are hidden, anything else is still reported."""
+"""tfprune.deployment.log_filter.quiet_log: routine native log lines are hidden, anything else is still reported."""
 
 import io
 import logging
@@ -6,7 +6,7 @@ import os
 import sys
 import warnings
 
-from tfprune.log_filter import quiet_log
+from tfprune.deployment.log_filter import quiet_log
 
 
 def test_routine_lines_hidden_real_warnings_reported(capfd):

@@ -6,7 +6,7 @@ import pytest
 
 import tfprune
 from tests.zoo import application
-from tfprune.macs_model import MacsModel
+from tfprune.measurement.macs_model import MacsModel
 
 L = keras.layers
 

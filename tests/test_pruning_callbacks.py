@@ -11,7 +11,7 @@ import tensorflow as tf
 from tests.training_problems import classes as data
 from tests.training_problems import classifier
 from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
-from tfprune.masking import weight_masks
+from tfprune.pruning.masking import weight_masks
 
 
 def cnn():

@@ -7,9 +7,9 @@ import keras
 import pytest
 
 import tfprune
+from tfprune.deployment.onnx_conversion import write_onnx
+from tfprune.deployment.runtimes import litert_interpreter, onnx_session
 from tfprune.errors import RuntimeUnavailableError
-from tfprune.onnx_conversion import write_onnx
-from tfprune.runtimes import litert_interpreter, onnx_session
 
 
 def tiny():

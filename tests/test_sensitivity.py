@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfprune
-from tfprune.sensitivity_analysis import SensitivityResult
+from tfprune.criteria.sensitivity import SensitivityResult
 
 RATIOS = (0.25, 0.5, 0.75)
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tfprune
 from tests.test_graph import randomize
-from tfprune.verification import check_equivalence, outputs
+from tfprune.deployment.verification import check_equivalence, outputs
 
 L = keras.layers
 
@@ -123,7 +123,7 @@ def test_functional_model_with_custom_layers_is_opened_and_counted_inside():
     x = SqueezeExcite(4, name="se")(x)
     model = randomize(keras.Model(inputs, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x))))
 
-    counts = tfprune.counting.layer_counts(model)
+    counts = tfprune.measurement.counting.layer_counts(model)
 
     assert counts["block1/conv"].macs == 8 * 8 * 9 * 4 * 4
     assert tfprune.count_macs(model) == 2 * 8 * 8 * 9 * 4 * 4 + 4 * 1 + 1 * 4 + 4 * 2

@@ -7,7 +7,7 @@ import pytest
 import tfprune
 from tests.user_models import USER_MODELS
 from tests.zoo import APPLICATIONS, BACKBONES, NOTHING_PRUNABLE, RELOAD_FAILS, application, randomize_channel_parameters
-from tfprune.verification import check_equivalence, outputs, random_inputs
+from tfprune.deployment.verification import check_equivalence, outputs, random_inputs
 
 
 def check_zoo_model(model, tmp_path, nothing_prunable_because=None, reload_fails_because=None):

@@ -13,48 +13,52 @@ _PUBLIC = {
     "ChannelGraph": "tfprune.graph",
     "ExportError": "tfprune.errors",
     "Group": "tfprune.graph",
-    "Plan": "tfprune.plans",
+    "Plan": "tfprune.pruning.plans",
     "PlanError": "tfprune.errors",
     "RuntimeUnavailableError": "tfprune.errors",
-    "SensitivityResult": "tfprune.sensitivity_analysis",
+    "SensitivityResult": "tfprune.criteria.sensitivity",
     "UnknownMACsError": "tfprune.errors",
     "UnsupportedModelError": "tfprune.errors",
-    "benchmark": "tfprune.benchmarking",
-    "callbacks": "tfprune.callbacks",
-    "count_macs": "tfprune.counting",
-    "count_params": "tfprune.counting",
-    "datasets": "tfprune.datasets",
-    "export": "tfprune.exporting",
-    "layers": "tfprune.layers",
-    "macs_model": "tfprune.macs_model",
-    "fine_tune": "tfprune.fine_tuning",
-    "mask": "tfprune.masking",
-    "models": "tfprune.models",
-    "plan": "tfprune.planning",
-    "plan_for_macs": "tfprune.macs_target",
-    "prune": "tfprune.pruning",
-    "rebuild": "tfprune.rebuilding",
-    "reconstruct": "tfprune.reconstruction",
-    "scratch_b_epochs": "tfprune.budgets",
-    "search": "tfprune.search",
-    "sensitivity": "tfprune.sensitivity_analysis",
-    "summary": "tfprune.summaries",
+    "benchmark": "tfprune.measurement.benchmarking",
+    "count_macs": "tfprune.measurement.counting",
+    "count_params": "tfprune.measurement.counting",
+    "export": "tfprune.deployment.exporting",
+    "fine_tune": "tfprune.training.fine_tuning",
+    "mask": "tfprune.pruning.masking",
+    "plan": "tfprune.pruning.planning",
+    "plan_for_macs": "tfprune.pruning.targets",
+    "prune": "tfprune.pruning.prune",
+    "rebuild": "tfprune.pruning.rebuilding",
+    "reconstruct": "tfprune.criteria.channel_pruning.reconstruction",
+    "scratch_b_epochs": "tfprune.training.budgets",
+    "sensitivity": "tfprune.criteria.sensitivity",
+    "summary": "tfprune.measurement.summaries",
     "trace": "tfprune.graph",
 }
 
-__all__ = sorted(_PUBLIC)
+# Public modules: `tfprune.callbacks` is the module `tfprune.callbacks`, `tfprune.models` is `tfprune.training.models`.
+_MODULES = {
+    "callbacks": "tfprune.callbacks",
+    "datasets": "tfprune.training.datasets",
+    "layers": "tfprune.layers",
+    "macs_model": "tfprune.measurement.macs_model",
+    "models": "tfprune.training.models",
+    "search": "tfprune.search",
+}
+
+__all__ = sorted({**_PUBLIC, **_MODULES})
 
 
 def __getattr__(name):
-    module = _PUBLIC.get(name)
-    if module is None:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    else:
         raise AttributeError(f"module 'tfprune' has no attribute {name!r}")
-    value = importlib.import_module(module)
-    if module != f"tfprune.{name}":
-        value = getattr(value, name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(__all__))

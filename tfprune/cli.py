@@ -70,8 +70,8 @@ def _run(args, console):
 
 def _summary(args, progress):
     model = _load_model(args.model, progress)
-    from tfprune.counting import count_macs, count_params, layer_counts
-    from tfprune.summaries import summary
+    from tfprune.measurement.counting import count_macs, count_params, layer_counts
+    from tfprune.measurement.summaries import summary
 
     text = summary(model, print_fn=lambda line: None)
     layers = [dataclasses.asdict(c) for c in layer_counts(model).values() if c.params or c.macs]
@@ -87,8 +87,8 @@ def _prune(args, progress):
     data = None if args.data is None else _arrays(args.data, "--data", labels_as_pair=True)
     model = _load_model(args.model, progress)
     from tfprune.graph import ChannelGraph
-    from tfprune.planning import plan
-    from tfprune.rebuilding import rebuild
+    from tfprune.pruning.planning import plan
+    from tfprune.pruning.rebuilding import rebuild
 
     progress("analysing channel groups")
     graph = ChannelGraph(model, prune_outputs=args.prune_outputs)
@@ -102,7 +102,7 @@ def _prune(args, progress):
 
 def _rebuild(args, progress):
     from tfprune.errors import PlanError
-    from tfprune.plans import Plan
+    from tfprune.pruning.plans import Plan
 
     _check_output(args.output, ".keras")
     _check_input(args.plan, "plan")
@@ -111,7 +111,7 @@ def _rebuild(args, progress):
     except UnicodeDecodeError:
         raise PlanError(f"{args.plan}: not a tfprune plan (not a text file).") from None
     model = _load_model(args.model, progress)
-    from tfprune.rebuilding import rebuild
+    from tfprune.pruning.rebuilding import rebuild
 
     progress("rebuilding")
     slim = rebuild(model, chosen, reinit=args.reinit, seed=args.seed)
@@ -119,7 +119,7 @@ def _rebuild(args, progress):
 
 
 def _save_slim(args, model, slim, chosen, plan_out, progress):
-    from tfprune.counting import count_macs, count_params
+    from tfprune.measurement.counting import count_macs, count_params
 
     progress(f"saving {args.output}")
     slim.save(args.output)
@@ -150,7 +150,7 @@ def _export(args, progress):
     if args.calibration is not None:
         examples, labels = _arrays(args.calibration, "--calibration")
     model = _load_model(args.model, progress)
-    from tfprune.exporting import export
+    from tfprune.deployment.exporting import export
 
     progress(f"exporting {args.format}" + (f" ({args.quantize})" if args.quantize else "") + f" to {output}")
     result = export(model, output, format=args.format, quantize=args.quantize, representative_data=examples,
@@ -183,7 +183,7 @@ def _bench(args, progress):
     for path in args.models:
         label = os.path.basename(path) if os.path.basename(path) not in models else path
         models[label] = path if path.endswith((".tflite", ".onnx")) else _load_model(path, progress)
-    from tfprune.benchmarking import benchmark
+    from tfprune.measurement.benchmarking import benchmark
 
     report = benchmark(models, batch_sizes=batch_sizes, threads=threads, engines=engines, runs=args.runs,
                        warmup=args.warmup, progress=progress)
@@ -295,7 +295,7 @@ def _check_tflite(path):
 
 def _check_onnx(path):
     _check_input(path, "ONNX")
-    from tfprune.runtimes import onnx_session
+    from tfprune.deployment.runtimes import onnx_session
 
     try:
         onnx_session(path)

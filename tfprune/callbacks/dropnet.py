@@ -8,7 +8,7 @@ import numpy as np
 
 from tfprune.callbacks.pruning_callback import PruningCallback
 from tfprune.criteria.activations import ActivationTaps
-from tfprune.planning import check_positive_int, plan_removals
+from tfprune.pruning.planning import check_positive_int, plan_removals
 
 SCOPES = ("layer", "global")
 REWINDS = (None, "initial")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from tfprune.callbacks.pruning_callback import PruningCallback, check_non_negative
-from tfprune.planning import check_positive_int, check_ratio, global_removals, plan_removals
+from tfprune.pruning.planning import check_positive_int, check_ratio, global_removals, plan_removals
 
 # Which kernel axes one group of each kind spans, for a kernel (*spatial, in, out) (Dense: (in, out)).
 KINDS = ("filter", "channel", "shape", "depth")

@@ -33,11 +33,11 @@ import numpy as np
 
 from tfprune import backends
 from tfprune.graph import ChannelGraph
-from tfprune.macs_model import MacsModel
-from tfprune.masking import weight_masks
-from tfprune.planning import check_positive_int
-from tfprune.plans import Plan
-from tfprune.rebuilding import rebuild
+from tfprune.measurement.macs_model import MacsModel
+from tfprune.pruning.masking import weight_masks
+from tfprune.pruning.planning import check_positive_int
+from tfprune.pruning.plans import Plan
+from tfprune.pruning.rebuilding import rebuild
 
 
 def check_non_negative(value, what):

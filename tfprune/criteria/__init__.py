@@ -3,8 +3,8 @@
 import numpy as np
 
 from tfprune.criteria.activations import ActivationTaps, channel_statistics
+from tfprune.criteria.channel_pruning.lasso import LassoSelection
 from tfprune.criteria.feature_maps import APoZ, FeatureMapCriterion, HRank, MeanActivation, Taylor
-from tfprune.criteria.lasso import LassoSelection
 from tfprune.criteria.magnitude import FilterNorm, l1, l2
 
 

@@ -18,7 +18,7 @@ convolutions, the depthwise outputs of removed channels; depthwise convolutions 
 import numpy as np
 
 from tfprune.graph.rules import producers
-from tfprune.plans import Plan
+from tfprune.pruning.plans import Plan
 
 VARIANTS = ("independent", "greedy")
 

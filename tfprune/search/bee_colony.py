@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfprune.planning import check_positive_int
+from tfprune.pruning.planning import check_positive_int
 from tfprune.search.fitness import Evaluations, plan_fitness
 from tfprune.search.width_space import DEFAULT_GRID, WidthSpace
 

@@ -18,10 +18,10 @@ from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
 from tfprune.layers import MarkovChannelGate
 from tfprune.layers.markov_channel_gate import check_width_range
-from tfprune.macs_model import MacsModel
-from tfprune.planning import plan_removals
-from tfprune.plans import Plan
-from tfprune.rebuilding import rebuild
+from tfprune.measurement.macs_model import MacsModel
+from tfprune.pruning.planning import plan_removals
+from tfprune.pruning.plans import Plan
+from tfprune.pruning.rebuilding import rebuild
 from tfprune.search.dmcp_gating import gate_sites, gated_model
 from tfprune.search.dmcp_result import DMCPResult
 from tfprune.search.dmcp_training import BUDGET_TOLERANCE, DMCPRecorder, DMCPTrainer

@@ -7,10 +7,10 @@ import numpy as np
 
 from tfprune.callbacks.pruning_callback import ChainedConstraint
 from tfprune.graph import ChannelGraph
-from tfprune.masking import variable_masks
-from tfprune.planning import check_positive_int
-from tfprune.plans import Plan
-from tfprune.rebuilding import rebuild
+from tfprune.pruning.masking import variable_masks
+from tfprune.pruning.planning import check_positive_int
+from tfprune.pruning.plans import Plan
+from tfprune.pruning.rebuilding import rebuild
 
 
 class FineTuneFitness:

@@ -4,8 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from tfprune.plans import Plan
-from tfprune.rebuilding import rebuild
+from tfprune.pruning.plans import Plan
+from tfprune.pruning.rebuilding import rebuild
 
 
 @dataclasses.dataclass

@@ -12,8 +12,8 @@ import numpy as np
 from tfprune import criteria
 from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
-from tfprune.macs_model import MacsModel
-from tfprune.planning import check_positive_int, keep_count, plan_removals
+from tfprune.measurement.macs_model import MacsModel
+from tfprune.pruning.planning import check_positive_int, keep_count, plan_removals
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

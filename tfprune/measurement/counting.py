@@ -90,7 +90,7 @@ def layer_counts(model, unknown_macs="raise") -> dict:
     >>> inputs = keras.Input((8, 8, 3))
     >>> x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
     >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
-    >>> counts = tfprune.counting.layer_counts(model)
+    >>> counts = tfprune.measurement.counting.layer_counts(model)
     >>> counts["conv"].macs, counts["conv"].params, counts["conv"].channels
     (3888, 108, 4)
     """
@@ -130,7 +130,7 @@ def layer_macs(model, unknown_macs="raise") -> dict:
 
     >>> import keras, tfprune
     >>> model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(5, name="fc")])
-    >>> tfprune.counting.layer_macs(model)
+    >>> tfprune.measurement.counting.layer_macs(model)
     {'fc': 50}
     """
     return {path: c.macs for path, c in layer_counts(model, unknown_macs).items() if c.macs}
@@ -194,7 +194,7 @@ def layer_params(model) -> dict:
 
     >>> import keras, tfprune
     >>> model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(5, name="fc")])
-    >>> tfprune.counting.layer_params(model)
+    >>> tfprune.measurement.counting.layer_params(model)
     {'fc': 55}
     """
     counter = _Counter(macs=False)

@@ -49,7 +49,7 @@ def quiet_log(verbose=False, stream=None):
 
     Example:
 
-    >>> from tfprune.log_filter import quiet_log
+    >>> from tfprune.deployment.log_filter import quiet_log
     >>> with quiet_log():
     ...     import os
     ...     _ = os.write(2, b"I0000 00:00:1.0 1 port.cc:153] routine\\n")

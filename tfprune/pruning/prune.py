@@ -2,8 +2,8 @@
 
 from tfprune import criteria
 from tfprune.graph import ChannelGraph
-from tfprune.planning import plan as make_plan
-from tfprune.rebuilding import rebuild
+from tfprune.pruning.planning import plan as make_plan
+from tfprune.pruning.rebuilding import rebuild
 
 
 def prune(model, ratio, criterion="l1", scope="layer", reinit="keep", initial_weights=None, seed=None,

@@ -50,7 +50,7 @@ def litert_interpreter(path=None, content=None, threads=None):
     Example:
 
     >>> import os, tempfile, keras, tfprune
-    >>> from tfprune.runtimes import litert_interpreter
+    >>> from tfprune.deployment.runtimes import litert_interpreter
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> path = tfprune.export(model, os.path.join(tempfile.mkdtemp(), "m.tflite"), format="tflite").path
     >>> [int(d) for d in litert_interpreter(path).get_input_details()[0]["shape"]]
@@ -83,7 +83,7 @@ def onnx_session(path, threads=None):
     Example:
 
     >>> import os, tempfile, keras, tfprune
-    >>> from tfprune.runtimes import onnx_session
+    >>> from tfprune.deployment.runtimes import onnx_session
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> path = tfprune.export(model, os.path.join(tempfile.mkdtemp(), "m.onnx"), format="onnx").path
     >>> [i.shape[1:] for i in onnx_session(path, threads=1).get_inputs()]

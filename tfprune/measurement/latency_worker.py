@@ -1,6 +1,6 @@
 """The subprocess behind `tfprune.benchmark` for TensorFlow thread counts other than the calling process's own.
 
-    python -m tfprune.latency_worker SPEC.json
+    python -m tfprune.measurement.latency_worker SPEC.json
 
 SPEC.json: `{"models": [[label, path.keras], ...], "batch_sizes": [...], "threads": n, "runs": r, "warmup": w,
 "out": result.json}`. TensorFlow's intra- and inter-op thread pools are set to `threads` before any op runs; the
@@ -14,7 +14,7 @@ import sys
 
 def main(argv):
     if len(argv) != 2:
-        print("usage: python -m tfprune.latency_worker SPEC.json", file=sys.stderr)
+        print("usage: python -m tfprune.measurement.latency_worker SPEC.json", file=sys.stderr)
         return 2
     with open(argv[1]) as f:
         spec = json.load(f)
@@ -24,7 +24,7 @@ def main(argv):
     tf.config.threading.set_inter_op_parallelism_threads(spec["threads"])
     import keras
 
-    from tfprune.benchmarking import _tensorflow_call, _time_in_turn
+    from tfprune.measurement.benchmarking import _tensorflow_call, _time_in_turn
 
     # The files are copies that tfprune.benchmark saved from models it was given (user files were loaded there
     # with safe mode on), so they are trusted here.

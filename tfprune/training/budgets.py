@@ -3,7 +3,7 @@
 import math
 import numbers
 
-from tfprune.counting import count_macs
+from tfprune.measurement.counting import count_macs
 
 
 def scratch_b_epochs(epochs, model, slim, max_factor=None):

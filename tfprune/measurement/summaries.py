@@ -1,6 +1,6 @@
 """summary(): a per-layer table of channels, parameters and MACs, of one model or of a model and its slim copy."""
 
-from tfprune.counting import count_macs, count_params, layer_counts
+from tfprune.measurement.counting import count_macs, count_params, layer_counts
 
 ARROW = " → "
 _HEADERS = ("Layer (path)", "Type", "Channels", "Params", "MACs")

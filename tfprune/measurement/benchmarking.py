@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfprune.backends import require_backend
+from tfprune.deployment.runtimes import LITERT, ONNX_RUNTIME, litert_interpreter, onnx_session, runtime_version
+from tfprune.deployment.verification import random_inputs
 from tfprune.graph.keras_nodes import model_inputs
-from tfprune.runtimes import LITERT, ONNX_RUNTIME, litert_interpreter, onnx_session, runtime_version
-from tfprune.verification import random_inputs
 
 ENGINES = ("tensorflow", "tflite", "onnxruntime")
 DEFAULT_ENGINES = ("tensorflow", "tflite")
@@ -107,7 +107,8 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
 
     - "tensorflow": the Keras model called through one `tf.function` (not `model.predict`). TensorFlow fixes its
       thread pools when it first runs an op, so a thread count other than the one this process already uses is
-      measured in a fresh Python subprocess (`tfprune.latency_worker`) with intra- and inter-op threads set to it
+      measured in a fresh Python subprocess (`tfprune.measurement.latency_worker`) with intra- and inter-op threads
+      set to it
       (a model given in memory is saved to a temporary .keras file for it). This process's own count is
       `tf.config.threading.get_intra_op_parallelism_threads()`, 0 meaning all CPUs.
     - "tflite": the LiteRT interpreter (`ai_edge_litert.interpreter.Interpreter(num_threads=...)`, XNNPACK),
@@ -147,7 +148,7 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
     ...                            engines=("tensorflow",), runs=5, warmup=1)
     >>> [row.model for row in report.rows]
     ['original', 'slim']
-    >>> report.get("original", "tensorflow", 1, tfprune.benchmarking.available_threads()).ratio
+    >>> report.get("original", "tensorflow", 1, tfprune.measurement.benchmarking.available_threads()).ratio
     1.0
     """
     require_backend("tensorflow", "tfprune.benchmark")
@@ -199,7 +200,7 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
                 if entry_kind == "keras":
                     notify(f"converting {label!r} to {kind}")
                     path = os.path.join(workdir, f"model_{index}.{kind}")
-                    from tfprune.exporting import export  # imported here: exporting is the heavier module
+                    from tfprune.deployment.exporting import export  # imported here: exporting is the heavier module
 
                     export(model, path, format=kind)
                     files.append((label, path))
@@ -285,7 +286,7 @@ def _onnx_call(path, batch_size, threads):
 
 
 def _tensorflow_in_subprocess(keras_entries, batch_sizes, threads, runs, warmup, workdir):
-    """Run `tfprune.latency_worker` with `threads` TF threads; `{(label, batch): [seconds]}`."""
+    """Run `tfprune.measurement.latency_worker` with `threads` TF threads; `{(label, batch): [seconds]}`."""
     models = []
     for index, (label, model) in enumerate(keras_entries):
         path = os.path.join(workdir, f"model_{index}.keras")
@@ -297,7 +298,7 @@ def _tensorflow_in_subprocess(keras_entries, batch_sizes, threads, runs, warmup,
         json.dump({"models": models, "batch_sizes": list(batch_sizes), "threads": threads, "runs": runs,
                    "warmup": warmup, "out": out_path}, f)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    done = subprocess.run([sys.executable, "-m", "tfprune.latency_worker", spec_path], env=env,
+    done = subprocess.run([sys.executable, "-m", "tfprune.measurement.latency_worker", spec_path], env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -5,9 +5,9 @@ import numpy as np
 
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs
 from tfprune.graph.tracing import open_model
-from tfprune.masking import mask
-from tfprune.plans import Plan
-from tfprune.rebuilding import rebuild
+from tfprune.pruning.masking import mask
+from tfprune.pruning.plans import Plan
+from tfprune.pruning.rebuilding import rebuild
 
 
 def random_inputs(model, batch_size=2, seed=0):

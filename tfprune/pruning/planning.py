@@ -8,7 +8,7 @@ import numpy as np
 from tfprune import criteria
 from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
-from tfprune.plans import Plan
+from tfprune.pruning.plans import Plan
 
 SCOPES = ("layer", "global")
 

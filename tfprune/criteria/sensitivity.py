@@ -13,14 +13,14 @@ import keras
 import numpy as np
 
 from tfprune import criteria
-from tfprune.counting import count_macs
 from tfprune.graph import ChannelGraph
-from tfprune.macs_model import MacsModel
-from tfprune.macs_target import plan_for_macs
-from tfprune.masking import mask
-from tfprune.planning import plan as make_plan
-from tfprune.plans import Plan
-from tfprune.rebuilding import rebuild
+from tfprune.measurement.counting import count_macs
+from tfprune.measurement.macs_model import MacsModel
+from tfprune.pruning.masking import mask
+from tfprune.pruning.planning import plan as make_plan
+from tfprune.pruning.plans import Plan
+from tfprune.pruning.rebuilding import rebuild
+from tfprune.pruning.targets import plan_for_macs
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -2,7 +2,7 @@
 
 import numbers
 
-from tfprune.macs_model import MacsModel
+from tfprune.measurement.macs_model import MacsModel
 
 
 def plan_for_macs(model, target, make_plan, graph=None, steps=16):

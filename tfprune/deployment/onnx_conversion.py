@@ -34,9 +34,9 @@ import warnings
 import keras
 import numpy as np
 
+from tfprune.deployment.op_names import layer_of_op
 from tfprune.errors import ExportError, RuntimeUnavailableError
 from tfprune.graph.keras_nodes import model_inputs
-from tfprune.op_names import layer_of_op
 
 CONVERTERS = ("keras", "tf2onnx", "stateless")
 LARGE_MODEL_BYTES = 256 * 2**20  # weights above this take the "stateless" converter by default
@@ -76,7 +76,7 @@ def write_onnx(model, path, converter=None, opset=None):
     Example:
 
     >>> import os, tempfile, keras
-    >>> from tfprune.onnx_conversion import write_onnx
+    >>> from tfprune.deployment.onnx_conversion import write_onnx
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> write_onnx(model, os.path.join(tempfile.mkdtemp(), "m.onnx"))
     'keras'

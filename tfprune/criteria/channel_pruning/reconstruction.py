@@ -35,11 +35,10 @@ import keras
 import numpy as np
 from scipy import linalg
 
-from tfprune.capturing import LayerInputs
-from tfprune.criteria.lasso import sampling_seed
+from tfprune.criteria.channel_pruning.capturing import LayerInputs
+from tfprune.criteria.channel_pruning.patches import LinearPatches, sampling_seed, why_not_linear
 from tfprune.graph import ChannelGraph
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
-from tfprune.patches import LinearPatches, why_not_linear
 
 
 @dataclasses.dataclass

@@ -7,6 +7,8 @@ channel selection and reconstruction (Channel Pruning, ICCV 2017). A `Dense` lay
 1-wide kernel over every leading axis (one position per example for a rank-2 input).
 """
 
+import zlib
+
 import numpy as np
 from keras import layers as L
 
@@ -123,3 +125,8 @@ class LinearPatches:
         flat = patches.reshape(len(patches), -1).astype(np.float64)
         out = flat @ kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
         return out if bias is None else out + bias
+
+
+def sampling_seed(seed, path):
+    """A seed for the sampled positions of layer `path`, the same in every process for the same `seed`."""
+    return np.random.default_rng([int(seed), zlib.crc32(path.encode())])

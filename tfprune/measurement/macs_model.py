@@ -10,9 +10,9 @@ searches (`tfprune.search`), `plan_for_macs` and DMCP's differentiable budget al
 import keras
 import numpy as np
 
-from tfprune.counting import layer_counts
 from tfprune.graph import ChannelGraph
 from tfprune.graph.rules import Boundary
+from tfprune.measurement.counting import layer_counts
 
 L = keras.layers
 _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)

@@ -1,5 +1,5 @@
 """Channel selection by LASSO regression (He et al., "Channel Pruning for Accelerating Very Deep Neural Networks",
-ICCV 2017), the selection half of `criterion="lasso"`; `tfprune.reconstruction` is the other half.
+ICCV 2017), the selection half of `criterion="lasso"`; `reconstruction` beside it is the other half.
 
 **The objective.** A plain convolution or Dense layer that reads a group's channels computes, at an output
 position, `Y = Σ_c Z_c + (the rest)`, where `Z_c = X_c · W_c` is the contribution of input channel c: its slice of
@@ -29,12 +29,11 @@ the selection of all groups is one plan, and only the reconstruction, `tfprune.p
 """
 
 import warnings
-import zlib
 
 import numpy as np
 
-from tfprune.capturing import LayerInputs, NotEnoughData
-from tfprune.patches import LinearPatches, why_not_linear
+from tfprune.criteria.channel_pruning.capturing import LayerInputs, NotEnoughData
+from tfprune.criteria.channel_pruning.patches import LinearPatches, sampling_seed, why_not_linear
 
 
 def lasso_keep(gram, n_keep, max_steps=60):
@@ -164,17 +163,12 @@ def consumers(graph, group):
     return out
 
 
-def sampling_seed(seed, path):
-    """A seed for the sampled positions of layer `path`, the same in every process for the same `seed`."""
-    return np.random.default_rng([int(seed), zlib.crc32(path.encode())])
-
-
 class LassoSelection:
     """He et al.'s channel selection (ICCV 2017) as a criterion, with their least-squares reconstruction as the
     `reconstruct` step that `tfprune.prune` runs after rebuilding.
 
     See the module docstring for the objective and how groups with several consumers (residual stages) are
-    handled, and `tfprune.reconstruction.reconstruct` for the refit. With `tfprune.plan(..., scope="layer")` each
+    handled, and `tfprune.reconstruct` for the refit. With `tfprune.plan(..., scope="layer")` each
     group gets exactly its requested count of non-zero coefficients (`scores_for_keep`); called as a plain
     criterion (global scope) it ranks channels by how long their coefficient survives a growing α.
 
@@ -185,7 +179,7 @@ class LassoSelection:
         seed: seed of the sampled positions (None: a fresh one, kept for the object's lifetime so that selection
             and reconstruction see the same positions).
         verbose: 1 shows progress bars, 0 is silent.
-        ridge: the reconstruction's relative Tikhonov term (see `tfprune.reconstruction.reconstruct`).
+        ridge: the reconstruction's relative Tikhonov term (see `tfprune.reconstruct`).
 
     Example:
 
@@ -302,8 +296,8 @@ class LassoSelection:
         return lasso_path_scores(gram)
 
     def reconstruct(self, model, slim, plan, data):
-        """He et al.'s least-squares reconstruction of `slim` (see `tfprune.reconstruction.reconstruct`)."""
-        from tfprune.reconstruction import reconstruct
+        """He et al.'s least-squares reconstruction of `slim` (see `tfprune.reconstruct`)."""
+        from tfprune.criteria.channel_pruning.reconstruction import reconstruct
 
         self.reconstruction = reconstruct(model, slim, plan, data, images=self.images,
                                           locations_per_image=self.locations_per_image,

@@ -15,10 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfprune.backends import require_backend
-from tfprune.errors import ExportError
-from tfprune.graph.keras_nodes import model_inputs
-from tfprune.op_names import layer_of_op
-from tfprune.runtimes import (
+from tfprune.deployment.op_names import layer_of_op
+from tfprune.deployment.runtimes import (
     LITERT,
     ONNX_RUNTIME,
     litert_interpreter,
@@ -27,7 +25,9 @@ from tfprune.runtimes import (
     onnx_session,
     runtime_version,
 )
-from tfprune.verification import outputs, random_inputs
+from tfprune.deployment.verification import outputs, random_inputs
+from tfprune.errors import ExportError
+from tfprune.graph.keras_nodes import model_inputs
 
 FORMATS = ("saved_model", "tflite", "keras", "onnx")
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -49,7 +49,8 @@ class ExportResult:
         reference_accuracy: top-1 accuracy of the Keras model on the same inputs when `labels` were given, else None.
         runtime: what ran the artefact for the check: "Keras", "TensorFlow", "LiteRT <version>" or
             "ONNX Runtime <version>".
-        converter: for "onnx", the converter used ("keras" or "tf2onnx", see `tfprune.onnx_conversion`), else None.
+        converter: for "onnx", the converter used ("keras" or "tf2onnx", see
+            `tfprune.deployment.onnx_conversion`), else None.
     """
 
     path: str
@@ -67,7 +68,7 @@ def export(model, path, format="saved_model", quantize=None, representative_data
     """Write `model` to `path`, load the written artefact back and compare its outputs with the model's.
 
     The model itself is not modified. The check inputs are `representative_data` (all of its examples) when given,
-    else random inputs from `tfprune.verification.random_inputs(model)`.
+    else random inputs from `tfprune.deployment.verification.random_inputs(model)`.
 
     - "keras": `model.save(path)`; `path` must end in ".keras". Reloaded with `keras.models.load_model`.
     - "saved_model": `model.export(path, format="tf_saved_model")`; reloaded with `tf.saved_model.load` and called
@@ -80,7 +81,8 @@ def export(model, path, format="saved_model", quantize=None, representative_data
       and activations, calibrated on `representative_data`, every op must have an int8 kernel). With "int8" the
       model keeps float32 input and output (quantise/dequantise happen inside the model), so it is a drop-in
       replacement for the float model.
-    - "onnx": written by `tfprune.onnx_conversion.write_onnx` (Keras's own `model.export(format="onnx")`, which
+    - "onnx": written by `tfprune.deployment.onnx_conversion.write_onnx`
+      (Keras's own `model.export(format="onnx")`, which
       runs tf2onnx; tf2onnx directly only for Keras < 3.8, which has no ONNX export) and run in ONNX Runtime (CPU).
       Models with several inputs and outputs are supported; the check then uses random inputs
       (`representative_data` is refused), and `labels` score the first output. Needs the `onnx` extra.
@@ -170,7 +172,7 @@ def export(model, path, format="saved_model", quantize=None, representative_data
             f.write(flatbuffer)
         actual = litert_outputs(litert_interpreter(content=flatbuffer), inputs)
     else:
-        from tfprune.onnx_conversion import write_onnx  # imported here: it imports tf2onnx
+        from tfprune.deployment.onnx_conversion import write_onnx  # imported here: it imports tf2onnx
 
         converter = write_onnx(model, path)
         actual = onnx_outputs(onnx_session(path), inputs)
