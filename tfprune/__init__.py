@@ -4,6 +4,7 @@ model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebu
 """
 
 import importlib
+import typing
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,35 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
+
+# The same names for static readers (type checkers, the API reference's griffe), which cannot run __getattr__.
+# `_PUBLIC` stays the runtime source of truth; tests/test_public_api.py checks that the two name the same
+# modules. A public name that is itself a top-level module of tfprune (`callbacks`, `search`, ...) needs no line.
+if typing.TYPE_CHECKING:
+    from tfprune.benchmarking import benchmark as benchmark
+    from tfprune.budgets import scratch_b_epochs as scratch_b_epochs
+    from tfprune.counting import count_macs as count_macs
+    from tfprune.counting import count_params as count_params
+    from tfprune.errors import ExportError as ExportError
+    from tfprune.errors import PlanError as PlanError
+    from tfprune.errors import RuntimeUnavailableError as RuntimeUnavailableError
+    from tfprune.errors import UnknownMACsError as UnknownMACsError
+    from tfprune.errors import UnsupportedModelError as UnsupportedModelError
+    from tfprune.exporting import export as export
+    from tfprune.fine_tuning import fine_tune as fine_tune
+    from tfprune.graph import ChannelGraph as ChannelGraph
+    from tfprune.graph import Group as Group
+    from tfprune.graph import trace as trace
+    from tfprune.macs_target import plan_for_macs as plan_for_macs
+    from tfprune.masking import mask as mask
+    from tfprune.planning import plan as plan
+    from tfprune.plans import Plan as Plan
+    from tfprune.pruning import prune as prune
+    from tfprune.rebuilding import rebuild as rebuild
+    from tfprune.reconstruction import reconstruct as reconstruct
+    from tfprune.sensitivity_analysis import SensitivityResult as SensitivityResult
+    from tfprune.sensitivity_analysis import sensitivity as sensitivity
+    from tfprune.summaries import summary as summary
 
 
 def __getattr__(name):
