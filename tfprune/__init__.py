@@ -4,6 +4,7 @@ model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebu
 """
 
 import importlib
+import typing
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,38 @@ _MODULES = {
 }
 
 __all__ = sorted({**_PUBLIC, **_MODULES})
+
+# The same names for static readers (type checkers, the API reference's griffe), which cannot run __getattr__.
+# `_PUBLIC` stays the runtime source of truth; tests/test_public_api.py checks that the two name the same
+# modules. A public module at its own path (`tfprune.callbacks`, `tfprune.search`, ...) needs no line.
+if typing.TYPE_CHECKING:
+    from tfprune.criteria.channel_pruning.reconstruction import reconstruct as reconstruct
+    from tfprune.criteria.sensitivity import SensitivityResult as SensitivityResult
+    from tfprune.criteria.sensitivity import sensitivity as sensitivity
+    from tfprune.deployment.exporting import export as export
+    from tfprune.errors import ExportError as ExportError
+    from tfprune.errors import PlanError as PlanError
+    from tfprune.errors import RuntimeUnavailableError as RuntimeUnavailableError
+    from tfprune.errors import UnknownMACsError as UnknownMACsError
+    from tfprune.errors import UnsupportedModelError as UnsupportedModelError
+    from tfprune.graph import ChannelGraph as ChannelGraph
+    from tfprune.graph import Group as Group
+    from tfprune.graph import trace as trace
+    from tfprune.measurement import macs_model as macs_model
+    from tfprune.measurement.benchmarking import benchmark as benchmark
+    from tfprune.measurement.counting import count_macs as count_macs
+    from tfprune.measurement.counting import count_params as count_params
+    from tfprune.measurement.summaries import summary as summary
+    from tfprune.pruning.masking import mask as mask
+    from tfprune.pruning.planning import plan as plan
+    from tfprune.pruning.plans import Plan as Plan
+    from tfprune.pruning.prune import prune as prune
+    from tfprune.pruning.rebuilding import rebuild as rebuild
+    from tfprune.pruning.targets import plan_for_macs as plan_for_macs
+    from tfprune.training import datasets as datasets
+    from tfprune.training import models as models
+    from tfprune.training.budgets import scratch_b_epochs as scratch_b_epochs
+    from tfprune.training.fine_tuning import fine_tune as fine_tune
 
 
 def __getattr__(name):

@@ -16,11 +16,10 @@ def random_search(model, train_data=None, val_data=None, target_macs=0.5, *, fit
     Candidates are the uniform one (one common keep ratio at the budget) first, then keep ratios drawn
     uniformly from `grid` for every group and repaired onto the budget exactly as `tfprune.search.abc` repairs
     its candidates; repeats are drawn again (up to 20 times the budget of draws). Give it the `evaluations` an
-    ABC search used to compare the two at equal cost.
+    ABC search used to compare the two at equal cost. Every argument but `evaluations` is as in
+    `tfprune.search.abc`.
 
     Args:
-        model, train_data, val_data, target_macs, fitness, grid, fine_tune_steps, batch_size, criterion,
-        criterion_data, groups, round_to, seed, verbose: as in `tfprune.search.abc`.
         evaluations: how many distinct candidates to score.
 
     Returns:
