@@ -6,6 +6,7 @@ import pytest
 
 import tfprune
 from tfprune import Plan
+from tfprune.deployment.verification import check_equivalence
 
 
 def conv_net(seed=0):
@@ -156,3 +157,21 @@ def test_every_named_criterion_prunes(criterion):
     model = conv_net()
     slim = tfprune.prune(model, 0.5, criterion=criterion, seed=0)
     assert tfprune.count_macs(slim) < tfprune.count_macs(model)
+
+
+def test_a_layer_whose_own_get_config_refuses_is_copied_through_its_rule():
+    """`Identity(dtype=DTypePolicy(...))`, as KerasHub builds it: Keras's auto-config refuses the policy object, and
+    the Identity rule supplies the config instead, keeping the layer's dtype policy."""
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.Identity(dtype=keras.DTypePolicy("float32"), name="same")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling2D()(x)))
+    with pytest.raises(NotImplementedError):
+        model.get_layer("same").get_config()
+
+    slim = tfprune.rebuild(model, tfprune.plan(model, 0.5))
+
+    assert type(slim.get_layer("same")) is keras.layers.Identity
+    assert slim.get_layer("same").dtype_policy.name == "float32"
+    assert slim.get_layer("same").output.shape == (None, 6, 6, 4)
+    assert check_equivalence(model, tfprune.plan(model, 0.5)) < 1e-6

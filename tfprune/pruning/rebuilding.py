@@ -181,22 +181,21 @@ class _Rebuilder:
         is_layer = isinstance(op, keras.layers.Layer)
         if not is_layer and not keep:
             return op  # a stateless keras.ops operation whose arguments do not change
-        if type(op) is keras.layers.Identity:  # its auto-config fails when built with non-serialisable arguments
-            return keras.layers.Identity(name=op.name)
         try:
-            config = self.graph.rules[path].updated_config(op, op.get_config(), keep)
+            rule = self.graph.rules[path]
+            config = rule.updated_config(op, rule.config(op), keep)
             if self.reinit == "scratch" and self.seed is not None:
                 config = _seeded(config, self.seed + len(self.created))
             # The config comes from a live layer of this process, not from a file: Lambda functions may be copied.
             with SafeModeScope(False):
                 try:
-                    new = self.graph.rules[path].new_layer(op, config)
+                    new = rule.new_layer(op, config)
                 except (TypeError, ValueError):
                     if not callable(getattr(op, "activation", None)) or "activation" not in config:
                         raise
                     # An activation its config cannot recreate (a custom layer or a Python lambda given as
                     # `activation=`): the slim layer calls the very same object.
-                    new = self.graph.rules[path].new_layer(op, {**config, "activation": op.activation})
+                    new = rule.new_layer(op, {**config, "activation": op.activation})
             values = self.sliced_values(path, op) if isinstance(new, keras.layers.Layer) and not new.built else None
             if values:
                 self.preset_weights(new, values)

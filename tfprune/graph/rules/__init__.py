@@ -18,7 +18,7 @@ from tfprune.graph.rules.base import Boundary, LambdaBoundary, LayerRule, NotUnd
 L = keras.layers
 
 _PER_CHANNEL_PASS_THROUGH = (
-    L.ReLU, L.LeakyReLU, L.ELU, L.Identity, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+    L.ReLU, L.LeakyReLU, L.ELU, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
     L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
     L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
     L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
@@ -52,6 +52,7 @@ _RULES = (
     (L.Rescaling, normalization.Rescaling()),
     (ConvNeXtLayerScale, normalization.LayerScale()),
     (L.Activation, passthrough.ActivationLayer()),
+    (L.Identity, passthrough.IdentityLayer()),
     ((L.Softmax, L.UnitNormalization), passthrough.AxisSpanningLayer()),
     (_PER_CHANNEL_PASS_THROUGH, passthrough.PassThrough()),
     (L.Permute, passthrough.PermuteLayer()),

@@ -6,7 +6,8 @@ A rule says three things about one layer type:
   must be pruned together, and which of its weights are indexed by which positions (`ctx.record`);
 * `weight_index`: for each weight, the numpy index that keeps exactly the surviving channels — `rebuild` slices
   with it and `mask` zeroes everything outside it, so the two agree by construction;
-* `updated_config`: the layer config of the slimmer layer (e.g. a smaller `filters`).
+* `config` and `updated_config`: the config of the layer as it is, and that of the slimmer layer (e.g. a smaller
+  `filters`), from which `new_layer` makes it.
 """
 
 import numpy as np
@@ -26,6 +27,11 @@ class LayerRule:
     def weight_index(self, layer, keep):
         """`{weight name: numpy index}` for the weights that lose entries; `keep` maps a recorded side to a mask."""
         return {}
+
+    def config(self, layer):
+        """The config of `layer` as it is, which `updated_config` slims: `layer.get_config()` unless a layer's own
+        cannot give it."""
+        return layer.get_config()
 
     def updated_config(self, layer, config, keep):
         """The config of the slim layer, given the keep masks of the recorded sides."""
