@@ -16,6 +16,7 @@ own (used directly in `call`, not through sub-layers) are never opened: a slim c
 
 import dataclasses
 import inspect
+import re
 
 import keras
 import numpy as np
@@ -176,6 +177,8 @@ class _Opener:
         try:
             raw = keras.Model(packed, model.call(packed), name=model.name)
         except Exception as e:  # noqa: BLE001 - any failure of the user's call is reported with its first line
+            if _draws_unseeded(e):
+                raise UnsupportedModelError(f"Cannot trace subclassed model {name}: {_unseeded_reason(e)}.") from e
             raise UnsupportedModelError(f"Cannot trace subclassed model {name}: its call does not run on symbolic "
                                         f"inputs ({first_line(e)}). Write it with Keras layers and keras.ops, or "
                                         "as a Functional model.") from e
@@ -303,7 +306,8 @@ class _Opener:
             try:
                 raw = trace_call(op, node, shapes=shapes)
             except Exception as e:  # noqa: BLE001 - any failure of the layer's call closes it, with its reason
-                self.closed[path] = f"its call could not be traced ({first_line(e)})"
+                self.closed[path] = (_unseeded_reason(e) if _draws_unseeded(e) else
+                                     f"its call could not be traced ({first_line(e)})")
                 return None
             inner_inputs = tensors if self.checking else model_inputs(raw)
             try:
@@ -509,8 +513,23 @@ def _compare(expected, actual):
 
 
 def first_line(error):
-    text = str(error).strip().splitlines()
+    """`Type: first line of the message`, past the line Keras puts before a layer's own error."""
+    text = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines() if line.strip()]
+    if len(text) > 1 and text[0].startswith("Exception encountered when calling"):
+        text = text[1:]
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
+
+
+def _draws_unseeded(error):
+    """Whether a symbolic call failed because it draws random numbers without a seed (JAX refuses it when tracing;
+    TensorFlow lets it run and the trace then disagrees, see `UNSEEDED`)."""
+    return "[JAX RNG]" in str(error)
+
+
+def _unseeded_reason(error):
+    layer = re.search(r"of '([^']+)' \(of type (\w+)\)", str(error))
+    where = f" (in layer '{layer.group(1)}' ({layer.group(2)}))" if layer else ""
+    return f"it gives different outputs on every call{where}: {UNSEEDED}"
 
 
 def _is_shape(value):
