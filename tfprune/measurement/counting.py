@@ -15,7 +15,6 @@ warning and 0 for that layer.
 import dataclasses
 import math
 import os
-import re
 import sys
 import warnings
 
@@ -28,6 +27,17 @@ from keras.src.ops import numpy as numpy_ops
 from tfprune.errors import UnknownMACsError
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
 from tfprune.graph.tracing import first_line, open_model, trace_call
+from tfprune.measurement.attention_macs import (
+    UnknownCostError,
+    UnknownSizeError,
+    attention_layer_macs,
+    call_arguments,
+    dot_product_attention_macs,
+    einsum_dense_macs,
+    einsum_macs,
+    einsum_output_shape,
+    matmul_macs,
+)
 
 L = keras.layers
 
@@ -283,27 +293,45 @@ class _Counter:
             count = self.counts[path] = LayerCount(path, type(op).__name__, int(params), channels=channels)
         count.calls += 1
         if self.macs:
-            out_shapes = [tuple(t.shape) for t in outputs]
+            count.macs += self.call_macs(op, node, path, in_shapes, [tuple(t.shape) for t in outputs])
+
+    def call_macs(self, op, node, path, in_shapes, out_shapes):
+        """MACs of one call: by formula, else through a trace of the call for a layer with weights."""
+        try:
             macs = _macs(op, path, in_shapes, out_shapes)
-            if macs is None:
-                macs = _op_macs(op, node, in_shapes, out_shapes) if not isinstance(op, L.Layer) else 0
-                if (isinstance(op, L.Layer) and op.weights and not isinstance(op, _ZERO_MACS)
-                        and path not in self.channelwise):
-                    macs = self.traced_macs(op, node, path, in_shapes)
-            count.macs += macs
+            if macs is None and isinstance(op, L.Layer):
+                macs = _attention_macs(op, node, in_shapes)
+            if macs is None and not isinstance(op, L.Layer):
+                macs = _op_macs(op, node, in_shapes, out_shapes)
+        except UnknownSizeError as e:
+            raise ValueError(f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): {e}. "
+                             f"{_FIXED_SIZE}") from e
+        except UnknownCostError as e:
+            return self.unknown_layer(op, path, str(e), e)
+        if macs is not None:
+            return macs
+        if op.weights and not isinstance(op, _ZERO_MACS) and path not in self.channelwise:
+            return self.traced_macs(op, node, path, in_shapes)
+        return 0
+
+    def unknown_layer(self, op, path, why, error):
+        """0 MACs for a layer whose MACs cannot be known, remembered for the warning; or an `UnknownMACsError`."""
+        if self.unknown_macs == "raise":
+            raise UnknownMACsError(
+                f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): {why}. Pass "
+                "unknown_macs='lower_bound' to count it as 0 MACs (the total is then a lower bound).") from error
+        self.unknown[path] = f"{type(op).__name__}: {why}"
+        return 0
 
     def traced_macs(self, op, node, path, in_shapes):
-        """MACs of one call of a layer with weights that has no formula, counted through a trace of its call."""
+        """MACs of one call of a layer with weights that has no formula, counted through a trace of its call.
+
+        The call is traced on a batch of one (the size MACs are counted for), so that a call which needs a batch
+        size, such as `ops.tile(self.class_token, (ops.shape(x)[0], 1, 1))`, can be traced."""
         try:
-            raw = trace_call(op, node, shapes=in_shapes)
+            raw = trace_call(op, node, shapes=[(1, *shape[1:]) for shape in in_shapes])
         except Exception as e:  # noqa: BLE001 - any failure of the layer's call makes its MACs unknown
-            why = f"its call could not be traced ({first_line(e)})"
-            if self.unknown_macs == "raise":
-                raise UnknownMACsError(
-                    f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): it has weights and {why}. Pass "
-                    "unknown_macs='lower_bound' to count it as 0 MACs (the total is then a lower bound).") from e
-            self.unknown[path] = f"{type(op).__name__}: {why}"
-            return 0
+            return self.unknown_layer(op, path, f"it has weights and its call could not be traced ({first_line(e)})", e)
         inner = _Counter(macs=True, unknown_macs=self.unknown_macs)
         inner.unknown = self.unknown
         inner.walk(raw, prefix=path + "/", input_shapes=in_shapes)
@@ -321,6 +349,12 @@ def _refined(tensor, shape):
 
 def _outputs(node, tensors):
     """The output tensors of one call, recomputed symbolically when its inputs are better known than in the graph."""
+    op = node.operation
+    if isinstance(op, L.EinsumDense) and len(node.arguments.keras_tensors) == 1:
+        # Its declared output shape leaves open the axes its configuration does not fix (a sequence length).
+        x = tensors[id(node.arguments.keras_tensors[0])]
+        shape = einsum_output_shape(op.equation, [tuple(x.shape), tuple(op.kernel.shape)], [True, False])
+        return [_refined(node.outputs[0], shape)]
     if all(tensors[id(t)] is t for t in node.arguments.keras_tensors):
         return list(node.outputs)
     args, kwargs = node.arguments.fill_in(tensors)
@@ -369,36 +403,69 @@ def _macs(op, path, in_shapes, out_shapes):
         positions = _known(out_shapes[0][1:-1], op, path, "output", out_shapes[0])
         c_in = _known(in_shapes[0][-1:], op, path, "input", in_shapes[0])
         return positions * c_in * op.units
+    if isinstance(op, L.EinsumDense):
+        return einsum_dense_macs(op, in_shapes[0])
     return None  # no formula: weightless (0) or counted through a trace
 
 
-_LINEAR_OPS = (nn_ops.Conv, nn_ops.DepthwiseConv, nn_ops.ConvTranspose, numpy_ops.Matmul, numpy_ops.Einsum)
+_CACHED_ATTENTION_CALL = "keras_hub.src.layers.modeling.cached_multi_head_attention.CachedMultiHeadAttention.call"
+
+
+def _attention_macs(op, node, in_shapes):
+    """MACs of a closed `MultiHeadAttention` or `GroupQueryAttention` by formula, or None for any other layer.
+
+    The formula holds for the Keras classes and for subclasses that compute the same (KerasHub's
+    `CachedMultiHeadAttention` called without a cache); any other subclass is counted through its trace."""
+    if not isinstance(op, L.MultiHeadAttention | L.GroupQueryAttention):
+        return None
+    base = L.GroupQueryAttention if isinstance(op, L.GroupQueryAttention) else L.MultiHeadAttention
+    arguments = _call_arguments(op, node, in_shapes)
+    call = type(op).call
+    same_call = call is base.call or (f"{call.__module__}.{call.__qualname__}" == _CACHED_ATTENTION_CALL
+                                      and arguments.get("cache") is None)
+    if not same_call or type(op)._compute_attention is not base._compute_attention:
+        return None
+    return attention_layer_macs(op, {name: tuple(arguments[name].shape) for name in ("query", "value", "key")
+                                     if arguments.get(name) is not None})
+
+
+def _call_arguments(op, node, in_shapes):
+    """`{argument name: value}` of one call, its tensors replaced by stand-ins with the shapes it is counted for."""
+    stand_ins = {id(t): keras.KerasTensor(shape, dtype=t.dtype)
+                 for t, shape in zip(node.arguments.keras_tensors, in_shapes, strict=True)}
+    args, kwargs = node.arguments.fill_in(stand_ins)
+    return call_arguments(op, args, kwargs)
+
+
+_CONV_OPS = (nn_ops.Conv, nn_ops.DepthwiseConv, nn_ops.ConvTranspose)
 
 
 def _op_macs(op, node, in_shapes, out_shapes):
-    """MACs of a keras.ops convolution, matmul or einsum with a weight (a variable) operand; 0 for other ops."""
-    if not isinstance(op, _LINEAR_OPS):
+    """MACs of one keras.ops convolution, matmul, einsum or dot-product attention; 0 for other ops.
+
+    The operands may be activations (QKᵀ, AV) or weights and constants (a projection)."""
+    if not isinstance(op, (*_CONV_OPS, numpy_ops.Matmul, numpy_ops.Einsum, nn_ops.DotProductAttention)):
         return 0
-    leaves = tree.flatten((node.arguments.args, node.arguments.kwargs))
-    if not any(isinstance(x, keras.Variable) for x in leaves):
-        return 0  # a product of two activations (attention), not a weighted layer
-    tensor_shapes = iter(in_shapes)
-    operands = [tuple(x.shape) if isinstance(x, keras.Variable) else next(tensor_shapes)
-                for x in leaves if isinstance(x, keras.Variable | keras.KerasTensor)]
+    arguments = _call_arguments(op, node, in_shapes)
+    shapes = {name: _shape(value) for name, value in arguments.items()}
     out = out_shapes[0]
-    if isinstance(op, nn_ops.ConvTranspose):
-        return _product(operands[0][1:-1]) * _product(operands[1])
-    if isinstance(op, nn_ops.Conv | nn_ops.DepthwiseConv):
-        return _product(out[1:-1]) * _product(operands[1])
+    if isinstance(op, nn_ops.DotProductAttention):
+        return dot_product_attention_macs(shapes["query"], shapes["key"], shapes["value"])
+    if isinstance(op, numpy_ops.Einsum):
+        operands = arguments["operands"]
+        return einsum_macs(op.subscripts, [_shape(x) for x in operands],
+                           [isinstance(x, keras.KerasTensor) for x in operands])
     if isinstance(op, numpy_ops.Matmul):
-        return _product(out[1:]) * int(operands[0][-1])
-    inputs_part, _, output_part = op.subscripts.replace(" ", "").partition("->")
-    sizes = {}
-    for letters, shape in zip(inputs_part.split(","), operands, strict=False):
-        if "." not in letters:
-            sizes.update({c: d for c, d in zip(letters, shape, strict=False) if d is not None})
-    contracted = set(re.sub(r"[^A-Za-z]", "", inputs_part)) - set(output_part)
-    return _product(out[1:]) * _product(sizes.get(c, 1) for c in contracted)
+        return matmul_macs(out, shapes["x1"])
+    kernel = shapes["kernel"]
+    if isinstance(op, nn_ops.ConvTranspose):
+        return _product(shapes["inputs"][1:-1]) * _product(kernel)
+    return _product(out[1:-1]) * _product(kernel)
+
+
+def _shape(value):
+    """The shape of an operand: an activation, a weight or a constant (a Python number is a scalar)."""
+    return tuple(getattr(value, "shape", ()))
 
 
 def _product(dims):
@@ -416,13 +483,14 @@ def _conv_sizes(op, path, in_shape, out_shape):
             _known(in_spatial, op, path, "input", in_shape))
 
 
+_FIXED_SIZE = ("MACs are counted for a fixed input size: rebuild the model on an Input with every dimension given, "
+               "e.g. keras.Input((224, 224, 3)) instead of (None, None, 3) (for keras.applications, pass "
+               "input_shape=...; for a model with a sequence input, call it on keras.Input((128,), ...)).")
+
+
 def _known(dims, op, path, side, shape):
     """The product of `dims`, or a ValueError naming the layer when one of them is unknown."""
     if any(d is None for d in dims):
-        raise ValueError(
-            f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): its {side} shape {shape} has an "
-            "unknown dimension besides the batch. MACs are counted for a fixed input size: rebuild the model on "
-            "an Input with every dimension given, e.g. keras.Input((224, 224, 3)) instead of (None, None, 3) "
-            "(for keras.applications, pass input_shape=...)."
-        )
+        raise ValueError(f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): its {side} shape {shape} "
+                         f"has an unknown dimension besides the batch. {_FIXED_SIZE}")
     return int(math.prod(dims))
