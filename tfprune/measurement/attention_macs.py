@@ -40,7 +40,8 @@ def einsum_macs(equation, operands, batched):
 
     Raises:
         UnknownSizeError: when an index other than the batch has an unknown size.
-        UnknownCostError: for an einsum of more than two operands, whose cost depends on the order of its products.
+        UnknownCostError: for operands whose shapes disagree on an index, and for an einsum of more than two
+            operands, whose cost depends on the order of its products.
 
     Example:
 
@@ -177,6 +178,10 @@ def _index_sizes(equation, operands, batched):
             known = sizes.get(index)
             if known is None or known == 1:  # a size of 1 broadcasts against a larger one
                 sizes[index] = known if size is None else size
+            elif size not in (None, 1, known):
+                raise UnknownCostError(f"einsum '{equation}' has operands of shapes "
+                                       f"{', '.join(str(tuple(s)) for s in operands)}, which disagree on the size "
+                                       f"of index {index}")
     return sizes, batch
 
 

@@ -1,15 +1,18 @@
 """count_macs() and count_params(): the compute and the size of a Keras model, in total and per layer.
 
-MACs (multiply-accumulate operations) are those of the weighted linear layers, the usual convention of papers
-and of op counters such as Torch-Pruning's: convolutions (plain, grouped, transposed, depthwise, separable) and
-`Dense`. Everything else (biases, normalisation, activations, pooling, merges, resizing) counts 0 MACs. They are
-counted for one input example (batch size 1) from the symbolic shapes of every call of every layer.
+MACs (multiply-accumulate operations) are those of the linear maps, the usual convention of papers and of op
+counters such as Torch-Pruning's: convolutions (plain, grouped, transposed, depthwise, separable), `Dense`,
+`EinsumDense`, and in attention the projections and the two products of activations, QKᵀ and AV. Everything else
+(biases, normalisation, activations, softmax, scaling, masking, pooling, merges, resizing, embedding lookups)
+counts 0 MACs. They are counted for one input example (batch size 1) from the symbolic shapes of every call of
+every layer.
 
 Custom layers are counted inside: the model is traced first (`tfprune.trace`), and a layer that stays closed but
 has weights (its own, used directly in `call`, or its sub-layers') is counted through a trace of its call, where
-`keras.ops` convolutions, `matmul` and `einsum` with a weight operand count their MACs. A layer with weights whose
-call cannot be traced has unknown MACs: an `UnknownMACsError` naming it, or with `unknown_macs="lower_bound"` a
-warning and 0 for that layer.
+`keras.ops` convolutions, `matmul`, `einsum` and `dot_product_attention` count their MACs; a closed
+`MultiHeadAttention` or `GroupQueryAttention` is counted by formula (`tfprune.measurement.attention_macs`). A layer
+with weights whose call cannot be traced has unknown MACs: an `UnknownMACsError` naming it, or with
+`unknown_macs="lower_bound"` a warning and 0 for that layer.
 """
 
 import dataclasses
@@ -26,7 +29,7 @@ from keras.src.ops import numpy as numpy_ops
 
 from tfprune.errors import UnknownMACsError
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
-from tfprune.graph.tracing import first_line, open_model, trace_call
+from tfprune.graph.tracing import ConstantOutputError, first_line, open_model, trace_call
 from tfprune.measurement.attention_macs import (
     UnknownCostError,
     UnknownSizeError,
@@ -149,24 +152,35 @@ def layer_macs(model, unknown_macs="raise") -> dict:
 def count_macs(model, unknown_macs="raise") -> int:
     """Multiply-accumulate operations of one forward pass of `model` on one input example (batch size 1).
 
-    Counts the weighted linear layers, the standard convention: for an output of spatial size S,
+    Counts the multiply-accumulates of the linear maps, the standard convention: for an output of spatial size S,
     Conv (1D/2D/3D, grouped): S · prod(kernel_size) · C_in/groups · filters;
     DepthwiseConv (1D/2D): S · prod(kernel_size) · C_in · depth_multiplier;
     SeparableConv (1D/2D): the depthwise part plus S · C_in · depth_multiplier · filters;
     Conv Transpose (1D/2D/3D): input spatial size · prod(kernel_size) · C_in · filters (each input position
     scatters one kernel);
-    Dense: every position of the output but the last axis · input features · units.
-    `keras.ops` convolutions, `matmul` and `einsum` with a weight operand (inside custom layers) count likewise.
-    Everything else (biases, normalisation, activations, pooling, merges, products of two activations) counts 0.
+    Dense: every position of the output but the last axis · input features · units;
+    EinsumDense, and `keras.ops.einsum` of two operands: the product of the sizes of all distinct indices of its
+    equation but the batch's; `keras.ops.matmul`: the output size but the batch · the contracted size.
+    Attention counts its projections and both products of activations. For `MultiHeadAttention` with query
+    length T_q, key/value length T_k, H heads of key size Dk and value size Dv (GroupQueryAttention: H query
+    heads, H_kv key/value heads in the key and value projections):
+    query T_q·E_q·H·Dk + key T_k·E_k·H·Dk + value T_k·E_v·H·Dv + output T_q·H·Dv·E_out + QKᵀ H·T_q·T_k·Dk +
+    AV H·T_q·T_k·Dv; `keras.ops.dot_product_attention` counts its QKᵀ and AV alike. Causal attention counts as
+    full attention (the masked half is computed, then discarded). A tied embedding used as the output projection
+    (KerasHub's `ReversibleEmbedding` with `reverse=True`) counts as its matmul.
+    Everything else counts 0: biases, normalisation, activations, softmax, scaling, masking, pooling, merges,
+    embedding lookups, and weights added or concatenated (a position embedding, a class token).
     Nested Functional/Sequential sub-models are entered, custom layers and subclassed models are counted inside
-    through their trace (`tfprune.trace`), and a layer called twice counts twice.
+    through their trace (`tfprune.trace`), and a layer called twice counts twice. A sequence model (a KerasHub
+    backbone) is counted for a fixed length: call it on `keras.Input((length,), dtype="int32")` inputs.
 
     Args:
         model: a built `keras.Model` whose convolutions have a fixed input size (build it on e.g.
             `keras.Input((224, 224, 3))`, not `(None, None, 3)`).
         unknown_macs: "raise" (default): a layer with weights whose MACs cannot be known (its call cannot be
-            traced) raises `UnknownMACsError` naming it. "lower_bound": such layers count 0, with a warning, and
-            the result is a lower bound.
+            traced, or it holds an einsum of three operands) raises `UnknownMACsError` naming it. "lower_bound":
+            such layers count 0, with one warning naming all of them, and the result is a lower bound. (Pruning
+            never needs MACs: an unknown layer only stays closed there.)
 
     Returns:
         The MAC count as an int (FLOPs are about twice this).
@@ -185,6 +199,10 @@ def count_macs(model, unknown_macs="raise") -> int:
     >>> model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
     >>> tfprune.count_macs(model)  # 32*32*9*3*8 + 8*10
     221264
+    >>> tokens = keras.Input((10, 16))
+    >>> attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)
+    >>> tfprune.count_macs(keras.Model(tokens, attention(tokens, tokens)))  # 4 * 10*16*16 + 2 * 2*10*10*8
+    13440
     """
     return sum(c.macs for c in layer_counts(model, unknown_macs).values())
 
@@ -310,7 +328,7 @@ class _Counter:
             return self.unknown_layer(op, path, str(e), e)
         if macs is not None:
             return macs
-        if op.weights and not isinstance(op, _ZERO_MACS) and path not in self.channelwise:
+        if op.weights and not _computes_no_macs(op) and path not in self.channelwise:
             return self.traced_macs(op, node, path, in_shapes)
         return 0
 
@@ -327,15 +345,25 @@ class _Counter:
         """MACs of one call of a layer with weights that has no formula, counted through a trace of its call.
 
         The call is traced on a batch of one (the size MACs are counted for), so that a call which needs a batch
-        size, such as `ops.tile(self.class_token, (ops.shape(x)[0], 1, 1))`, can be traced."""
+        size, such as `ops.tile(self.class_token, (ops.shape(x)[0], 1, 1))`, can be traced. A call whose outputs
+        are computed from its weights and its inputs' shapes alone (a position embedding sliced to the sequence
+        length) runs eagerly on the weights, the same for every example: it counts 0."""
         try:
-            raw = trace_call(op, node, shapes=[(1, *shape[1:]) for shape in in_shapes])
+            raw = trace_call(op, node, shapes=[(1, *shape[1:]) for shape in in_shapes], dense=True)
+        except ConstantOutputError:
+            return 0
         except Exception as e:  # noqa: BLE001 - any failure of the layer's call makes its MACs unknown
             return self.unknown_layer(op, path, f"it has weights and its call could not be traced ({first_line(e)})", e)
         inner = _Counter(macs=True, unknown_macs=self.unknown_macs)
         inner.unknown = self.unknown
         inner.walk(raw, prefix=path + "/", input_shapes=in_shapes)
         return sum(c.macs for c in inner.counts.values())
+
+
+def _computes_no_macs(layer):
+    """Whether a layer with weights is one of the Keras layers that compute no MACs (a subclass with a call of its
+    own, such as KerasHub's ReversibleEmbedding, which can be an output projection, is counted through its trace)."""
+    return any(isinstance(layer, cls) and type(layer).call is cls.call for cls in _ZERO_MACS)
 
 
 def _refined(tensor, shape):
@@ -355,6 +383,11 @@ def _outputs(node, tensors):
         x = tensors[id(node.arguments.keras_tensors[0])]
         shape = einsum_output_shape(op.equation, [tuple(x.shape), tuple(op.kernel.shape)], [True, False])
         return [_refined(node.outputs[0], shape)]
+    if isinstance(op, nn_ops.DotProductAttention):
+        # Keras declares the query's shape; the output has the value's head size.
+        arguments = call_arguments(op, *node.arguments.fill_in(tensors))
+        query, value = tuple(arguments["query"].shape), tuple(arguments["value"].shape)
+        return [keras.KerasTensor((*query[:-1], value[-1]), dtype=node.outputs[0].dtype)]
     if all(tensors[id(t)] is t for t in node.arguments.keras_tensors):
         return list(node.outputs)
     args, kwargs = node.arguments.fill_in(tensors)
