@@ -416,14 +416,19 @@ class _CalledDifferently(Exception):
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
 
-def trace_call(op, node, shapes=None):
+class ConstantOutputError(ValueError):
+    """A layer's call returned no symbolic tensor: its outputs depend on its weights and its inputs' shapes alone."""
+
+
+def trace_call(op, node, shapes=None, dense=False):
     """Run `op.call` on fresh Inputs shaped like one of its calls (or like `shapes`, one per input tensor): a
-    Functional model named like the layer, whose nodes are the layer's own sub-layers and ops."""
+    Functional model named like the layer, whose nodes are the layer's own sub-layers and ops. With `dense`, the
+    Inputs are dense even where Keras marks a tensor sparse (it marks a tensor times a constant sparse)."""
     inputs, mapping = [], {}
     for i, t in enumerate(node.arguments.keras_tensors):
         if id(t) not in mapping:
             shape = tuple(t.shape) if shapes is None else tuple(shapes[i])
-            mapping[id(t)] = keras.Input(batch_shape=shape, dtype=t.dtype, sparse=t.sparse,
+            mapping[id(t)] = keras.Input(batch_shape=shape, dtype=t.dtype, sparse=t.sparse and not dense,
                                          name=f"{op.name}_input" + (f"_{i}" if i else ""))
         inputs.append(mapping[id(t)])
     if len(set(map(id, inputs))) != len(inputs):
@@ -434,6 +439,8 @@ def trace_call(op, node, shapes=None):
         # `training` (and `mask`) reach Layer.__call__ as call-context arguments even when `call` does not take them.
         kwargs = {k: v for k, v in kwargs.items() if k in parameters or k not in ("training", "mask")}
     outputs = tree.flatten(op.call(*args, **kwargs))
+    if not any(isinstance(out, keras.KerasTensor) for out in outputs):
+        raise ConstantOutputError("its call returned no symbolic tensor")
     if len(outputs) != len(node.outputs):
         raise ValueError(f"its call returned {len(outputs)} tensors on symbolic inputs, {len(node.outputs)} in the "
                          "model")
@@ -455,7 +462,9 @@ def _with_batch_reshapes(model):
     `ops.shape(x)[0]` is None on symbolic inputs, so a layer that reshapes to `(ops.shape(x)[0], -1, d)` (the
     idiom of Keras's ViT example) records a reshape to `(None, -1, d)`, which no real tensor can take. Keeping the
     batch axis and reshaping the rest is what the layer's call does on real inputs (the checking pass compares them).
-    A size left unknown on any other axis cannot be recovered: the layer is then not traced, with that reason."""
+    One size left unknown on another axis (`ops.reshape(y, ops.shape(x))` after an `EinsumDense`, whose declared
+    output leaves its sequence axis open) is the one the element count gives: -1. Two cannot be recovered: the layer
+    is then not traced, with that reason."""
     from keras.src.ops import numpy as numpy_ops
 
     replacements = {}
@@ -464,10 +473,11 @@ def _with_batch_reshapes(model):
         if not isinstance(op, numpy_ops.Reshape) or None not in tuple(op.newshape):
             continue
         newshape = tuple(op.newshape)
-        if None in newshape[1:]:
-            raise ValueError(f"it reshapes to {newshape}, a size that is known only at run time on an axis other "
-                             "than the batch axis; give that size from the layer's configuration instead")
-        replacements[id(node)] = keras.layers.Reshape(newshape[1:], name=op.name)
+        if sum(d is None or d == -1 for d in newshape[1:]) > 1:
+            raise ValueError(f"it reshapes to {newshape}, more than one size known only at run time on an axis "
+                             "other than the batch axis; give them from the layer's configuration instead")
+        replacements[id(node)] = keras.layers.Reshape(tuple(-1 if d is None else d for d in newshape[1:]),
+                                                      name=op.name)
     return _replay(model, replacements) if replacements else model
 
 

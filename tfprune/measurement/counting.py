@@ -1,21 +1,23 @@
 """count_macs() and count_params(): the compute and the size of a Keras model, in total and per layer.
 
-MACs (multiply-accumulate operations) are those of the weighted linear layers, the usual convention of papers
-and of op counters such as Torch-Pruning's: convolutions (plain, grouped, transposed, depthwise, separable) and
-`Dense`. Everything else (biases, normalisation, activations, pooling, merges, resizing) counts 0 MACs. They are
-counted for one input example (batch size 1) from the symbolic shapes of every call of every layer.
+MACs (multiply-accumulate operations) are those of the linear maps, the usual convention of papers and of op
+counters such as Torch-Pruning's: convolutions (plain, grouped, transposed, depthwise, separable), `Dense`,
+`EinsumDense`, and in attention the projections and the two products of activations, QKᵀ and AV. Everything else
+(biases, normalisation, activations, softmax, scaling, masking, pooling, merges, resizing, embedding lookups)
+counts 0 MACs. They are counted for one input example (batch size 1) from the symbolic shapes of every call of
+every layer.
 
 Custom layers are counted inside: the model is traced first (`tfprune.trace`), and a layer that stays closed but
 has weights (its own, used directly in `call`, or its sub-layers') is counted through a trace of its call, where
-`keras.ops` convolutions, `matmul` and `einsum` with a weight operand count their MACs. A layer with weights whose
-call cannot be traced has unknown MACs: an `UnknownMACsError` naming it, or with `unknown_macs="lower_bound"` a
-warning and 0 for that layer.
+`keras.ops` convolutions, `matmul`, `einsum` and `dot_product_attention` count their MACs; a closed
+`MultiHeadAttention` or `GroupQueryAttention` is counted by formula (`tfprune.measurement.attention_macs`). A layer
+with weights whose call cannot be traced has unknown MACs: an `UnknownMACsError` naming it, or with
+`unknown_macs="lower_bound"` a warning and 0 for that layer.
 """
 
 import dataclasses
 import math
 import os
-import re
 import sys
 import warnings
 
@@ -27,7 +29,18 @@ from keras.src.ops import numpy as numpy_ops
 
 from tfprune.errors import UnknownMACsError
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
-from tfprune.graph.tracing import first_line, open_model, trace_call
+from tfprune.graph.tracing import ConstantOutputError, first_line, open_model, trace_call
+from tfprune.measurement.attention_macs import (
+    UnknownCostError,
+    UnknownSizeError,
+    attention_layer_macs,
+    call_arguments,
+    dot_product_attention_macs,
+    einsum_dense_macs,
+    einsum_macs,
+    einsum_output_shape,
+    matmul_macs,
+)
 
 L = keras.layers
 
@@ -139,24 +152,35 @@ def layer_macs(model, unknown_macs="raise") -> dict:
 def count_macs(model, unknown_macs="raise") -> int:
     """Multiply-accumulate operations of one forward pass of `model` on one input example (batch size 1).
 
-    Counts the weighted linear layers, the standard convention: for an output of spatial size S,
+    Counts the multiply-accumulates of the linear maps, the standard convention: for an output of spatial size S,
     Conv (1D/2D/3D, grouped): S · prod(kernel_size) · C_in/groups · filters;
     DepthwiseConv (1D/2D): S · prod(kernel_size) · C_in · depth_multiplier;
     SeparableConv (1D/2D): the depthwise part plus S · C_in · depth_multiplier · filters;
     Conv Transpose (1D/2D/3D): input spatial size · prod(kernel_size) · C_in · filters (each input position
     scatters one kernel);
-    Dense: every position of the output but the last axis · input features · units.
-    `keras.ops` convolutions, `matmul` and `einsum` with a weight operand (inside custom layers) count likewise.
-    Everything else (biases, normalisation, activations, pooling, merges, products of two activations) counts 0.
+    Dense: every position of the output but the last axis · input features · units;
+    EinsumDense, and `keras.ops.einsum` of two operands: the product of the sizes of all distinct indices of its
+    equation but the batch's; `keras.ops.matmul`: the output size but the batch · the contracted size.
+    Attention counts its projections and both products of activations. For `MultiHeadAttention` with query
+    length T_q, key/value length T_k, H heads of key size Dk and value size Dv (GroupQueryAttention: H query
+    heads, H_kv key/value heads in the key and value projections):
+    query T_q·E_q·H·Dk + key T_k·E_k·H·Dk + value T_k·E_v·H·Dv + output T_q·H·Dv·E_out + QKᵀ H·T_q·T_k·Dk +
+    AV H·T_q·T_k·Dv; `keras.ops.dot_product_attention` counts its QKᵀ and AV alike. Causal attention counts as
+    full attention (the masked half is computed, then discarded). A tied embedding used as the output projection
+    (KerasHub's `ReversibleEmbedding` with `reverse=True`) counts as its matmul.
+    Everything else counts 0: biases, normalisation, activations, softmax, scaling, masking, pooling, merges,
+    embedding lookups, and weights added or concatenated (a position embedding, a class token).
     Nested Functional/Sequential sub-models are entered, custom layers and subclassed models are counted inside
-    through their trace (`tfprune.trace`), and a layer called twice counts twice.
+    through their trace (`tfprune.trace`), and a layer called twice counts twice. A sequence model (a KerasHub
+    backbone) is counted for a fixed length: call it on `keras.Input((length,), dtype="int32")` inputs.
 
     Args:
         model: a built `keras.Model` whose convolutions have a fixed input size (build it on e.g.
             `keras.Input((224, 224, 3))`, not `(None, None, 3)`).
         unknown_macs: "raise" (default): a layer with weights whose MACs cannot be known (its call cannot be
-            traced) raises `UnknownMACsError` naming it. "lower_bound": such layers count 0, with a warning, and
-            the result is a lower bound.
+            traced, or it holds an einsum of three operands) raises `UnknownMACsError` naming it. "lower_bound":
+            such layers count 0, with one warning naming all of them, and the result is a lower bound. (Pruning
+            never needs MACs: an unknown layer only stays closed there.)
 
     Returns:
         The MAC count as an int (FLOPs are about twice this).
@@ -175,6 +199,10 @@ def count_macs(model, unknown_macs="raise") -> int:
     >>> model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
     >>> tfprune.count_macs(model)  # 32*32*9*3*8 + 8*10
     221264
+    >>> tokens = keras.Input((10, 16))
+    >>> attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)
+    >>> tfprune.count_macs(keras.Model(tokens, attention(tokens, tokens)))  # 4 * 10*16*16 + 2 * 2*10*10*8
+    13440
     """
     return sum(c.macs for c in layer_counts(model, unknown_macs).values())
 
@@ -283,31 +311,59 @@ class _Counter:
             count = self.counts[path] = LayerCount(path, type(op).__name__, int(params), channels=channels)
         count.calls += 1
         if self.macs:
-            out_shapes = [tuple(t.shape) for t in outputs]
+            count.macs += self.call_macs(op, node, path, in_shapes, [tuple(t.shape) for t in outputs])
+
+    def call_macs(self, op, node, path, in_shapes, out_shapes):
+        """MACs of one call: by formula, else through a trace of the call for a layer with weights."""
+        try:
             macs = _macs(op, path, in_shapes, out_shapes)
-            if macs is None:
-                macs = _op_macs(op, node, in_shapes, out_shapes) if not isinstance(op, L.Layer) else 0
-                if (isinstance(op, L.Layer) and op.weights and not isinstance(op, _ZERO_MACS)
-                        and path not in self.channelwise):
-                    macs = self.traced_macs(op, node, path, in_shapes)
-            count.macs += macs
+            if macs is None and isinstance(op, L.Layer):
+                macs = _attention_macs(op, node, in_shapes)
+            if macs is None and not isinstance(op, L.Layer):
+                macs = _op_macs(op, node, in_shapes, out_shapes)
+        except UnknownSizeError as e:
+            raise ValueError(f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): {e}. "
+                             f"{_FIXED_SIZE}") from e
+        except UnknownCostError as e:
+            return self.unknown_layer(op, path, str(e), e)
+        if macs is not None:
+            return macs
+        if op.weights and not _computes_no_macs(op) and path not in self.channelwise:
+            return self.traced_macs(op, node, path, in_shapes)
+        return 0
+
+    def unknown_layer(self, op, path, why, error):
+        """0 MACs for a layer whose MACs cannot be known, remembered for the warning; or an `UnknownMACsError`."""
+        if self.unknown_macs == "raise":
+            raise UnknownMACsError(
+                f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): {why}. Pass "
+                "unknown_macs='lower_bound' to count it as 0 MACs (the total is then a lower bound).") from error
+        self.unknown[path] = f"{type(op).__name__}: {why}"
+        return 0
 
     def traced_macs(self, op, node, path, in_shapes):
-        """MACs of one call of a layer with weights that has no formula, counted through a trace of its call."""
+        """MACs of one call of a layer with weights that has no formula, counted through a trace of its call.
+
+        The call is traced on a batch of one (the size MACs are counted for), so that a call which needs a batch
+        size, such as `ops.tile(self.class_token, (ops.shape(x)[0], 1, 1))`, can be traced. A call whose outputs
+        are computed from its weights and its inputs' shapes alone (a position embedding sliced to the sequence
+        length) runs eagerly on the weights, the same for every example: it counts 0."""
         try:
-            raw = trace_call(op, node, shapes=in_shapes)
-        except Exception as e:  # noqa: BLE001 - any failure of the layer's call makes its MACs unknown
-            why = f"its call could not be traced ({first_line(e)})"
-            if self.unknown_macs == "raise":
-                raise UnknownMACsError(
-                    f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): it has weights and {why}. Pass "
-                    "unknown_macs='lower_bound' to count it as 0 MACs (the total is then a lower bound).") from e
-            self.unknown[path] = f"{type(op).__name__}: {why}"
+            raw = trace_call(op, node, shapes=[(1, *shape[1:]) for shape in in_shapes], dense=True)
+        except ConstantOutputError:
             return 0
+        except Exception as e:  # noqa: BLE001 - any failure of the layer's call makes its MACs unknown
+            return self.unknown_layer(op, path, f"it has weights and its call could not be traced ({first_line(e)})", e)
         inner = _Counter(macs=True, unknown_macs=self.unknown_macs)
         inner.unknown = self.unknown
         inner.walk(raw, prefix=path + "/", input_shapes=in_shapes)
         return sum(c.macs for c in inner.counts.values())
+
+
+def _computes_no_macs(layer):
+    """Whether a layer with weights is one of the Keras layers that compute no MACs (a subclass with a call of its
+    own, such as KerasHub's ReversibleEmbedding, which can be an output projection, is counted through its trace)."""
+    return any(isinstance(layer, cls) and type(layer).call is cls.call for cls in _ZERO_MACS)
 
 
 def _refined(tensor, shape):
@@ -321,6 +377,17 @@ def _refined(tensor, shape):
 
 def _outputs(node, tensors):
     """The output tensors of one call, recomputed symbolically when its inputs are better known than in the graph."""
+    op = node.operation
+    if isinstance(op, L.EinsumDense) and len(node.arguments.keras_tensors) == 1:
+        # Its declared output shape leaves open the axes its configuration does not fix (a sequence length).
+        x = tensors[id(node.arguments.keras_tensors[0])]
+        shape = einsum_output_shape(op.equation, [tuple(x.shape), tuple(op.kernel.shape)], [True, False])
+        return [_refined(node.outputs[0], shape)]
+    if isinstance(op, nn_ops.DotProductAttention):
+        # Keras declares the query's shape; the output has the value's head size.
+        arguments = call_arguments(op, *node.arguments.fill_in(tensors))
+        query, value = tuple(arguments["query"].shape), tuple(arguments["value"].shape)
+        return [keras.KerasTensor((*query[:-1], value[-1]), dtype=node.outputs[0].dtype)]
     if all(tensors[id(t)] is t for t in node.arguments.keras_tensors):
         return list(node.outputs)
     args, kwargs = node.arguments.fill_in(tensors)
@@ -369,36 +436,69 @@ def _macs(op, path, in_shapes, out_shapes):
         positions = _known(out_shapes[0][1:-1], op, path, "output", out_shapes[0])
         c_in = _known(in_shapes[0][-1:], op, path, "input", in_shapes[0])
         return positions * c_in * op.units
+    if isinstance(op, L.EinsumDense):
+        return einsum_dense_macs(op, in_shapes[0])
     return None  # no formula: weightless (0) or counted through a trace
 
 
-_LINEAR_OPS = (nn_ops.Conv, nn_ops.DepthwiseConv, nn_ops.ConvTranspose, numpy_ops.Matmul, numpy_ops.Einsum)
+_CACHED_ATTENTION_CALL = "keras_hub.src.layers.modeling.cached_multi_head_attention.CachedMultiHeadAttention.call"
+
+
+def _attention_macs(op, node, in_shapes):
+    """MACs of a closed `MultiHeadAttention` or `GroupQueryAttention` by formula, or None for any other layer.
+
+    The formula holds for the Keras classes and for subclasses that compute the same (KerasHub's
+    `CachedMultiHeadAttention` called without a cache); any other subclass is counted through its trace."""
+    if not isinstance(op, L.MultiHeadAttention | L.GroupQueryAttention):
+        return None
+    base = L.GroupQueryAttention if isinstance(op, L.GroupQueryAttention) else L.MultiHeadAttention
+    arguments = _call_arguments(op, node, in_shapes)
+    call = type(op).call
+    same_call = call is base.call or (f"{call.__module__}.{call.__qualname__}" == _CACHED_ATTENTION_CALL
+                                      and arguments.get("cache") is None)
+    if not same_call or type(op)._compute_attention is not base._compute_attention:
+        return None
+    return attention_layer_macs(op, {name: tuple(arguments[name].shape) for name in ("query", "value", "key")
+                                     if arguments.get(name) is not None})
+
+
+def _call_arguments(op, node, in_shapes):
+    """`{argument name: value}` of one call, its tensors replaced by stand-ins with the shapes it is counted for."""
+    stand_ins = {id(t): keras.KerasTensor(shape, dtype=t.dtype)
+                 for t, shape in zip(node.arguments.keras_tensors, in_shapes, strict=True)}
+    args, kwargs = node.arguments.fill_in(stand_ins)
+    return call_arguments(op, args, kwargs)
+
+
+_CONV_OPS = (nn_ops.Conv, nn_ops.DepthwiseConv, nn_ops.ConvTranspose)
 
 
 def _op_macs(op, node, in_shapes, out_shapes):
-    """MACs of a keras.ops convolution, matmul or einsum with a weight (a variable) operand; 0 for other ops."""
-    if not isinstance(op, _LINEAR_OPS):
+    """MACs of one keras.ops convolution, matmul, einsum or dot-product attention; 0 for other ops.
+
+    The operands may be activations (QKᵀ, AV) or weights and constants (a projection)."""
+    if not isinstance(op, (*_CONV_OPS, numpy_ops.Matmul, numpy_ops.Einsum, nn_ops.DotProductAttention)):
         return 0
-    leaves = tree.flatten((node.arguments.args, node.arguments.kwargs))
-    if not any(isinstance(x, keras.Variable) for x in leaves):
-        return 0  # a product of two activations (attention), not a weighted layer
-    tensor_shapes = iter(in_shapes)
-    operands = [tuple(x.shape) if isinstance(x, keras.Variable) else next(tensor_shapes)
-                for x in leaves if isinstance(x, keras.Variable | keras.KerasTensor)]
+    arguments = _call_arguments(op, node, in_shapes)
+    shapes = {name: _shape(value) for name, value in arguments.items()}
     out = out_shapes[0]
-    if isinstance(op, nn_ops.ConvTranspose):
-        return _product(operands[0][1:-1]) * _product(operands[1])
-    if isinstance(op, nn_ops.Conv | nn_ops.DepthwiseConv):
-        return _product(out[1:-1]) * _product(operands[1])
+    if isinstance(op, nn_ops.DotProductAttention):
+        return dot_product_attention_macs(shapes["query"], shapes["key"], shapes["value"])
+    if isinstance(op, numpy_ops.Einsum):
+        operands = arguments["operands"]
+        return einsum_macs(op.subscripts, [_shape(x) for x in operands],
+                           [isinstance(x, keras.KerasTensor) for x in operands])
     if isinstance(op, numpy_ops.Matmul):
-        return _product(out[1:]) * int(operands[0][-1])
-    inputs_part, _, output_part = op.subscripts.replace(" ", "").partition("->")
-    sizes = {}
-    for letters, shape in zip(inputs_part.split(","), operands, strict=False):
-        if "." not in letters:
-            sizes.update({c: d for c, d in zip(letters, shape, strict=False) if d is not None})
-    contracted = set(re.sub(r"[^A-Za-z]", "", inputs_part)) - set(output_part)
-    return _product(out[1:]) * _product(sizes.get(c, 1) for c in contracted)
+        return matmul_macs(out, shapes["x1"])
+    kernel = shapes["kernel"]
+    if isinstance(op, nn_ops.ConvTranspose):
+        return _product(shapes["inputs"][1:-1]) * _product(kernel)
+    return _product(out[1:-1]) * _product(kernel)
+
+
+def _shape(value):
+    """The shape of an operand: an activation, a weight or a constant (a Python number is a scalar)."""
+    return tuple(getattr(value, "shape", ()))
 
 
 def _product(dims):
@@ -416,13 +516,14 @@ def _conv_sizes(op, path, in_shape, out_shape):
             _known(in_spatial, op, path, "input", in_shape))
 
 
+_FIXED_SIZE = ("MACs are counted for a fixed input size: rebuild the model on an Input with every dimension given, "
+               "e.g. keras.Input((224, 224, 3)) instead of (None, None, 3) (for keras.applications, pass "
+               "input_shape=...; for a model with a sequence input, call it on keras.Input((128,), ...)).")
+
+
 def _known(dims, op, path, side, shape):
     """The product of `dims`, or a ValueError naming the layer when one of them is unknown."""
     if any(d is None for d in dims):
-        raise ValueError(
-            f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): its {side} shape {shape} has an "
-            "unknown dimension besides the batch. MACs are counted for a fixed input size: rebuild the model on "
-            "an Input with every dimension given, e.g. keras.Input((224, 224, 3)) instead of (None, None, 3) "
-            "(for keras.applications, pass input_shape=...)."
-        )
+        raise ValueError(f"Cannot count the MACs of layer '{path}' ({type(op).__name__}): its {side} shape {shape} "
+                         f"has an unknown dimension besides the batch. {_FIXED_SIZE}")
     return int(math.prod(dims))
