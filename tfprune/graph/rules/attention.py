@@ -12,6 +12,9 @@ Channel spaces a `MultiHeadAttention` at path `p` opens (each a group of its own
 * `p:heads` (`num_heads`): a head's query, key, value (and gate) slices and its rows of the output projection;
 * `p:key_dim` (`key_dim`): the same query/key slot in every head;
 * `p:value_dim` (`value_dim`): the same value slot in every head, with the output projection's rows it feeds;
+* or, when `key_dim == value_dim` (the default, `value_dim=None`), one `p:head_dim` for both: slot j of the query,
+  key and value go together. The slim layer then keeps `key_dim == value_dim`, which fused attention kernels need
+  (`jax.nn.dot_product_attention`, which Keras calls on JAX, refuses a value head width unlike the key's).
 * `p` (the output width): like a `Dense`'s units (the rebuilt layer gets `output_shape` when its output width no
   longer equals its query's).
 
@@ -100,8 +103,11 @@ class MultiHeadAttention(LayerRule):
         for name, elems in sides.items():
             ctx.record(name, elems)
         heads = ctx.new_space(layer.num_heads, name=f"{ctx.path}:heads")
-        key_dim = ctx.new_space(layer.key_dim, name=f"{ctx.path}:key_dim")
-        value_dim = ctx.new_space(layer.value_dim, name=f"{ctx.path}:value_dim")
+        if layer.key_dim == layer.value_dim:  # one head width, kept equal for the fused kernels (see above)
+            key_dim = value_dim = ctx.new_space(layer.key_dim, name=f"{ctx.path}:head_dim")
+        else:
+            key_dim = ctx.new_space(layer.key_dim, name=f"{ctx.path}:key_dim")
+            value_dim = ctx.new_space(layer.value_dim, name=f"{ctx.path}:value_dim")
         out = ctx.new_space(ctx.output_shapes[0][-1])
         for side, elems in (("heads", heads), ("key_dim", key_dim), ("value_dim", value_dim), ("out", out)):
             ctx.record(side, elems)
