@@ -85,7 +85,20 @@ def _fold_scale(layer, values, old, new):
 
 
 class MultiHeadAttention(LayerRule):
-    """`keras.layers.MultiHeadAttention`: heads, key_dim and value_dim slots, and the output width."""
+    """`keras.layers.MultiHeadAttention`: heads, key_dim and value_dim slots, and the output width.
+
+    Example:
+
+    >>> import keras, tfprune
+    >>> inputs = keras.Input((6, 16))
+    >>> x = keras.layers.MultiHeadAttention(4, 8, name="mha")(inputs, inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(x)))
+    >>> [(g.name, g.width) for g in tfprune.ChannelGraph(model).prunable_groups]
+    [('mha:heads', 4), ('mha:head_dim', 8), ('mha', 16)]
+    >>> mha = tfprune.prune(model, 0.5).get_layer("mha")
+    >>> mha.num_heads, mha.key_dim, mha.value_dim
+    (2, 4, 4)
+    """
 
     filter_sides = ("heads", "key_dim", "value_dim", "out")
 

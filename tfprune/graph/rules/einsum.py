@@ -13,7 +13,16 @@ from tfprune.graph.rules.producers import Dense
 
 
 def dense_axes(equation):
-    """`(input axis, output axis)` letters of an `EinsumDense` equation that computes a Dense, or None."""
+    """`(input axis, output axis)` letters of an `EinsumDense` equation that computes a Dense, or None.
+
+    Args:
+        equation: the layer's `equation`.
+
+    Example:
+
+    >>> dense_axes("abc,cd->abd"), dense_axes("...b,bc->...c"), dense_axes("abc,cde->abde")
+    (('c', 'd'), ('b', 'c'), None)
+    """
     left, arrow, output = equation.replace(" ", "").partition("->")
     inputs = left.split(",")
     if not arrow or len(inputs) != 2:
