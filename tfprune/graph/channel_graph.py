@@ -8,6 +8,7 @@ every tensor whose element belongs to it, and the weights indexed by those posit
 """
 
 import dataclasses
+import inspect
 
 import keras
 import numpy as np
@@ -74,13 +75,37 @@ class Group:
 class _CallContext:
     """What a rule sees of one call of a layer, and the only way it changes the graph."""
 
-    def __init__(self, builder, path, node):
+    def __init__(self, builder, path, node, inputs):
         self._builder = builder
+        self._node, self._inputs = node, inputs
         self.path = path
         self.input_shapes = [tuple(t.shape) for t in node.arguments.keras_tensors]
         self.output_shapes = [tuple(t.shape) for t in node.outputs]
         leaves = tree.flatten((node.arguments.args, node.arguments.kwargs))
         self.constant_arguments = [x for x in leaves if not isinstance(x, keras.KerasTensor)]
+
+    def arguments(self, layer):
+        """The call's arguments by the names of `layer.call`'s parameters (those given, not the defaults): a
+        tensor argument is `(element ids or None, shape)`, any other its value. The shapes of the tensor arguments
+        are kept in `ChannelGraph.argument_shapes`."""
+        parameters = inspect.signature(layer.call).parameters
+        kwargs = self._node.arguments.kwargs
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in parameters}
+        try:
+            bound = inspect.signature(layer.call).bind_partial(*self._node.arguments.args, **kwargs).arguments
+        except TypeError as e:
+            raise NotUnderstood(f"its call's arguments do not match its signature ({e})") from None
+        elements = {id(t): elems for t, elems in zip(self._node.arguments.keras_tensors, self._inputs, strict=True)}
+        named, shapes = {}, {}
+        for name, value in bound.items():
+            if isinstance(value, keras.KerasTensor):
+                named[name] = (elements[id(value)], tuple(value.shape))
+                shapes[name] = tuple(value.shape)
+            else:
+                named[name] = value
+        self._builder.argument_shapes.setdefault(self.path, []).append(shapes)
+        return named
 
     def new_space(self, width, name=None, fixed_reason=None):
         return self._builder.new_space(name or self.path, width, fixed_reason)
@@ -110,6 +135,7 @@ class _Builder:
         self.edges = []
         self.fixed, self.spanning, self.blocks = [], [], []
         self.records = {}
+        self.argument_shapes = {}
         self.layers, self.rules, self.submodels = {}, {}, {}
 
     def new_space(self, name, width, fixed_reason=None):
@@ -165,7 +191,7 @@ class _Builder:
         return rule
 
     def call_layer(self, op, path, node, ins):
-        ctx = _CallContext(self, path, node)
+        ctx = _CallContext(self, path, node, ins)
         rule = self.rules.get(path) or self.rule_for(op, path)
         try:
             outs = rule.propagate(ctx, op, ins)
@@ -215,6 +241,8 @@ class ChannelGraph:
             model of the same layer objects; walk this one to follow the paths in `layers`).
         closed: `{layer path: reason}` for the custom layers that could not be opened.
         layers, rules: `{path: layer}` and `{path: rule}` of every call node read.
+        argument_shapes: `{path: [{parameter name: shape}, one per call]}` of the tensor arguments of the layers
+            whose rule reads its call's arguments by name (attention: "query", "value", "key"), for cost models.
 
     Example:
 
@@ -244,6 +272,7 @@ class ChannelGraph:
                 if elems is not None:
                     b.fixed.append((elems, f"reaches model output '{_source_name(t)}'"))
         self.layers, self.rules, self.submodels = b.layers, b.rules, b.submodels
+        self.argument_shapes = b.argument_shapes
         self._records = {}  # {path: {side: element ids}}
         for (path, side), elems in b.records.items():
             self._records.setdefault(path, {})[side] = elems

@@ -91,3 +91,19 @@ def own_variables(layer) -> list:
     """The variables `layer` holds itself, not through one of its sub-layers (random seed states included)."""
     inner = {id(v) for sub in layer._flatten_layers(include_self=False) for v in sub.variables}
     return [v for v in layer.variables if id(v) not in inner]
+
+
+def weight_keys(layer) -> dict:
+    """`{id(weight): its name relative to layer}`: "kernel" for a weight the layer holds itself, "query/kernel" for
+    one of a sub-layer (a `MultiHeadAttention`'s projections), so that a layer's weights have distinct keys even
+    where several of them share a name. Rules' `weight_index` is keyed by these."""
+    keys = {}
+
+    def visit(current, prefix):
+        for v in own_variables(current):
+            keys.setdefault(id(v), prefix + v.name)
+        for sub in current._flatten_layers(include_self=False, recursive=False):
+            visit(sub, prefix + sub.name + "/")
+
+    visit(layer, "")
+    return {id(v): keys.get(id(v), v.name) for v in layer.weights}

@@ -1,8 +1,9 @@
 """MacsModel: the MACs of a slim model as a function of the channels each group keeps, without rebuilding it.
 
-`count_macs` counts a built model layer by layer. Every counted layer's MACs are a fixed multiple of its kept input
-channels, of its kept output channels, or of their product (a convolution is S·k·C_in/groups·C_out; a separable one
-adds S·k·m·C_in), and pruning changes only those counts, never a spatial size. So the MACs of any plan follow from
+`count_macs` counts a built model layer by layer. Every counted layer's MACs are a sum of fixed multiples of
+products of its kept channel counts (a convolution is S·k·C_in/groups·C_out; a separable one adds S·k·m·C_in; an
+attention layer's query projection is T_q·E_q·heads·key_dim and its QKᵀ is heads·T_q·T_k·key_dim), and pruning
+changes only those counts, never a spatial size or a sequence length. So the MACs of any plan follow from
 one count of the full model and the channel graph's records of which channels every layer reads and writes. The
 searches (`tfprune.search`), `plan_for_macs` and DMCP's differentiable budget all use this one model.
 """
@@ -18,7 +19,8 @@ L = keras.layers
 _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 _DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 _CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
-_BILINEAR = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose, L.Dense, *_CONVS)
+_BILINEAR = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose, L.Dense, L.EinsumDense, *_CONVS)
+_ATTENTION = (L.MultiHeadAttention, L.GroupQueryAttention)
 
 
 class MacsModel:
@@ -50,7 +52,7 @@ class MacsModel:
         self._size = sum(g.width for g in groups)
         constant = 0.0
         position_index, position_side = [], []  # flat channel index of every recorded position, and its side
-        terms = []  # (coefficient, side a, side b or None)
+        terms = []  # (coefficient, (side, ...)): the coefficient times the product of the sides' kept counts
         sides = {}
 
         def side(path, name):
@@ -72,16 +74,17 @@ class MacsModel:
             if layer is None or isinstance(rule, Boundary) or not self.graph.recorded(path):
                 constant += count.macs  # its channels are fixed
                 continue
-            for coefficient, a, b in _terms(layer, count.macs, lambda name, p=path: side(p, name)):
-                terms.append((coefficient, a, b))
+            terms += _terms(layer, count.macs, lambda name, p=path: side(p, name),
+                            self.graph.argument_shapes.get(path, []))
         self._constant = constant
         self._positions = np.concatenate(position_index) if position_index else np.zeros(0, np.int64)
         self._position_side = np.concatenate(position_side) if position_side else np.zeros(0, np.int64)
         self._n_sides = len(sides)
         self._coefficient = np.array([t[0] for t in terms], np.float64)
-        self._a = np.array([t[1] for t in terms], np.int64)
-        self._b = np.array([-1 if t[2] is None else t[2] for t in terms], np.int64)
-        self._bilinear = self._b >= 0
+        degree = max([len(t[1]) for t in terms], default=1)
+        # factors[j, t]: the side of the j-th factor of term t; -1 (a factor of 1) where a term has fewer
+        self._factors = np.array([list(t[1]) + [-1] * (degree - len(t[1])) for t in terms], np.int64).reshape(
+            len(terms), degree).T
 
     # ---- exact counts ---------------------------------------------------------------------------------------
 
@@ -119,8 +122,10 @@ class MacsModel:
 
     def _evaluate(self, keep):
         counts = np.bincount(self._position_side, weights=keep[self._positions], minlength=self._n_sides)
-        b_counts = np.where(self._bilinear, counts[np.maximum(self._b, 0)], 1.0)
-        return self._constant + float(np.sum(self._coefficient * counts[self._a] * b_counts))
+        product = self._coefficient.copy()
+        for factor in self._factors:
+            product *= np.where(factor >= 0, counts[np.maximum(factor, 0)], 1.0)
+        return self._constant + float(np.sum(product))
 
     # ---- expectation (differentiable) ---------------------------------------------------------------------
 
@@ -149,29 +154,84 @@ class MacsModel:
         keep = keras.ops.concatenate(parts) if len(parts) > 1 else parts[0]
         counts = keras.ops.segment_sum(keras.ops.take(keep, self._positions), self._position_side,
                                        num_segments=self._n_sides)
-        a = keras.ops.take(counts, self._a)
-        b = keras.ops.where(self._bilinear, keras.ops.take(counts, np.maximum(self._b, 0)), 1.0)
-        return self._constant + keras.ops.sum(keras.ops.convert_to_tensor(self._coefficient, "float32") * a * b)
+        product = keras.ops.convert_to_tensor(self._coefficient, "float32")
+        for factor in self._factors:
+            product = product * keras.ops.where(factor >= 0, keras.ops.take(counts, np.maximum(factor, 0)), 1.0)
+        return self._constant + keras.ops.sum(product)
 
 
-def _terms(layer, macs, side):
-    """`(coefficient, side a, side b)` terms whose sum, over kept counts, is the layer's MACs (b None: linear)."""
+def _terms(layer, macs, side, argument_shapes):
+    """`(coefficient, (side, ...))` terms whose sum, over the sides' kept counts, is the layer's MACs."""
     def n(s):
         return s[1]
 
+    if isinstance(layer, _ATTENTION):
+        return _attention_terms(layer, macs, side, argument_shapes)
     if isinstance(layer, _SEPARABLE):  # S·m·C_in·(k + C_out)
         i, o = side("in"), side("out")
         k = int(np.prod(layer.kernel_size))
         scale = macs / (n(i) * (k + n(o)))
-        return [(scale * k, i[0], None), (scale, i[0], o[0])]
+        return [(scale * k, (i[0],)), (scale, (i[0], o[0]))]
     if isinstance(layer, _DEPTHWISE):  # S·k·m·C_in
         i = side("in")
-        return [(macs / n(i), i[0], None)]
+        return [(macs / n(i), (i[0],))]
     if isinstance(layer, _CONVS) and layer.groups > 1 and layer.groups == n(side("in")):  # depthwise as grouped
         o = side("out")
-        return [(macs / n(o), o[0], None)]
+        return [(macs / n(o), (o[0],))]
     if isinstance(layer, _BILINEAR):
         i, o = side("in"), side("out")
-        return [(macs / (n(i) * n(o)), i[0], o[0])]
+        return [(macs / (n(i) * n(o)), (i[0], o[0]))]
     raise NotImplementedError(f"MacsModel has no formula for layer '{layer.name}' ({type(layer).__name__}), "
                               "which computes MACs; add its terms beside the others.")
+
+
+def _attention_terms(layer, macs, side, argument_shapes):
+    """Per call, with T_q and T_k the query and key positions: the projections (query T_q·E_q·H·D_k, key
+    T_k·E_k·H·D_k, value T_k·E_v·H_kv·D_v, output T_q·H·D_v·E_out, a gate T_q·E_q·H·D_v), QKᵀ (H·T_q·T_k·D_k) and
+    AV (H·T_q·T_k·D_v); for grouped-query attention, H is the query heads kept with their key/value head
+    (kept query heads × kept key/value heads / key/value heads, the blocks being equal) and H_kv the key/value heads.
+    """
+    q_in, k_in, v_in, out = (side(name)[0] for name in ("query", "key", "value", "out"))
+    width = {}
+    if isinstance(layer, L.MultiHeadAttention):
+        heads, key_dim, value_dim = ((side("heads")[0],), (side("key_dim")[0],), (side("value_dim")[0],))
+        kv_heads, scale, gate = heads, 1.0, layer._use_gate
+    else:  # GroupQueryAttention: one head width for query, key and value
+        heads = (side("query_heads")[0], side("kv_heads")[0])
+        key_dim = value_dim = (side("head_dim")[0],)
+        kv_heads, scale, gate = (side("kv_heads")[0],), 1.0 / layer.num_key_value_heads, layer.use_gate
+    terms = []
+    for shapes in argument_shapes:
+        t_q = _positions(layer, shapes["query"])
+        t_k = _positions(layer, shapes.get("key", shapes["value"]))
+        terms += [(t_q * scale, (q_in, *heads, *key_dim)), (t_k, (k_in, *kv_heads, *key_dim)),
+                  (t_k, (v_in, *kv_heads, *value_dim)), (t_q * scale, (*heads, *value_dim, out)),
+                  (t_q * t_k * scale, (*heads, *key_dim)), (t_q * t_k * scale, (*heads, *value_dim))]
+        if gate:
+            terms.append((t_q * scale, (q_in, *heads, *value_dim)))
+    if not argument_shapes:
+        raise NotImplementedError(f"MacsModel does not know the sequence lengths of '{layer.name}'.")
+    names = ("query", "key", "value", "out", "heads", "key_dim", "value_dim", "query_heads", "kv_heads", "head_dim")
+    for name in names:
+        try:
+            index, count = side(name)
+        except KeyError:
+            continue
+        width[index] = count
+    full = sum(c * np.prod([width[s] for s in sides]) for c, sides in terms)
+    if round(full) != macs:
+        raise NotImplementedError(
+            f"count_macs counts {macs} MACs for '{layer.name}' ({type(layer).__name__}) but MacsModel's attention "
+            f"formula gives {round(full)}: the two must count attention alike (projections, QKᵀ and AV).")
+    return terms
+
+
+def _positions(layer, shape):
+    if getattr(layer, "_attention_axes", None) not in (None, tuple(range(1, len(shape) - 1))):
+        raise NotImplementedError(f"MacsModel prices '{layer.name}' ({type(layer).__name__}) only with attention "
+                                  f"over every axis between batch and channels; it has attention_axes="
+                                  f"{layer._attention_axes}.")
+    if any(d is None for d in shape[1:-1]):
+        raise ValueError(f"Cannot price layer '{layer.name}' ({type(layer).__name__}): its input shape {shape} has "
+                         "an unknown sequence length. MACs are counted for a fixed input size.")
+    return float(np.prod(shape[1:-1]))

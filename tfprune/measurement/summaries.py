@@ -1,9 +1,13 @@
 """summary(): a per-layer table of channels, parameters and MACs, of one model or of a model and its slim copy."""
 
+import keras
+
+from tfprune.graph.keras_nodes import call_nodes, is_graph_model
 from tfprune.measurement.counting import count_macs, count_params, layer_counts
 
 ARROW = " → "
 _HEADERS = ("Layer (path)", "Type", "Channels", "Params", "MACs")
+_HEADS = "Heads"
 
 
 def summary(model, slim=None, print_fn=None):
@@ -11,8 +15,10 @@ def summary(model, slim=None, print_fn=None):
 
     One row per layer with weights or MACs (weightless layers such as activations and pooling are left out):
     its path ("submodel/layer" inside nested models), type, output channels, parameters and MACs for one input
-    example (see `tfprune.count_macs`). With `slim`, every column reads "before → after"; layers are matched by
-    path, which `tfprune.rebuild` keeps, and the last lines give the totals and their ratio after/before.
+    example (see `tfprune.count_macs`). Models with attention layers get a "Heads" column: "12 → 6 heads" for a
+    `MultiHeadAttention`, "8/4 → 4/2 heads" (query/key-value heads) for a `GroupQueryAttention`. With `slim`,
+    every column reads "before → after"; layers are matched by path, which `tfprune.rebuild` keeps, and the last
+    lines give the totals and their ratio after/before.
 
     Args:
         model: a built Functional or Sequential `keras.Model` with a fixed input size.
@@ -50,6 +56,8 @@ def summary(model, slim=None, print_fn=None):
 def _table(model, slim):
     before = layer_counts(model)
     after = layer_counts(slim) if slim is not None else None
+    heads_before, heads_after = _heads(model), _heads(slim) if slim is not None else {}
+    headers = _HEADERS + ((_HEADS,) if heads_before or heads_after else ())
     paths = list(before) + [p for p in (after or {}) if p not in before]
     rows = []
     for path in paths:
@@ -58,13 +66,17 @@ def _table(model, slim):
             continue
         kind = _kind(b or a)
         if after is None:
-            rows.append((path, kind, _text(b.channels), f"{b.params:,}", _compact(b.macs)))
+            row = (path, kind, _text(b.channels), f"{b.params:,}", _compact(b.macs))
+            heads = heads_before.get(path, "")
         else:
-            rows.append((path, kind,
-                         _pair(b, a, lambda c: _text(c.channels)),
-                         _pair(b, a, lambda c: f"{c.params:,}"),
-                         _pair(b, a, lambda c: _compact(c.macs))))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
+            row = (path, kind,
+                   _pair(b, a, lambda c: _text(c.channels)),
+                   _pair(b, a, lambda c: f"{c.params:,}"),
+                   _pair(b, a, lambda c: _compact(c.macs)))
+            heads = (f"{heads_before.get(path, '—')}{ARROW}{heads_after.get(path, '—')}"
+                     if path in heads_before or path in heads_after else "")
+        rows.append(row + ((heads + " heads" if heads else "",) if len(headers) > len(_HEADERS) else ()))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def format_row(cells):
         left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2], strict=True)]
@@ -73,7 +85,7 @@ def _table(model, slim):
 
     rule = "─" * (sum(widths) + 2 * (len(widths) - 1))
     title = f'Model: "{model.name}"' + (f'{ARROW}"{slim.name}"' if slim is not None else "")
-    lines = [title, rule, format_row(_HEADERS), rule.replace("─", "═")]
+    lines = [title, rule, format_row(headers), rule.replace("─", "═")]
     lines += [format_row(r) for r in rows]
     lines.append(rule)
     lines += _totals(model, slim)
@@ -87,6 +99,23 @@ def _totals(model, slim):
     slim_params, slim_macs = count_params(slim), count_macs(slim)
     return [f"Total params: {params:,}{ARROW}{slim_params:,} (after/before = {_ratio(slim_params, params)})",
             f"Total MACs: {macs:,}{ARROW}{slim_macs:,} (after/before = {_ratio(slim_macs, macs)})"]
+
+
+def _heads(model, prefix=""):
+    """`{path: heads}` of the attention layers of a graph model: "12" (MultiHeadAttention), "8/4" (query/key-value
+    heads of a GroupQueryAttention)."""
+    found = {}
+    if not is_graph_model(model):
+        return found
+    for node in call_nodes(model):
+        op, path = node.operation, prefix + node.operation.name
+        if is_graph_model(op):
+            found.update(_heads(op, path + "/"))
+        elif isinstance(op, keras.layers.MultiHeadAttention):
+            found[path] = str(op.num_heads)
+        elif isinstance(op, keras.layers.GroupQueryAttention):
+            found[path] = f"{op.num_query_heads}/{op.num_key_value_heads}"
+    return found
 
 
 def _kind(count):

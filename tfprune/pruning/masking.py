@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from tfprune.graph import ChannelGraph
+from tfprune.graph.keras_nodes import weight_keys
 
 
 def mask(model, plan, graph=None):
@@ -63,9 +64,10 @@ def variable_masks(model, plan, graph):
         if all(k.all() for k in keep.values()) or not isinstance(layer, keras.layers.Layer):
             continue  # nothing removed, or a keras.ops operation (a reshape, a concatenation): no weights
         index = graph.rules[path].weight_index(layer, keep)
+        keys = weight_keys(layer)
         for variable in layer.weights:
-            if variable.name in index:
+            if keys[id(variable)] in index:
                 kept = np.zeros(variable.shape, bool)
-                kept[index[variable.name]] = True
+                kept[index[keys[id(variable)]]] = True
                 masks.append((variable, kept))
     return masks

@@ -8,7 +8,7 @@ from keras.src.saving.serialization_lib import SafeModeScope
 
 from tfprune.backends import variable_view
 from tfprune.errors import UnsupportedModelError
-from tfprune.graph import ChannelGraph
+from tfprune.graph import ChannelGraph, keras_nodes
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, pack_like_inputs, pack_like_outputs, run_nodes
 
 REINIT = ("keep", "lottery", "scratch")
@@ -115,16 +115,26 @@ class _Rebuilder:
         self.preset = set()  # id() of the new variables created with their final (sliced) values
         self.patched = []  # new layers whose add_weight is temporarily replaced
 
+    def slim_values(self, path, old, source):
+        """`{weight key: array}` of the slim copy of an old layer: its weights (from `source`) sliced by the rule's
+        `weight_index` and passed through its `slim_weights`."""
+        keep = self.keep(path)
+        keys = keras_nodes.weight_keys(old)
+        if not keep:
+            return {keys[id(v)]: _sliced(source[id(v)], None) for v in old.weights}
+        rule = self.graph.rules[path]
+        index = rule.weight_index(old, keep)
+        values = {keys[id(v)]: _sliced(source[id(v)], index.get(keys[id(v)])) for v in old.weights}
+        return rule.slim_weights(old, keep, values)
+
     def sliced_values(self, path, old):
-        """`{weight name: sliced array}` of an old layer, or None when its weights do not carry over."""
+        """`{weight name: slim array}` of an old layer's own weights, or None when its weights do not carry over."""
         if not old.weights or (self.reinit == "scratch" and old.trainable_weights):
             return None
         names = [v.name for v in old.weights]
         if len(set(names)) != len(names):
             return None
-        keep = self.keep(path)
-        index = self.graph.rules[path].weight_index(old, keep) if keep else {}
-        return {v.name: _sliced(self.source[id(v)], index.get(v.name)) for v in old.weights}
+        return self.slim_values(path, old, self.source)  # every key is a name: the weights are the layer's own
 
     def preset_weights(self, new, values):
         """Let `new` create its weights with their final values instead of running initialisers that `copy_weights`
@@ -213,15 +223,16 @@ class _Rebuilder:
                 continue
             if self.reinit == "scratch" and old.trainable_weights:
                 continue
-            keep = self.keep(path)
-            index = self.graph.rules[path].weight_index(old, keep) if keep else {}
             if len(new.weights) != len(old.weights):
                 raise UnsupportedModelError(f"Layer '{path}' rebuilt with {len(new.weights)} weights instead of "
                                             f"{len(old.weights)}; it cannot be copied from its config.")
+            if all(id(v) in self.preset for v in new.weights):  # created with these very values
+                continue
+            values, keys = self.slim_values(path, old, source), keras_nodes.weight_keys(old)
             for old_var, new_var in zip(old.weights, new.weights, strict=True):
-                if id(new_var) in self.preset:  # created with this very value
+                if id(new_var) in self.preset:
                     continue
-                value = _sliced(source[id(old_var)], index.get(old_var.name))
+                value = values[keys[id(old_var)]]
                 if tuple(value.shape) != tuple(new_var.shape):
                     raise UnsupportedModelError(
                         f"Weight '{old_var.path}' sliced to {tuple(value.shape)} but the slim layer expects "

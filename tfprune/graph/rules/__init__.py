@@ -12,7 +12,7 @@ from keras.src.ops import core as core_ops
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
-from tfprune.graph.rules import merging, normalization, passthrough, producers, reshaping
+from tfprune.graph.rules import attention, einsum, merging, normalization, passthrough, producers, reshaping
 from tfprune.graph.rules.base import Boundary, LambdaBoundary, LayerRule, NotUnderstood
 
 L = keras.layers
@@ -44,6 +44,9 @@ _RULES = (
     (BaseConvTranspose, producers.ConvTranspose()),
     (BaseConv, producers.Conv()),
     (L.Dense, producers.Dense()),
+    (L.EinsumDense, einsum.EinsumDense()),
+    (L.MultiHeadAttention, attention.MultiHeadAttention()),
+    (L.GroupQueryAttention, attention.GroupedQueryAttention()),
     (L.BatchNormalization, normalization.BatchNormalization()),
     (L.LayerNormalization, normalization.LayerNormalization()),
     (L.GroupNormalization, normalization.GroupNormalization()),

@@ -5,7 +5,12 @@ A rule says three things about one layer type:
 * `propagate`: how the layer maps the channel positions of its inputs to those of its outputs, which positions
   must be pruned together, and which of its weights are indexed by which positions (`ctx.record`);
 * `weight_index`: for each weight, the numpy index that keeps exactly the surviving channels — `rebuild` slices
-  with it and `mask` zeroes everything outside it, so the two agree by construction;
+  with it and `mask` zeroes everything outside it, so the two agree by construction. Weights are keyed by their
+  name relative to the layer (`tfprune.graph.keras_nodes.weight_keys`): "kernel" for the layer's own, and
+  "query/kernel" for a sub-layer's, as in `MultiHeadAttention`, whose projections all hold a "kernel";
+* `slim_weights`: for the few layers whose slim copy must compute with more than the sliced weights to give what
+  the masked layer gives (attention folds the scale of a narrower head into its query projection), the sliced
+  arrays made into the slim layer's;
 * `config` and `updated_config`: the config of the layer as it is, and that of the slimmer layer (e.g. a smaller
   `filters`), from which `new_layer` makes it.
 """
@@ -25,8 +30,15 @@ class LayerRule:
         raise NotImplementedError
 
     def weight_index(self, layer, keep):
-        """`{weight name: numpy index}` for the weights that lose entries; `keep` maps a recorded side to a mask."""
+        """`{weight key: numpy index}` for the weights that lose entries; `keep` maps a recorded side to a mask.
+        A weight's key is its name relative to the layer (see `weight_keys`)."""
         return {}
+
+    def slim_weights(self, layer, keep, values):
+        """The weights of the slim layer from `values`, `{weight key: sliced array}` (read-only arrays; return new
+        ones to change them). `rebuild` applies it after slicing, `mask` does not: a rule overrides it only when
+        the slim layer's config changes what its weights compute (as attention's 1/sqrt(key_dim) scale does)."""
+        return values
 
     def config(self, layer):
         """The config of `layer` as it is, which `updated_config` slims: `layer.get_config()` unless a layer's own
