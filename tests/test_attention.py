@@ -2,7 +2,6 @@
 EinsumDense read from its equation; rebuild equals mask on every backend."""
 
 import os
-import warnings
 
 import keras
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import tfprune
 from tfprune import Plan
 from tfprune.deployment.verification import check_equivalence
-from tfprune.measurement import counting, macs_model
+from tfprune.measurement import counting
 from tfprune.measurement.macs_model import MacsModel
 
 L = keras.layers
@@ -276,11 +275,9 @@ def attention_macs(layer, t_q, t_k, e_q, e_k, e_v):
             + h * t_q * t_k * d_k + h * t_q * t_k * d_v)
 
 
-def _formula_counts(model, unknown_macs="raise"):
-    """layer_counts with attention counted by the formula (while count_macs does not count attention yet)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        counts = counting.layer_counts(model, unknown_macs="lower_bound")
+def _formula_counts(model):
+    """layer_counts with every attention layer's MACs replaced by the hand formula above."""
+    counts = counting.layer_counts(model)
     graph = tfprune.ChannelGraph(model)
     for path, layer in graph.layers.items():
         if isinstance(layer, (L.MultiHeadAttention, L.GroupQueryAttention)):
@@ -294,17 +291,11 @@ def _formula_counts(model, unknown_macs="raise"):
 
 
 @pytest.fixture
-def attention_counted(monkeypatch):
-    """`count_macs` of a model, counting attention as the formula does; MacsModel gets the same counts."""
+def attention_counted():
+    """`count_macs`, first checked against the hand formula on a block with a cross-attention call."""
     model = transformer_block("query_value")
-    try:
-        counted = counting.count_macs(model) == sum(c.macs for c in _formula_counts(model).values())
-    except Exception:  # noqa: BLE001 - count_macs cannot count this attention layer yet
-        counted = False
-    if counted:
-        return counting.count_macs
-    monkeypatch.setattr(macs_model, "layer_counts", _formula_counts)
-    return lambda m: sum(c.macs for c in _formula_counts(m).values())
+    assert counting.count_macs(model) == sum(c.macs for c in _formula_counts(model).values())
+    return counting.count_macs
 
 
 @pytest.mark.parametrize("make", [lambda: transformer_block("self"), lambda: transformer_block("query_value_key"),
