@@ -14,9 +14,7 @@ left out; the medians of the others are compared. Goals: ≤ 1.05× for NetworkS
 measuring pass ≤ 10% of an epoch.
 """
 
-import os
 import statistics
-import time
 
 import keras
 from absl import app, flags, logging
@@ -24,30 +22,15 @@ from absl import app, flags, logging
 import tfprune
 from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
 
+import shared_setup
+
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["vgg", "resnet"], "Reference CNNs: vgg, resnet.")
-flags.DEFINE_integer("train_size", 8000, "Training images per epoch.")
+shared_setup.define_models(["vgg", "resnet"])
+shared_setup.define_fashion_mnist(train_size=8000, train_help="Training images per epoch.")
 flags.DEFINE_integer("sample_size", 1024, "Images DropNet measures activations on.")
-flags.DEFINE_integer("epochs", 4, "Epochs per fit (the first is not timed).")
+shared_setup.define_training(batch_size=128, epochs=4, epochs_help="Epochs per fit (the first is not timed).")
 flags.DEFINE_integer("rounds", 2, "Rounds of plain / callback fits taking turns.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "callback_overhead.md"), "Output.")
-
-BUILDERS = {"vgg": tfprune.models.small_vgg, "resnet": tfprune.models.small_resnet}
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Put last: times each epoch from its start to the end of every callback's `on_epoch_end`."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+shared_setup.define_out("callback_overhead.md", "Output.")
 
 
 def variants(x_sample):
@@ -66,11 +49,9 @@ def measure(name, x, y):
     for _ in range(FLAGS.rounds):
         for variant, make in variants(x[:FLAGS.sample_size]).items():
             keras.utils.set_random_seed(0)
-            model = BUILDERS[name]()
-            model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy",
-                          metrics=["accuracy"])
+            model = shared_setup.sgd_compiled(shared_setup.reference_cnn(name)(), 0.05)
             callbacks = make()
-            timer = EpochTimer()
+            timer = shared_setup.epoch_timer()
             model.fit(x, y, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0, callbacks=callbacks + [timer])
             times.setdefault(variant, []).extend(timer.seconds[1:])
             if variant == "DropNet":
@@ -79,21 +60,13 @@ def measure(name, x, y):
     return medians, statistics.median(measuring)
 
 
-def _loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def main(argv):
     del argv
     (x, y), _ = tfprune.datasets.fashion_mnist(train_size=FLAGS.train_size, test_size=1)
     lines = [f"Fashion-MNIST, {FLAGS.train_size} images per epoch, batch {FLAGS.batch_size}, median of "
              f"{FLAGS.rounds} × {FLAGS.epochs - 1} epochs per variant (first epoch of each fit left out), fits taking "
              f"turns; DropNet measures on {FLAGS.sample_size} images. 2 CPU cores "
-             f"(`python benchmarks/callback_overhead.py`), load average before: {_loadavg()}.", "",
+             f"(`python benchmarks/callback_overhead.py`), load average before: {shared_setup.load_average()}.", "",
              "| backend | model | plain epoch s | NetworkSlimming s (ratio) | GroupLasso s (ratio) | DropNet s (ratio) "
              "| DropNet measuring pass s (share of a plain epoch) |", "|---|---|---|---|---|---|---|"]
     for name in FLAGS.models:
@@ -101,14 +74,13 @@ def main(argv):
         plain = medians["plain"]
         cells = [f"{medians[v]:.2f} ({medians[v] / plain:.3f}×)" for v in ("NetworkSlimming", "GroupLasso",
                                                                           "DropNet")]
-        lines.append(f"| {keras.backend.backend()} | {BUILDERS[name]().name} | {plain:.2f} | " + " | ".join(cells)
+        model_name = shared_setup.reference_cnn(name)().name
+        lines.append(f"| {keras.backend.backend()} | {model_name} | {plain:.2f} | " + " | ".join(cells)
                      + f" | {measuring:.2f} ({measuring / plain:.1%}) |")
         logging.info("%s", lines[-1])
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        f.write(text)
+    shared_setup.write_text(FLAGS.out, text)
 
 
 if __name__ == "__main__":

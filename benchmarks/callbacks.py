@@ -33,22 +33,22 @@ from absl import app, flags, logging
 import tfprune
 from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
 
+import shared_setup
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["vgg", "resnet"], "Reference CNNs: vgg, resnet.")
+shared_setup.define_models(["vgg", "resnet"])
 flags.DEFINE_list("methods", ["dropnet", "dropnet_global", "slimming", "group_lasso"], "Methods to run.")
-flags.DEFINE_list("targets", ["0.5", "0.25"], "MACs ratios to reach.")
-flags.DEFINE_integer("train_size", 8000, "Training images (of 60,000).")
-flags.DEFINE_integer("test_size", 2000, "Test images (of 10,000).")
-flags.DEFINE_integer("epochs", 3, "E: epochs of the baseline, of training with a callback, of lottery and scratch-E.")
-flags.DEFINE_integer("finetune_epochs", 2, "F: epochs of fine-tuning.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate (momentum 0.9).")
+shared_setup.define_targets(["0.5", "0.25"])
+shared_setup.define_fashion_mnist(train_size=8000, test_size=2000)
+shared_setup.define_training(batch_size=128, learning_rate=0.05, epochs=3, finetune_epochs=2,
+                             epochs_help="E: epochs of the baseline, of training with a callback, of lottery and "
+                                         "scratch-E.")
 flags.DEFINE_float("dropnet_fraction", 0.3, "DropNet's fraction of the remaining channels masked per epoch.")
 flags.DEFINE_integer("seed", 0, "Seed of the data subset, θ0 and every run.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "callbacks"), "Output path prefix.")
+shared_setup.define_out("callbacks", "Output path prefix.")
 flags.DEFINE_bool("replot", False, "Train nothing: rewrite the table and plot from the .json of an earlier run.")
 flags.DEFINE_list("merge", [], "Train nothing: summarise these .json files (runs with different seeds) over seeds "
                   "into <out>_seeds.md.")
@@ -56,16 +56,13 @@ flags.DEFINE_list("merge", [], "Train nothing: summarise these .json files (runs
 SETTINGS = ("train_size", "test_size", "epochs", "finetune_epochs", "learning_rate", "batch_size", "seed",
             "dropnet_fraction", "methods")
 
-BUILDERS = {"vgg": tfprune.models.small_vgg, "resnet": tfprune.models.small_resnet}
 LABELS = {"dropnet": "DropNet (layer)", "dropnet_global": "DropNet (global)", "slimming": "Network Slimming",
           "group_lasso": "Group lasso (SSL)"}
 REGIMES = ("fine-tune", "lottery", "scratch-E", "scratch-B")
 
 
 def compiled(model):
-    model.compile(keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
+    return shared_setup.sgd_compiled(model, FLAGS.learning_rate)
 
 
 def train(model, data, epochs, callbacks=()):
@@ -97,7 +94,7 @@ def slim_architectures(model_name, method, theta0, data, targets):
     shared = None
     for target in targets:
         if method.startswith("dropnet") or shared is None:
-            model = compiled(BUILDERS[model_name]())
+            model = compiled(shared_setup.reference_cnn(model_name)())
             model.set_weights(theta0)
             initial = {v.path: w for v, w in zip(model.weights, theta0, strict=True)}
             callback = callback_for(method, model_name, x[:1024], target)
@@ -114,7 +111,7 @@ def slim_architectures(model_name, method, theta0, data, targets):
 
 def run_model(model_name, data, report):
     keras.utils.set_random_seed(FLAGS.seed)
-    model = compiled(BUILDERS[model_name]())
+    model = compiled(shared_setup.reference_cnn(model_name)())
     theta0 = model.get_weights()
     start = time.perf_counter()
     train(model, data, FLAGS.epochs)
@@ -188,10 +185,8 @@ def plot(settings, baselines, rows, path):
 
 def write(results):
     """Write the .json (every figure), the .md table and the .png plot of `results`."""
-    with open(FLAGS.out + ".json", "w") as f:
-        json.dump(results, f, indent=1)
-    with open(FLAGS.out + ".md", "w") as f:
-        f.write(table(**results))
+    shared_setup.write_text(FLAGS.out + ".json", json.dumps(results, indent=1))
+    shared_setup.write_text(FLAGS.out + ".md", table(**results))
     plot(**results, path=FLAGS.out + ".png")
 
 
@@ -227,14 +222,12 @@ def seeds_table(runs):
 
 def main(argv):
     del argv
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
     if FLAGS.merge:
         runs = []
         for path in FLAGS.merge:
             with open(path) as f:
                 runs.append(json.load(f))
-        with open(FLAGS.out + "_seeds.md", "w") as f:
-            f.write(seeds_table(runs))
+        shared_setup.write_text(FLAGS.out + "_seeds.md", seeds_table(runs))
         logging.info("wrote %s_seeds.md", FLAGS.out)
         return
     if FLAGS.replot:

@@ -16,14 +16,14 @@ from absl import app, flags, logging
 
 import tfprune
 
+import shared_setup
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["VGG16", "ResNet50", "DenseNet121"], "keras.applications constructors.")
 flags.DEFINE_float("ratio", 0.3, "Fraction of the channels of every prunable group removed.")
 flags.DEFINE_list("round_to", ["1", "8", "16"], "Multiples the kept counts are rounded up to.")
-flags.DEFINE_integer("runs", 20, "Timed calls per model.")
-flags.DEFINE_integer("warmup", 3, "Untimed calls before them.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                        "channel_alignment.md"), "Markdown output.")
+shared_setup.define_timing(runs=20)
+shared_setup.define_out("channel_alignment.md", "Markdown output.")
 
 
 def measure(name):
@@ -61,9 +61,7 @@ def main(argv):
         keras.backend.clear_session()
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        f.write(text)
+    shared_setup.write_text(FLAGS.out, text)
 
 
 if __name__ == "__main__":

@@ -22,20 +22,19 @@ from matplotlib.figure import Figure
 import tfprune
 from tfprune import criteria
 from tfprune.training.datasets import fashion_mnist
-from tfprune.training.models import small_resnet, small_vgg
+
+import shared_setup
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("train_size", 8000, "Fashion-MNIST training images (the last 500 are held out for sensitivity).")
-flags.DEFINE_integer("test_size", 2000, "Fashion-MNIST test images.")
-flags.DEFINE_integer("epochs", 3, "Training epochs before pruning.")
-flags.DEFINE_integer("finetune_epochs", 1, "Fine-tuning epochs after pruning.")
-flags.DEFINE_list("models", ["small_vgg", "small_resnet"], "Reference models.")
+shared_setup.define_fashion_mnist(train_size=8000, test_size=2000,
+                                  train_help="Training images (of 60,000; the last 500 are held out for sensitivity).")
+shared_setup.define_training(epochs=3, finetune_epochs=1, epochs_help="Training epochs before pruning.",
+                             finetune_help="Fine-tuning epochs after pruning.")
+shared_setup.define_models(["small_vgg", "small_resnet"])
 flags.DEFINE_float("macs_reduction", 0.5, "Fraction of MACs to remove.")
 flags.DEFINE_integer("cost_images", 256, "Images for the ResNet50 measurement-pass timing.")
 flags.DEFINE_bool("skip_cost", False, "Skip the ResNet50 timing.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "Output folder.")
-
-MODELS = {"small_vgg": small_vgg, "small_resnet": small_resnet}
+flags.DEFINE_string("out", shared_setup.RESULTS_DIR, "Output folder.")
 SAMPLE = 512  # images the data-driven criteria measure on
 HELD_OUT = 500  # training images kept out of training for the sensitivity analysis
 
@@ -102,7 +101,7 @@ def accuracy(model, x, y):
 def run_model(name, data):
     (x_train, y_train), (x_held, y_held), (x_test, y_test) = data
     keras.utils.set_random_seed(0)
-    model = compiled(MODELS[name]())
+    model = compiled(shared_setup.reference_cnn(name)())
     t0 = time.perf_counter()
     model.fit(x_train, y_train, batch_size=64, epochs=FLAGS.epochs, verbose=2)
     train_s = time.perf_counter() - t0
@@ -231,8 +230,7 @@ def main(argv):
         lines += [f"| {label} | {first:.1f} | {cached:.2f} |" for label, first, cached in cost]
         lines.append("")
     path = os.path.join(FLAGS.out, "criteria.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    shared_setup.write_text(path, "\n".join(lines))
     print(f"written {path}")
 
 

@@ -31,29 +31,28 @@ import tfprune
 from tfprune.pruning.planning import plan_removals
 from tfprune.search.dmcp import repair_widths
 
+import shared_setup
+
 matplotlib.use("Agg")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["small_vgg", "small_resnet"], "Reference CNNs (tfprune.models).")
-flags.DEFINE_list("targets", ["0.5", "0.25"], "MACs ratios.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialisation, shuffling, width sampling).")
-flags.DEFINE_integer("train_size", 8000, "Training images (of 60,000).")
+shared_setup.define_models(["small_vgg", "small_resnet"])
+shared_setup.define_targets(["0.5", "0.25"])
+shared_setup.define_seeds(["0", "1", "2"], "Seeds (initialisation, shuffling, width sampling).")
+shared_setup.define_fashion_mnist(train_size=8000)
 flags.DEFINE_integer("search_epochs", 4, "S: epochs of the DMCP search (half warm-up).")
 flags.DEFINE_integer("train_epochs", 3, "F: epochs of training each slim model (scratch and fine-tuned).")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate (momentum 0.9).")
+shared_setup.define_training(batch_size=128, learning_rate=0.05)
 flags.DEFINE_float("arch_learning_rate", 0.05, "Learning rate of DMCP's architecture parameters.")
 flags.DEFINE_float("budget_weight", 0.1, "DMCP's budget loss weight.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "dmcp"), "Output path prefix.")
+shared_setup.define_out("dmcp", "Output path prefix.")
 flags.DEFINE_bool("summarize", False, "Train nothing: rewrite <out>.md from <out>.jsonl.")
 
 REGIMES = ("dmcp_scratch", "uniform_scratch", "dmcp_finetuned", "uniform_finetuned")
 
 
 def compiled(model):
-    model.compile(keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
+    return shared_setup.sgd_compiled(model, FLAGS.learning_rate)
 
 
 def train_and_test(model, data, seed):
@@ -76,7 +75,7 @@ def uniform_plan(result, ratio):
 
 
 def run(model_name, target, seed, data, done):
-    builder = getattr(tfprune.models, model_name)
+    builder = shared_setup.reference_cnn(model_name)
     row = {"model": model_name, "target": target, "seed": seed, "train_size": FLAGS.train_size,
            "search_epochs": FLAGS.search_epochs, "train_epochs": FLAGS.train_epochs}
     if (model_name, None, seed) not in done:  # the unpruned reference, once per model and seed
@@ -156,8 +155,7 @@ def summarize():
             shown = ", ".join(f"{k}: {v} ({r['uniform_widths'][k]})" for k, v in r["dmcp_widths"].items())
             lines.append(f"- {r['model']} @ {r['target']}: {shown}; expected MACs at the end of the search "
                          f"{r['expected_macs']:.3f}, expected widths rounded {r['expected_architecture_macs']:.3f}")
-    with open(FLAGS.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    shared_setup.write_text(FLAGS.out + ".md", "\n".join(lines) + "\n")
 
 
 def main(argv):

@@ -21,15 +21,16 @@ from absl import app, flags
 
 import tfprune
 
+import shared_setup
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ResNet50", "A keras.applications constructor.")
-flags.DEFINE_integer("input_size", 224, "Height and width of the input.")
+shared_setup.define_input_size(224)
 flags.DEFINE_float("ratio", 0.5, "Per-layer L1 pruning ratio.")
 flags.DEFINE_integer("examples", 8, "Random images the files are checked on (and int8 is calibrated on).")
 flags.DEFINE_list("variants", ["tflite", "tflite:float16", "tflite:dynamic", "tflite:int8", "onnx"],
                   "format[:quantisation] of each export.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "export_check.md"),
-                    "The markdown file written.")
+shared_setup.define_out("export_check.md", "The markdown file written.")
 
 
 def main(argv):
@@ -51,9 +52,7 @@ def main(argv):
               f"outputs, largest abs output for scale. Load average {load:.1f} at the start.\n\n"
               "| model | format | quantisation | runtime | converter | size MB | max abs difference | largest output"
               " | relative | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        f.write(header)
+    shared_setup.write_text(FLAGS.out, header)  # then each row as it is measured
     for name, m in (("original", model), ("pruned", slim)):
         scale = float(np.abs(m(data, training=False)).max())
         for format, quantize in variants:

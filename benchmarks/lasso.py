@@ -17,22 +17,22 @@ import numpy as np
 from absl import app, flags
 
 import tfprune
-from tfprune import models
 from tfprune.criteria import LassoSelection
 from tfprune.criteria.channel_pruning.reconstruction import output_errors, reconstruct
 from tfprune.training.datasets import fashion_mnist
 
+import shared_setup
+
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["small_vgg", "small_resnet"], "Constructors in tfprune.models.")
+shared_setup.define_models(["small_vgg", "small_resnet"])
 flags.DEFINE_float("ratio", 0.3, "Fraction of channels removed per group (0.3 removes about half the MACs).")
-flags.DEFINE_integer("train_size", 12000, "Fashion-MNIST training examples.")
-flags.DEFINE_integer("test_size", 2000, "Fashion-MNIST test examples.")
-flags.DEFINE_integer("epochs", 3, "Training epochs of the original model.")
-flags.DEFINE_integer("finetune_epochs", 1, "Fine-tuning epochs of each pruned model.")
+shared_setup.define_fashion_mnist(train_size=12000, test_size=2000)
+shared_setup.define_training(epochs=3, finetune_epochs=1, epochs_help="Training epochs of the original model.",
+                             finetune_help="Fine-tuning epochs of each pruned model.")
 flags.DEFINE_integer("images", 1500, "Images sampled by LASSO selection and reconstruction.")
 flags.DEFINE_integer("locations", 10, "Positions sampled per image and layer.")
 flags.DEFINE_integer("seed", 0, "Seed of training, sampling and the random floor.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "lasso.md"), "Markdown output.")
+shared_setup.define_out("lasso.md", "Markdown output.")
 
 
 def compiled(model):
@@ -75,7 +75,7 @@ def logits_error(model, slim, x):
 def run_model(name, data):
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(FLAGS.seed)
-    model = compiled(getattr(models, name)())
+    model = compiled(shared_setup.reference_cnn(name)())
     t0 = time.perf_counter()
     model.fit(x_train, y_train, epochs=FLAGS.epochs, batch_size=128, verbose=0)
     train_s = time.perf_counter() - t0
@@ -146,9 +146,7 @@ def main(argv):
             lines.append(f"| {p} | " + " | ".join(cells) + " |")
         lines += ["", "Seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), ""]
         keras.backend.clear_session()
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        f.write("\n".join(lines))
+    shared_setup.write_text(FLAGS.out, "\n".join(lines))
     print(f"written {FLAGS.out}")
 
 

@@ -15,11 +15,13 @@ from absl import app, flags
 import tfprune
 from tfprune.criteria import LassoSelection
 
+import shared_setup
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("images", 128, "Images sampled.")
 flags.DEFINE_integer("locations", 10, "Positions sampled per image and layer.")
 flags.DEFINE_float("ratio", 0.3, "Fraction of channels removed per group.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "lasso_cost.md"), "Markdown output.")
+shared_setup.define_out("lasso_cost.md", "Markdown output.")
 
 
 def main(argv):
@@ -53,9 +55,7 @@ def main(argv):
              "", "Command: `nice -n 10 python benchmarks/lasso_cost.py "
              f"--images={FLAGS.images} --locations={FLAGS.locations} --ratio={FLAGS.ratio}`", ""]
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        f.write("\n".join(lines))
+    shared_setup.write_text(FLAGS.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

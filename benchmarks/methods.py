@@ -62,27 +62,29 @@ import tfprune
 from tfprune import criteria
 from tfprune.callbacks import DropNet, GroupLasso, NetworkSlimming
 
+import shared_setup
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["resnet", "vgg"], "Reference CNNs: resnet, vgg.")
+shared_setup.define_models(["resnet", "vgg"])
 flags.DEFINE_list("methods", ["l1", "l1_sensitivity", "apoz", "hrank", "taylor", "lasso", "slimming", "group_lasso",
                               "dropnet", "abc", "dmcp"], "Methods to run.")
-flags.DEFINE_list("targets", ["0.5", "0.25"], "MACs ratios (slim / original) to reach.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the methods and of the fine-tuning.")
+shared_setup.define_targets(["0.5", "0.25"])
+shared_setup.define_seeds(["0", "1", "2"], "Seeds of the methods and of the fine-tuning.")
 flags.DEFINE_enum("stage", "all", ["all", "methods", "regimes"], "What to run: the methods, the regimes, or both.")
 flags.DEFINE_integer("train_images", 60000, "Training images used, of 60,000 (the validation split included).")
 flags.DEFINE_integer("val_size", 5000, "Validation images carved from the training images.")
 flags.DEFINE_integer("measure_images", 2000, "Validation images the data-driven criteria measure on.")
 flags.DEFINE_integer("baseline_seed", 0, "Seed of the baselines' initialisation and training; another seed gives a "
                      "second baseline, to check that the readings are not one baseline's.")
-flags.DEFINE_integer("epochs", 30, "E: epochs of the baselines, lottery and Scratch-E.")
-flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate of training (cosine decay to 0).")
+shared_setup.define_training(batch_size=128, learning_rate=0.1, epochs=30, finetune_epochs=5,
+                             learning_rate_help="Peak learning rate of training (cosine decay to 0).",
+                             epochs_help="E: epochs of the baselines, lottery and Scratch-E.",
+                             finetune_help="F: fine-tuning epochs of every slim model.")
 flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay of every training.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of every training.")
 flags.DEFINE_integer("rewind_epoch", 2, "k of the θk lottery rewind.")
-flags.DEFINE_integer("finetune_epochs", 5, "F: fine-tuning epochs of every slim model.")
 flags.DEFINE_float("finetune_learning_rate", 0.01, "Peak learning rate of fine-tuning (cosine decay to 0).")
 flags.DEFINE_integer("sparsity_epochs", 5, "Epochs the training-time methods train the baseline with their callback.")
 flags.DEFINE_integer("dmcp_epochs", 2, "DMCP's supernet epochs from the baseline (half warm-up, half search).")
@@ -93,13 +95,11 @@ flags.DEFINE_list("regime_methods_list", [], "Run the regimes for these methods 
 flags.DEFINE_list("regimes", ["finetune_kd", "finetune_long", "finetune_long_kd", "lottery_0", "lottery_k",
                               "scratch_e", "scratch_b"],
                   "Regimes to run.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "methods"), "Output prefix.")
-flags.DEFINE_string("work_dir", os.path.join(os.path.dirname(__file__), "..", ".bench_cache", "methods"),
-                    "Trained baselines, snapshots and pruned models between runs (not committed).")
+shared_setup.define_out("methods", "Output prefix.")
+shared_setup.define_work_dir("methods", "Trained baselines, snapshots and pruned models between runs (not committed).")
 flags.DEFINE_bool("report", False, "Run nothing: rewrite the tables and plots from the rows.")
 flags.DEFINE_list("merge", [], "Run nothing: report the rows of these .jsonl files (and their _baselines.json).")
 
-BUILDERS = {"resnet": tfprune.models.small_resnet, "vgg": tfprune.models.small_vgg}
 LABELS = {"l1": "L1 (uniform)", "l1_sensitivity": "L1 + sensitivity (Li)", "apoz": "APoZ", "hrank": "HRank",
           "taylor": "Taylor", "lasso": "LASSO + reconstruction (He)", "slimming": "Network Slimming",
           "group_lasso": "group lasso (SSL)", "dropnet": "DropNet", "abc": "ABCPruner", "dmcp": "DMCP",
@@ -215,7 +215,7 @@ def baseline(name, data):
     if not os.path.exists(prefix + ".keras"):
         os.makedirs(FLAGS.work_dir, exist_ok=True)
         keras.utils.set_random_seed(FLAGS.baseline_seed)
-        model = BUILDERS[name]()
+        model = shared_setup.reference_cnn(name)()
         if not os.path.exists(prefix + "_theta0.json"):
             _write_weights(prefix + "_theta0.json", model)
         callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"), _Progress(prefix, FLAGS.rewind_epoch)]
@@ -228,7 +228,7 @@ def baseline(name, data):
     model = keras.saving.load_model(prefix + ".keras", compile=False)
     # what the methods that score or train the baseline itself use (the sensitivity analysis's metric, ABC's
     # fitness fine-tuning, DMCP's supernet): compiled once here, so no method depends on which ran before it
-    model.compile(keras.optimizers.SGD(FLAGS.finetune_learning_rate, momentum=0.9), LOSS, metrics=["accuracy"])
+    shared_setup.sgd_compiled(model, FLAGS.finetune_learning_rate)
     snapshots = [{path: np.asarray(w, np.float32) for path, w in _read_json(f"{prefix}_{key}.json").items()}
                  for key in ("theta0", "thetak")]
     return model, snapshots, _read_json(prefix + ".json")
@@ -475,8 +475,7 @@ def run(rows, baselines):
     for name in FLAGS.models:
         model, snapshots, record = baseline(name, data)
         baselines[name] = record
-        with open(FLAGS.out + "_baselines.json", "w") as f:
-            json.dump(baselines, f, indent=1)
+        shared_setup.write_text(FLAGS.out + "_baselines.json", json.dumps(baselines, indent=1))
         logging.info("%s baseline: test accuracy %.4f", name, record["accuracy"])
         for seed in map(int, FLAGS.seeds):
             for target in map(float, FLAGS.targets):
@@ -529,7 +528,7 @@ def report(rows, baselines):
              "seconds include measuring, searching and sparsity training; extra epochs are the method's own "
              "training, in epochs of the training split.", ""]
     for name, b in sorted(baselines.items()):
-        lines.append(f"**{BUILDERS[name].__name__}** (`--models={name}`) baseline: test accuracy "
+        lines.append(f"**{shared_setup.reference_cnn_name(name)}** (`--models={name}`) baseline: test accuracy "
                      f"**{b['accuracy']:.4f}** (validation {b['val_accuracy']:.4f})"
                      f" after {b['epochs']} epochs, {b['seconds'] / 60:.0f} min; {b['macs']:,} MACs, "
                      f"{b['params']:,} params.")
@@ -543,7 +542,7 @@ def report(rows, baselines):
         acc = [r["accuracy"] for r in group]
         base = baselines[name]["accuracy"]
         lines.append(
-            f"| {BUILDERS[name].__name__} | {target} | {LABELS[method]} | {len(group)} | "
+            f"| {shared_setup.reference_cnn_name(name)} | {target} | {LABELS[method]} | {len(group)} | "
             f"{statistics.mean(r['macs_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['params_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['latency_ratio'] for r in group):.2f} | "
@@ -560,7 +559,8 @@ def report(rows, baselines):
             cells = [f"{_cell([r['accuracy'] for r in groups[(name, target, method, g)]])} "
                      f"(n={len(groups[(name, target, method, g)])})" if (name, target, method, g) in groups else
                      _twin_cell(groups.get((name, target, method, "finetune"), []), g, rows) for g in regimes]
-            lines.append(f"| {BUILDERS[name].__name__} | {target} | {LABELS[method]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {shared_setup.reference_cnn_name(name)} | {target} | {LABELS[method]} | "
+                         + " | ".join(cells) + " |")
     lines += ["", "## Compass: accuracy drop against the unpruned baseline", ""] + compass(groups, baselines)
     lines += ["", "## Compute per method", "", "Wall-clock minutes summed over every row of the method: its own "
               "work (measuring, searching, sparsity training), the fine-tuning of the method rows, and the regime "
@@ -579,8 +579,7 @@ def report(rows, baselines):
     lines += ["", f"Total compute of these rows and baselines: {seconds / 3600:.1f} wall-clock hours on a shared "
               f"2-core machine; {cpu / 3600:.1f} CPU hours in the {sum('cpu_seconds' in e for e in entries)} of "
               f"{len(entries)} runs that measured process CPU time."]
-    with open(FLAGS.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    shared_setup.write_text(FLAGS.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     pareto_plot(groups, baselines)
     ranking_plot(groups, baselines)
@@ -625,7 +624,7 @@ def compass(groups, baselines):
                     drops = [statistics.mean(control) - a for a in tuned[(name, target, "l1", regime)]]
                     parts.append(f"L1 ({REGIME_LABELS[regime]}) against the unpruned model fine-tuned the same "
                                  f"epochs ({_cell(control)}, n={len(control)}) {_cell(drops, 100, 2)} points")
-            lines.append(f"- {BUILDERS[name].__name__} at {target} of the MACs (−{1 - target:.0%}): "
+            lines.append(f"- {shared_setup.reference_cnn_name(name)} at {target} of the MACs (−{1 - target:.0%}): "
                          + "; ".join(parts) + ".")
     return lines
 
@@ -644,7 +643,7 @@ def pareto_plot(groups, baselines):
             if points:
                 x, y, e = zip(*sorted(points), strict=True)
                 ax.errorbar(x, y, yerr=e, marker=markers[method], capsize=3, label=LABELS[method], alpha=0.85)
-        ax.set(title=f"{BUILDERS[name].__name__}: fine-tuned test accuracy against MACs",
+        ax.set(title=f"{shared_setup.reference_cnn_name(name)}: fine-tuned test accuracy against MACs",
                xlabel="MACs ratio (slim / original)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
@@ -672,7 +671,8 @@ def ranking_plot(groups, baselines):
         if target in AIMS:
             ax.axvline(base - AIMS[target], color="tab:green", linestyle=":",
                        label=f"aim: −{100 * AIMS[target]:.1f} points")
-        ax.set(title=f"{BUILDERS[name].__name__}, {target:g} of the MACs", xlabel="fine-tuned test accuracy")
+        ax.set(title=f"{shared_setup.reference_cnn_name(name)}, {target:g} of the MACs",
+               xlabel="fine-tuned test accuracy")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
     fig.savefig(FLAGS.out + "_ranking.png", dpi=110)
@@ -704,12 +704,13 @@ def regimes_plot(groups, regimes, baselines):
     for style, name in zip(("--", ":", "-."), sorted({p[0] for p in panels} & set(baselines)), strict=False):
         values.append(baselines[name]["accuracy"])
         ax.axhline(values[-1], color="black", linestyle=style, linewidth=1,
-                   label=f"unpruned {BUILDERS[name].__name__}")
+                   label=f"unpruned {shared_setup.reference_cnn_name(name)}")
         control = [r["accuracy"] for r in groups.get((name, 1.0, "unpruned", "finetune_long"), ())]
         if control:
             values.append(statistics.mean(control))
             ax.axhline(values[-1], color="grey", linestyle=style, linewidth=1,
-                       label=f"unpruned {BUILDERS[name].__name__}, fine-tuned E more epochs (n={len(control)})")
+                       label=f"unpruned {shared_setup.reference_cnn_name(name)}, fine-tuned E more epochs "
+                             f"(n={len(control)})")
     ax.set_ylim(min(values) - 0.01, max(values) + 0.01)
     ax.set(ylabel="test accuracy", title="Test accuracy per regime (the number over a bar is its n of seeds)")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small", ncol=4)

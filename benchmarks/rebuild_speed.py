@@ -22,6 +22,8 @@ from absl import app, flags
 
 import tfprune
 
+import shared_setup
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["ResNet50", "MobileNetV2", "EfficientNetB0", "DenseNet121"],
                   "keras.applications constructors to time (e.g. also DenseNet201, EfficientNetB7, "
@@ -29,17 +31,12 @@ flags.DEFINE_list("models", ["ResNet50", "MobileNetV2", "EfficientNetB0", "Dense
 flags.DEFINE_float("ratio", 0.5, "Fraction of channels removed per group.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions per model; the one with the lowest total is reported.")
 flags.DEFINE_list("traced", [], "KerasHub backbones built from custom layers to time with tracing: HGNetV2-B4.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "rebuild_speed.md"), "Markdown output.")
+shared_setup.define_out("rebuild_speed.md", "Markdown output.")
 
 DEFAULT_SIZE = {"NASNetLarge": 331, "InceptionV3": 299, "InceptionResNetV2": 299, "Xception": 299}
 # Torch-Pruning 1.6.1, torchvision models at 224x224, 50% per layer, DependencyGraph + pruning, seconds (issue 12).
 TORCH_PRUNING = {"ResNet50": 0.25, "MobileNetV2": 0.09, "EfficientNetB0": 0.14, "DenseNet121": 2.97}
 EARLIER = "## Earlier runs"
-
-
-def load_average():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def time_steps(model):
@@ -102,7 +99,7 @@ def main(argv):
     rows = ["| model | input | params before → after | analysis s | plan (L1) s | rebuild s | "
             "analysis + plan + rebuild s | same, CPU s | Torch-Pruning 1.6.1 s |",
             "|---|---|---|---|---|---|---|---|---|"]
-    loads = [load_average()]
+    loads = [shared_setup.load_average()]
     jobs = [(name, time_model) for name in FLAGS.models] + [(name, time_traced) for name in FLAGS.traced]
     for name, timer in jobs:
         size, before, after, (analysis, planning, rebuilding, total, cpu) = timer(name)
@@ -112,18 +109,15 @@ def main(argv):
                f"{planning:.3f} | {rebuilding:.3f} | {total:.3f} | {cpu:.3f} | {reference} |")
         print(row, flush=True)
         rows.append(row)
-        loads.append(load_average())
+        loads.append(shared_setup.load_average())
         keras.backend.clear_session()
     previous = earlier_runs(FLAGS.out)
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        f.write(f"`python benchmarks/rebuild_speed.py {' '.join(sys.argv[1:])}`".replace(" `", "`") + "\n\n")
-        f.write(f"Ratio {FLAGS.ratio} per layer, best of {FLAGS.repeats} (lowest analysis + plan + rebuild), "
+    command = f"`python benchmarks/rebuild_speed.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
+    settings = (f"Ratio {FLAGS.ratio} per layer, best of {FLAGS.repeats} (lowest analysis + plan + rebuild), "
                 f"{os.cpu_count()} CPU cores, Keras {keras.__version__} on {keras.backend.backend()}; load average "
-                f"(1, 5, 15 min) before and after each model: {' → '.join(loads)}.\n\n")
-        f.write("\n".join(rows) + "\n")
-        if previous:
-            f.write("\n" + previous)
+                f"(1, 5, 15 min) before and after each model: {' → '.join(loads)}.")
+    shared_setup.write_text(FLAGS.out, f"{command}\n\n{settings}\n\n" + "\n".join(rows) + "\n"
+                            + ("\n" + previous if previous else ""))
     print(f"written {FLAGS.out}")
 
 

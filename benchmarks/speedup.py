@@ -31,24 +31,24 @@ from absl import app, flags, logging
 import tfprune
 from tfprune.measurement.benchmarking import available_threads
 
+import shared_setup
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["ResNet50", "MobileNetV2", "VGG16", "EfficientNetB0", "DenseNet121"],
                   "keras.applications constructors.")
-flags.DEFINE_integer("input_size", 224, "Height and width of the input.")
-flags.DEFINE_list("targets", ["0.5", "0.75"], "Fractions of the MACs to remove.")
+shared_setup.define_input_size(224)
+shared_setup.define_targets(["0.5", "0.75"], "Fractions of the MACs to remove.")
 flags.DEFINE_float("tolerance", 0.01, "Bisection stops when the MACs ratio is this close to its target.")
 flags.DEFINE_integer("round_to", 16, "Kept channel counts are rounded up to a multiple of this (1: no rounding). "
                      "XNNPACK computes channels in blocks of 16 with AVX-512: benchmarks/channel_alignment.py.")
 flags.DEFINE_integer("bisection_steps", 12, "At most this many plan+rebuild steps per target.")
-flags.DEFINE_integer("runs", 20, "Timed calls per model and setting.")
-flags.DEFINE_integer("warmup", 3, "Untimed calls before them.")
+shared_setup.define_timing(runs=20, runs_help="Timed calls per model and setting.")
 flags.DEFINE_bool("tfmot", True, "Also measure tfmot's prune_low_magnitude (needs the tfmot extra).")
 flags.DEFINE_string("tfmot_from", None, "With --notfmot: copy the tfmot figures of each model and target from this "
                     "earlier speedup.json (marked as such in the tables) instead of measuring them again.")
 flags.DEFINE_list("merge", [], "Measure nothing: write the tables and plot from these speedup.json files (runs of "
                   "this script on different models), in order.")
-flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-                    "Where speedup.md and speedup.png go.")
+flags.DEFINE_string("out_dir", shared_setup.RESULTS_DIR, "Where speedup.md and speedup.png go.")
 
 LOAD = os.getloadavg()  # of the machine when the run starts: the timings are only as good as the machine is quiet
 CONV_DOMINATED = ("ResNet50", "VGG16", "DenseNet121")  # dense convolutions, no depthwise: the latency goal's models
@@ -79,7 +79,7 @@ def tfmot_twin(name, model, sparsities, workdir):
     """Run benchmarks/tfmot_twin.py; {"dense": path, "sparse": {str(sparsity): {"path", "zero_fraction"}}}."""
     weights = os.path.join(workdir, "weights.npz")
     np.savez(weights, *model.get_weights())
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfmot_twin.py")
+    script = os.path.join(shared_setup.BENCHMARKS_DIR, "tfmot_twin.py")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run([sys.executable, script, f"--model={name}", f"--input_size={FLAGS.input_size}",
                            f"--weights={weights}", f"--sparsities={','.join(map(str, sparsities))}",
@@ -363,10 +363,8 @@ def _copied_note(records):
 def write(records, seconds):
     ratios, absolute = markdown(ratio_rows(records)), markdown(absolute_rows(records))
     print(ratios, flush=True)
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
     threads = records[0]["threads"]
-    with open(os.path.join(FLAGS.out_dir, "speedup.md"), "w") as f:
-        f.write(f"keras.applications models, random weights, {FLAGS.input_size}×{FLAGS.input_size}, batch 1, "
+    settings = (f"keras.applications models, random weights, {FLAGS.input_size}×{FLAGS.input_size}, batch 1, "
                 f"L1 per-layer ratio found by bisection for each MACs target, kept widths rounded up to multiples "
                 f"of {FLAGS.round_to}; float32 TFLite in LiteRT (XNNPACK), ONNX in ONNX Runtime (CPU, "
                 f"intra-op threads as stated, operators in sequence) and "
@@ -377,10 +375,10 @@ def write(records, seconds):
                 f"pruned / original; tfmot ratios are pruned / its own "
                 f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
                 f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s."
-                + _copied_note(records) + "\n\n")
-        f.write(ratios + "\n\nAbsolute figures:\n\n" + absolute + "\n")
-    with open(os.path.join(FLAGS.out_dir, "speedup.json"), "w") as f:
-        json.dump(records, f, indent=1)
+                + _copied_note(records))
+    shared_setup.write_text(os.path.join(FLAGS.out_dir, "speedup.md"),
+                            settings + "\n\n" + ratios + "\n\nAbsolute figures:\n\n" + absolute + "\n")
+    shared_setup.write_text(os.path.join(FLAGS.out_dir, "speedup.json"), json.dumps(records, indent=1))
     plot(records, os.path.join(FLAGS.out_dir, "speedup.png"))
     print(f"written speedup.md, speedup.json and speedup.png in {FLAGS.out_dir}", flush=True)
 

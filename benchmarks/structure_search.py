@@ -30,31 +30,30 @@ from absl import app, flags, logging
 
 import tfprune
 
+import shared_setup
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["vgg", "resnet"], "Reference CNNs: vgg, resnet.")
+shared_setup.define_models(["vgg", "resnet"])
 flags.DEFINE_list("methods", ["uniform", "l1_sensitivity", "abc", "random"], "Methods to run.")
-flags.DEFINE_list("targets", ["0.5", "0.25"], "MACs ratios (slim / original) to reach.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the searches and of fine-tuning.")
-flags.DEFINE_integer("train_size", 15000, "Training images.")
+shared_setup.define_targets(["0.5", "0.25"])
+shared_setup.define_seeds(["0", "1", "2"], "Seeds of the searches and of fine-tuning.")
+shared_setup.define_fashion_mnist(train_size=15000)
 flags.DEFINE_integer("val_size", 5000, "Validation images, carved from the training images not used for training.")
-flags.DEFINE_integer("epochs", 5, "Epochs of the baseline.")
-flags.DEFINE_integer("finetune_epochs", 2, "Epochs of fine-tuning of every slim model.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of training and fine-tuning.")
-flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate (momentum 0.9).")
+shared_setup.define_training(batch_size=128, learning_rate=0.05, epochs=5, finetune_epochs=2,
+                             epochs_help="Epochs of the baseline.",
+                             finetune_help="Epochs of fine-tuning of every slim model.")
 flags.DEFINE_integer("food_sources", 5, "ABC food sources.")
 flags.DEFINE_integer("cycles", 3, "ABC cycles.")
 flags.DEFINE_integer("limit", 3, "ABC limit of unimproved trials.")
 flags.DEFINE_integer("fitness_steps", 30, "Fine-tuning batches (of 64) of each candidate in a search.")
 flags.DEFINE_integer("fitness_val", 2000, "Validation images each search candidate is scored on.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "structure_search"), "Output prefix.")
-flags.DEFINE_string("work_dir", os.path.join(os.path.dirname(__file__), "..", ".bench_cache", "structure_search"),
-                    "Where the trained baselines are kept between runs (not committed).")
+shared_setup.define_out("structure_search", "Output prefix.")
+shared_setup.define_work_dir("structure_search", "Where the trained baselines are kept between runs (not committed).")
 flags.DEFINE_bool("report", False, "Run nothing: rewrite the table and plot from the rows.")
 
-BUILDERS = {"vgg": tfprune.models.small_vgg, "resnet": tfprune.models.small_resnet}
 LABELS = {"abc": "ABCPruner", "random": "random search", "uniform": "uniform widths",
           "l1_sensitivity": "L1 + sensitivity (Li et al.)"}
 SETTINGS = ("train_size", "val_size", "epochs", "finetune_epochs", "batch_size", "learning_rate", "food_sources",
@@ -62,9 +61,7 @@ SETTINGS = ("train_size", "val_size", "epochs", "finetune_epochs", "batch_size",
 
 
 def compiled(model):
-    model.compile(keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
+    return shared_setup.sgd_compiled(model, FLAGS.learning_rate)
 
 
 def load_data():
@@ -81,7 +78,7 @@ def baseline(name, data):
         return compiled(keras.saving.load_model(path, compile=False))
     (x, y), _, _ = data
     keras.utils.set_random_seed(0)
-    model = compiled(BUILDERS[name]())
+    model = compiled(shared_setup.reference_cnn(name)())
     model.fit(x, y, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=2)
     os.makedirs(FLAGS.work_dir, exist_ok=True)
     model.save(path)
@@ -169,7 +166,7 @@ def report(rows, baselines):
              f"{FLAGS.finetune_epochs} fine-tuning epochs, mean ± standard deviation over n seeds; \"pruned\" is "
              "before fine-tuning. Search seconds include every candidate's fine-tuning.", ""]
     for name, acc in sorted(baselines.items()):
-        lines.append(f"Unpruned {BUILDERS[name].__name__}: test accuracy {acc:.4f}.")
+        lines.append(f"Unpruned {shared_setup.reference_cnn_name(name)}: test accuracy {acc:.4f}.")
     lines += ["", "| model | MACs target | method | n | MACs ratio | params ratio | pruned | fine-tuned | "
               "search s | evaluations |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (name, target, method), group in sorted(summary.items(), key=lambda kv: (kv[0][0], -kv[0][1],
@@ -179,14 +176,13 @@ def report(rows, baselines):
         acc = [r["accuracy"] for r in group]
         spread = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
         lines.append(
-            f"| {BUILDERS[name].__name__} | {target} | {LABELS[method]} | {len(group)} | "
+            f"| {shared_setup.reference_cnn_name(name)} | {target} | {LABELS[method]} | {len(group)} | "
             f"{statistics.mean(r['macs_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['params_ratio'] for r in group):.3f} | "
             f"{statistics.mean(r['pruned_accuracy'] for r in group):.4f} | {statistics.mean(acc):.4f}{spread} | "
             f"{_mean_seconds(group)} | "
             f"{statistics.mean(r['evaluations'] for r in group):.0f} |")
-    with open(FLAGS.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    shared_setup.write_text(FLAGS.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(summary)
 
@@ -216,7 +212,8 @@ def plot(summary):
         ax.set_xticks(np.arange(len(groups)), groups, rotation=40, ha="right", fontsize="x-small")
         ax.set_ylabel("fraction kept")
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{BUILDERS[name].__name__} at {target} of the MACs: keep ratio per group (mean over seeds)")
+        ax.set_title(f"{shared_setup.reference_cnn_name(name)} at {target} of the MACs: keep ratio per group "
+                     "(mean over seeds)")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize="small", ncol=len(FLAGS.methods))
     fig.savefig(FLAGS.out + ".png", dpi=110)
@@ -235,8 +232,7 @@ def main(_):
         for name in FLAGS.models:
             model = baseline(name, data)
             baselines[name] = accuracy(model, data[2])
-            with open(baselines_path, "w") as f:
-                json.dump(baselines, f, indent=1)
+            shared_setup.write_text(baselines_path, json.dumps(baselines, indent=1))
             logging.info("%s baseline test accuracy %.4f", name, baselines[name])
             for seed in map(int, FLAGS.seeds):
                 for target in map(float, FLAGS.targets):

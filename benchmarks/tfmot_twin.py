@@ -21,9 +21,11 @@ import os
 
 from absl import app, flags, logging
 
+import shared_setup  # imports no Keras: this process must reach tf-keras first
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "keras.applications constructor name.", required=True)
-flags.DEFINE_integer("input_size", 224, "Height and width of the input.")
+shared_setup.define_input_size(224)
 flags.DEFINE_string("weights", None, ".npz of the Keras 3 model's get_weights(), as arr_0, arr_1, ...", required=True)
 flags.DEFINE_list("sparsities", ["0.5", "0.75"], "Unstructured sparsities (fractions of zero weights).")
 flags.DEFINE_string("out_dir", None, "Where the .tflite files and twin.json go.", required=True)

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from absl import app, flags
 
+import shared_setup
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tfprune  # noqa: E402
 from tests.user_models import USER_MODELS  # noqa: E402
@@ -30,7 +32,7 @@ from tfprune.deployment.verification import check_equivalence, random_inputs  # 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("only", None, "Restrict to these model names.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "zoo.md"), "Markdown output.")
+shared_setup.define_out("zoo.md", "Markdown output.")
 
 
 def row(name, model):
@@ -100,10 +102,9 @@ def main(argv):
         print(line, flush=True)
         lines.append(line)
         keras.backend.clear_session()
-    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        f.write(f"30% of the channels of every prunable group removed (L1), {os.cpu_count()} CPU cores, "
-                "random weights, smallest valid input.\n\n" + "\n".join(lines) + "\n")
+    settings = (f"30% of the channels of every prunable group removed (L1), {os.cpu_count()} CPU cores, random "
+                "weights, smallest valid input.")
+    shared_setup.write_text(FLAGS.out, settings + "\n\n" + "\n".join(lines) + "\n")
     print(f"written {FLAGS.out}")
 
 

@@ -111,3 +111,106 @@ def test_alongside_early_stopping_and_model_checkpoint(tmp_path):
     kernel = reloaded.get_layer("conv1").kernel.numpy()
     removed = sorted(set(range(10)) - set(dropnet.plan().keep["conv1"]))
     assert np.all(kernel[..., removed] == 0) and all(v.constraint is None for v in reloaded.weights)
+
+
+class StopAt(keras.callbacks.Callback):
+    """Stops `fit` at the second batch of the second epoch (after DropNet's first step): `how` is "exception" (raised
+    in `on_train_batch_end`), "keyboard" (a KeyboardInterrupt in `on_train_batch_begin`) or "stop_training"."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.epoch = how, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.how == "keyboard" and (self.epoch, batch) == (1, 1):
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == (1, 1):
+            if self.how == "exception":
+                raise RuntimeError("stopped in a callback")
+            if self.how == "stop_training":
+                self.model.stop_training = True
+
+
+def batches_failing_at(epoch, batch, x, y, batch_size=16):
+    """A generator of `(x, y)` batches that raises at `batch` of `epoch` (the data of a `fit` failing mid-epoch)."""
+    steps = len(x) // batch_size
+    for e in range(epoch + 1):
+        for b in range(steps):
+            if (e, b) == (epoch, batch):
+                raise RuntimeError("stopped by the data")
+            yield x[b * batch_size:(b + 1) * batch_size], y[b * batch_size:(b + 1) * batch_size]
+
+
+PRUNING_CALLBACKS = {
+    "DropNet": lambda x: DropNet(x[:16], fraction=0.3, rewind=None, seed=0),  # masks (and constraints on TF)
+    "NetworkSlimming": lambda x: NetworkSlimming(1e-2, proximal=False),  # a penalty: regularizers, a loss term
+    "GroupLasso": lambda x: GroupLasso(1e-2, groups=("filter", "channel")),  # proximal steps: constraints
+}
+
+
+def user_state(model):
+    """What the user's model holds that a pruning callback must leave as it found it."""
+    own = [float(v.regularizer(v)) for v in model.weights if v.regularizer is not None]
+    np.testing.assert_allclose([float(loss) for loss in model.losses], own, rtol=1e-6)  # no other loss term
+    return ([(v.path, v.constraint, v.regularizer) for v in model.weights], len(model.variables),
+            "train_step" in vars(model))
+
+
+@pytest.mark.parametrize("how", ["data", "exception", "keyboard", "stop_training"])
+@pytest.mark.parametrize("name", sorted(PRUNING_CALLBACKS))
+def test_every_exit_from_fit_leaves_the_model_as_it_was(name, how):
+    x, y = data()
+    model, twin = compiled(cnn()), compiled(cnn())
+    model.get_layer("conv1").kernel.constraint = keras.constraints.MaxNorm(3.0)  # the user's own, kept
+    model.get_layer("conv2").kernel.regularizer = keras.regularizers.L2(1e-3)
+    before = user_state(model)
+    callback = PRUNING_CALLBACKS[name](x)
+    if how == "data":
+        with pytest.raises(Exception, match="stopped by the data"):
+            model.fit(batches_failing_at(1, 1, x, y), epochs=3, steps_per_epoch=3, shuffle=False, verbose=0,
+                      callbacks=[callback])
+    elif how == "stop_training":
+        model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback, StopAt(how)])
+    else:
+        with pytest.raises(KeyboardInterrupt if how == "keyboard" else RuntimeError):
+            model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback, StopAt(how)])
+    assert user_state(model) == before
+    steps = len(getattr(callback, "history", ()))
+    if name == "DropNet":
+        assert steps >= 1  # stopped after a pruning step
+
+    # a plain fit after it trains as the model alone would: no update or penalty of the callback left in its step
+    twin.get_layer("conv1").kernel.constraint = model.get_layer("conv1").kernel.constraint
+    twin.get_layer("conv2").kernel.regularizer = model.get_layer("conv2").kernel.regularizer
+    twin.set_weights(model.get_weights())
+    for m in (model, twin):
+        m.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(model.weights, twin.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+    # and the same callback goes on in a new fit
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[callback])
+    assert user_state(model) == before
+    if name == "DropNet":
+        assert len(callback.history) == steps + 1
+        variables = {v.path: v for v in model.weights}
+        for path, keep in weight_masks(model, callback.plan()).items():
+            assert np.all(variables[path].numpy()[~keep] == 0), path
+
+
+def test_train_on_batch_after_a_stopped_fit_is_the_models_own_step():
+    x, y = data()
+    model, twin = compiled(cnn()), compiled(cnn())
+    with pytest.raises(RuntimeError):
+        model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[NetworkSlimming(1.0, proximal=False),
+                                                                       StopAt("exception")])
+    twin.set_weights(model.get_weights())
+    losses = [m.train_on_batch(x[:16], y[:16]) for m in (model, twin)]  # no penalty in either
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for a, b in zip(model.weights, twin.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)

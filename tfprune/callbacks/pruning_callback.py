@@ -1,20 +1,28 @@
 """PruningCallback: what the training-time pruning callbacks share.
 
 During `fit` a pruning callback may change weights after every optimizer step (a mask, a proximal step) and add
-penalties to the loss. Both run inside the compiled train step, not in per-batch Python: the updates are installed
-as Keras variable constraints (which the optimizer applies right after each update, in the same compiled step, on
-every backend, with `jit_compile` and under `tf.distribute` strategies or `keras.distribution`) and the penalties
-as variable regularizers (which Keras adds to the loss). What may change between epochs (the masks) lives in
-non-trainable `keras.Variable`s, changed by `assign`, never in constants of the compiled step, so changing a mask
-retraces nothing on either backend:
+penalties to the loss. Both run inside the compiled train step, not in per-batch Python: the updates are Keras
+variable constraints (which the optimizer applies right after each update, in the same compiled step, on every
+backend, with `jit_compile` and under `tf.distribute` strategies or `keras.distribution`) and the penalties variable
+regularizers (which Keras adds to the loss). What may change between epochs (the masks) lives in non-trainable
+`keras.Variable`s, changed by `assign`, never in constants of the compiled step, so changing a mask retraces nothing
+on either backend:
 
 - on TensorFlow the masking constraint reads the mask variables, which the compiled step reads like any variable;
-- on JAX the step is a pure function of the model's state, so the masks are made part of that state while `fit`
-  runs (in `model.variables` and `model.non_trainable_variables`, as a `keras.random.SeedGenerator`'s state is; not
-  in `model.weights`, so they are never saved), and the model's `train_step` multiplies each masked weight by its
-  mask, taken from the step's input state, right after the optimizer update (after the variable's constraints).
+- on JAX the step is a pure function of its inputs, so the masks are handed to it with every batch, and the model's
+  `train_step` multiplies each masked weight by its mask right after the optimizer update (after the variable's
+  constraints).
 
-All of it is removed again when `fit` ends, so the model is left as it was given, apart from its trained weights.
+**Nothing is left on the model, however `fit` ends.** Keras calls `on_train_end` only when `fit` ends normally, and
+offers no hook for the other ends (an exception in a step, in the data or in any callback, a `KeyboardInterrupt`).
+So nothing of the callbacks is put on the model for the length of the fit: while the callbacks train it,
+`model.train_function` is a `_TrainingWindow`, which puts their constraints and regularizers on the variables only
+while it runs a step (the step traced then includes them) and takes them off when the step returns or raises; the
+user's own constraints and regularizers stay under them and are back as they were. The window serves only the steps
+of the fit it was made for, which the callbacks announce in `on_train_batch_begin` (a subclass that overrides it calls
+`super().on_train_batch_begin`); a call from anywhere else (a later `fit` or `train_on_batch` after that fit stopped
+with an exception) gets the model's own train step, which replaces the window. Penalties are therefore part of the
+training loss only, not of `evaluate` (nor of the validation loss).
 
 **Multi-process runs** (`keras.distribution.DataParallel` on JAX, one process per host): every process holds the
 same masks and state and takes the same decisions (measurements are made on the same data everywhere and checked
@@ -61,34 +69,121 @@ class ChainedConstraint:
         return value
 
 
-class _MaskState:
-    """One mask variable held as model state that is not a weight, the way a `keras.random.SeedGenerator` holds
-    its state: a model lists the `.state` of what is in its `_seed_generators` in `model.variables` and
-    `model.non_trainable_variables` (so the JAX train step takes it as input) but not in `model.weights` (so it is
-    never saved)."""
-
-    def __init__(self, variable):
-        self.state = variable
-
-
 class _MaskedTrainStep:
-    """The JAX `train_step` of a model whose masks are state: the model's own step, then every masked trainable
-    variable multiplied by its mask, read from the step's non-trainable state (so a mask change needs no retrace).
+    """The JAX `train_step` of a model being pruned: the model's own step on the batch, then every masked trainable
+    variable multiplied by its mask. The masks come with the batch (`_BatchesWithMasks`), as inputs of the compiled
+    step, so a mask change needs no retrace. A new one for every fit, also without masks: JAX reuses a trace made
+    for an equal function while that one lives, and the model's own `train_step` must not get this one's.
 
     Args:
         step: the model's `train_step(state, data) -> (logs, state)`.
-        pairs: `[(index in trainable_variables, index of its mask in non_trainable_variables)]`.
+        indices: for each mask, the index of its variable in `model.trainable_variables`.
     """
 
-    def __init__(self, step, pairs):
-        self.step, self.pairs = step, pairs
+    def __init__(self, step, indices):
+        self.step, self.indices = step, indices
 
     def __call__(self, state, data):
+        data, masks = data
         logs, (trainable, non_trainable, optimizer_variables, metrics_variables) = self.step(state, data)
         trainable = list(trainable)
-        for t, n in self.pairs:
-            trainable[t] = trainable[t] * non_trainable[n]
+        for index, mask in zip(self.indices, masks, strict=True):
+            trainable[index] = trainable[index] * mask
         return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+class _BatchesWithMasks:
+    """The batches `fit` hands the JAX train function, each paired with the masks' current values."""
+
+    def __init__(self, batches, masks):
+        self.batches, self.masks = batches, masks
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.batches), [mask.value for mask in self.masks]
+
+
+class _TrainingWindow:
+    """`model.train_function` while pruning callbacks train the model (see the module docstring): the model's compiled
+    train step, run with the callbacks' constraints and regularizers on the variables only for as long as it runs and,
+    on JAX, with their masks handed to it with each batch.
+
+    Args:
+        model: the model being fitted.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.fit = getattr(model, "history", None)  # the History of the fit it serves: Keras makes one per fit
+        self.entries = []  # (variable, "constraint", updates) or (variable, "regularizer", penalty)
+        self.masks = []  # (index in model.trainable_variables, mask variable), on JAX
+        self.jax = backends.name() == "jax"
+        self.step = None
+        self.announced = False  # set by the callbacks' on_train_batch_begin, for the next step only
+
+    @classmethod
+    def of(cls, model):
+        """The window of the fit now running on `model` (another pruning callback's), or a new one."""
+        window = model.train_function
+        if isinstance(window, cls) and window.fit is getattr(model, "history", None):
+            return window
+        return cls(model)
+
+    def add(self, callback):
+        """Apply `callback`'s updates, penalties and masks in the steps from now on (traces the step anew)."""
+        variables = {v.path: v for v in self.model.trainable_weights}
+        self.entries += [(variables[path], "constraint", updates)
+                         for path, updates in callback.variable_updates().items()]
+        self.entries += [(variables[path], "regularizer", penalty)
+                         for path, penalty in callback.variable_penalties().items()]
+        if self.jax and callback._mask_variables:
+            if keras.config.is_nnx_enabled():
+                raise ValueError(f"{type(callback).__name__} applies its masks in the model's train_step, which "
+                                 "Keras bypasses with Flax NNX enabled (keras.config.is_nnx_enabled()); train "
+                                 "without NNX.")
+            index = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
+            self.masks += [(index[id(variables[path])], mask) for path, mask in callback._mask_variables.items()
+                           if path in variables]
+        model, own = self.model, self.model.__dict__.get("train_step")
+        if self.jax:  # the compiled step calls the train_step the model has when it is made
+            model.train_step = _MaskedTrainStep(model.train_step, [i for i, _ in self.masks])
+        try:
+            model.make_train_function(force=True)  # a step traced before would not apply the new updates
+        finally:
+            if own is not None:
+                model.train_step = own
+            elif "train_step" in model.__dict__:
+                del model.train_step
+        self.step, model.train_function = model.train_function, self
+
+    def __call__(self, *args):
+        announced, self.announced = self.announced, False
+        if not announced or self.fit is not getattr(self.model, "history", None):
+            # not a step of the fit this window was made for, which stopped with an exception: the model's own step
+            self.model.train_function = None
+            self.model.make_train_function()
+            return self.model.train_function(*args)
+        saved = [(variable, variable.constraint, variable.regularizer) for variable, _, _ in self.entries]
+        try:
+            for variable, attribute, value in self.entries:
+                if attribute == "constraint":
+                    variable.constraint = ChainedConstraint(variable.constraint, value)
+                else:
+                    variable.regularizer = _Sum(variable.regularizer, value)
+            if self.jax:
+                state, batches = args
+                return self.step(state, _BatchesWithMasks(batches, [mask for _, mask in self.masks]))
+            return self.step(*args)
+        finally:
+            for variable, constraint, regularizer in reversed(saved):
+                variable.constraint, variable.regularizer = constraint, regularizer
+
+    def close(self):
+        """The fit has ended: the next one traces the model's own step."""
+        if self.model.train_function is self:
+            self.model.train_function = None
 
 
 class _Sum:
@@ -123,7 +218,8 @@ class PruningCallback(keras.callbacks.Callback):
     Subclasses say what to do during training through `variable_updates()` and `variable_penalties()`, keep their
     own state in `get_state()`/`set_state()` (saved to `backup_dir` after every epoch, so that a fit interrupted
     and resumed with `keras.callbacks.BackupAndRestore` continues where it stopped), and turn what they learned into
-    a `Plan` with `plan()`.
+    a `Plan` with `plan()`. A subclass that overrides a Keras hook calls this class's too (`on_train_begin`,
+    `on_train_batch_begin`, `on_epoch_end`, `on_train_end`).
 
     Args:
         min_channels: no group is planned below this many channels.
@@ -146,9 +242,8 @@ class PruningCallback(keras.callbacks.Callback):
             raise ValueError(f"verbose must be 0 or 1; got {verbose!r}.")
         self.verbose = int(verbose)
         self.graph = None
-        self._installed = []
         self._mask_variables = {}
-        self._mask_states = []
+        self._window = None
 
     # --- what subclasses provide -------------------------------------------------------------------------------
 
@@ -250,69 +345,26 @@ class PruningCallback(keras.callbacks.Callback):
         state = self._load_backup()
         if state is not None:
             self.set_state(state)
-        self._install()
+        self._window = _TrainingWindow.of(self.model)
+        self._window.add(self)
 
     def start(self):
         """Called once per model when the first `fit` begins (before any state is restored)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._window is not None:
+            self._window.announced = True  # the step about to run is one of this fit's (see _TrainingWindow)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.backup_dir is not None:
             self._save_backup()
 
     def on_train_end(self, logs=None):
-        self._uninstall()
+        if self._window is not None:
+            self._window.close()
+            self._window = None
         if self.backup_dir is not None and backends.process_index() == 0 and os.path.exists(self._backup_path()):
             os.remove(self._backup_path())
-
-    def _install(self):
-        if self._installed or self._mask_states:
-            self._uninstall()  # this callback's fit stopped with an exception, so on_train_end never came
-        variables = {v.path: v for v in self.model.trainable_weights}
-        for path, updates in self.variable_updates().items():
-            variable = variables[path]
-            self._installed.append((variable, "constraint", variable.constraint))
-            variable.constraint = ChainedConstraint(variable.constraint, updates)
-        for path, penalty in self.variable_penalties().items():
-            variable = variables[path]
-            self._installed.append((variable, "regularizer", variable.regularizer))
-            variable.regularizer = _Sum(variable.regularizer, penalty)
-        if backends.name() == "jax" and self._mask_variables:
-            self._install_jax_masks(variables)
-        # A train step traced before (an earlier fit) would not see the new constraints and penalties.
-        self.model.make_train_function(force=True)
-
-    def _install_jax_masks(self, variables):
-        """Make the masks model state and the model's `train_step` apply them (JAX; see the module docstring)."""
-        if keras.config.is_nnx_enabled():
-            raise ValueError(f"{type(self).__name__} applies its masks in the model's train_step, which Keras "
-                             "bypasses with Flax NNX enabled (keras.config.is_nnx_enabled()); train without NNX.")
-        if isinstance(vars(self.model).get("train_step"), _MaskedTrainStep):  # left by a fit stopped by an exception
-            del self.model.train_step
-            self.model._seed_generators[:] = [g for g in self.model._seed_generators if not isinstance(g, _MaskState)]
-        masks = {path: m for path, m in self._mask_variables.items() if path in variables}
-        self._mask_states = [(self.model, _MaskState(m)) for m in masks.values()]
-        self.model._seed_generators.extend(state for _, state in self._mask_states)
-        trainable = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
-        non_trainable = {id(v): i for i, v in enumerate(self.model.non_trainable_variables)}
-        pairs = [(trainable[id(variables[path])], non_trainable[id(m)]) for path, m in masks.items()]
-        self._installed.append((self.model, "train_step", self.model.__dict__.get("train_step")))
-        self.model.train_step = _MaskedTrainStep(self.model.train_step, pairs)
-        # the evaluation and prediction steps take the model's state too, which now has the masks in it
-        self.model.test_function = self.model.predict_function = None
-
-    def _uninstall(self):
-        for target, attribute, original in reversed(self._installed):
-            if attribute == "train_step" and original is None:
-                del target.train_step  # back to the class's own train_step
-            else:
-                setattr(target, attribute, original)
-        self._installed = []
-        for model in {id(model): model for model, _ in self._mask_states}.values():
-            ids = {id(state) for _, state in self._mask_states}
-            model._seed_generators[:] = [g for g in model._seed_generators if id(g) not in ids]
-            model.test_function = model.predict_function = None
-        self._mask_states = []
-        self.model.train_function = None  # the next fit traces a step without this callback's updates
 
     # --- backup -------------------------------------------------------------------------------------------------
 

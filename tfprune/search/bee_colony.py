@@ -20,9 +20,10 @@ def abc(model, train_data=None, val_data=None, target_macs=0.5, *, fitness=None,
 
     Changes from the reference code (lmbxmu/ABCPruner, `bee_cifar.py`), each fixing a fault of it:
 
-    * A hard MACs budget: every candidate is repaired onto `target_macs` (grid steps down while over it, then up
-      while a step still fits), so all evaluated candidates have a MACs ratio ≤ the target and use most of it.
-      The reference has no budget; its compression comes only from the grid's ceiling.
+    * A hard MACs budget: every candidate is repaired onto `target_macs` (grid steps down while over it, or up
+      while a step still fits, then single channels — the finest step `round_to` allows — added to random groups
+      while they fit), so all evaluated candidates have a MACs ratio ≤ the target and under it by less than one
+      channel's MACs. The reference has no budget; its compression comes only from the grid's ceiling.
     * Fitness on `val_data`, a validation split, never the test set (the reference scores on the test set).
     * The slim model inherits BatchNormalization statistics with the kept channels' weights (the reference
       drops them), and every prunable group is searched, residual streams included (the reference keeps them).

@@ -3,8 +3,13 @@
 A candidate is one keep ratio per searched group. Its widths are the ratios times the group widths (at least one
 channel, rounded up to `round_to` and to equal blocks), and its plan keeps each group's best channels by a
 criterion, so the slim model inherits the trained weights. MACs come from `MacsModel`, without rebuilding.
+
+A candidate is settled onto the budget in two passes: on the grid (steps of 10% of a group by default), then by
+the finest step a group can take (one channel, or the multiple `round_to` and equal blocks ask for), which uses
+the rest of the budget a grid step is too coarse for.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -112,8 +117,8 @@ class WidthSpace:
         return float(options[-1] if direction < 0 else options[0])
 
     def random(self, rng):
-        """A candidate drawn uniformly from the grid, repaired onto the budget."""
-        return self.repair(rng.choice(self.grid, size=len(self.groups)), rng)
+        """A candidate drawn uniformly from the grid, repaired and filled onto the budget."""
+        return self.fill(self.repair(rng.choice(self.grid, size=len(self.groups)), rng), rng)
 
     def uniform_candidate(self):
         """`(ratios, plan)` of `uniform()`, within the budget but not repaired, so that it stays uniform."""
@@ -166,19 +171,58 @@ class WidthSpace:
             d, higher = up[rng.integers(len(up))]
             x[d] = higher
 
+    def fill(self, ratios, rng, moved=()):
+        """Grow groups by their finest step (`finest_step`) while the candidate still fits the budget: what a grid
+        step was too coarse to use. No group grows past the width of the grid's largest ratio.
+
+        Groups are taken in random order, those in `moved` last (so that a search move stays as it was made where
+        it can), and each grows by as many steps as fit, so few groups leave the grid. In the result no group below
+        the grid's largest ratio can grow by one more step: the candidate is under the budget by less than the MACs
+        of one finest step of any of them.
+        """
+        x = np.array(ratios, np.float64)
+        widths, widest = self.widths(x), self.widths(np.full(len(x), self.grid[-1]))
+        moved = {int(d) for d in moved}
+        order = [int(d) for d in rng.permutation(len(x))]
+        for d in [d for d in order if d not in moved] + [d for d in order if d in moved]:
+            name, unit = self.groups[d].name, self.finest_step(self.groups[d])
+            fits, steps = 0, -(-(widest[name] - widths[name]) // unit)  # fits <= what fits < steps + 1
+            while fits < steps:  # MACs grow with the width: bisect the number of steps that fit
+                mid = (fits + steps + 1) // 2
+                if self._fits_widths({**widths, name: min(widths[name] + mid * unit, widest[name])}):
+                    fits = mid
+                else:
+                    steps = mid - 1
+            if fits:
+                widths[name] = min(widths[name] + fits * unit, widest[name])
+                x[d] = widths[name] / self.groups[d].width
+        return x
+
+    def finest_step(self, group):
+        """The smallest change of `group`'s kept count: one channel, or the multiple of `round_to` and of the
+        group's equal blocks."""
+        return math.lcm(self.round_to, group.n_blocks)
+
+    def _fits_widths(self, widths):
+        return self.macs.macs_of_widths(widths, self.ranks) / self.macs.full <= self.target
+
     def settle(self, ratios, rng, moved=()):
-        """`(ratios, plan)`: the candidate repaired onto the budget, and its plan, whose exact MACs ratio (where
-        blocks or layers fed by part of a group made the plan keep more than the estimate) is within it too."""
-        x = self.repair(ratios, rng, moved)
+        """`(ratios, plan)`: the candidate repaired onto the budget on the grid (`repair`), grown by finest steps
+        into the rest of it (`fill`), and its plan, whose exact MACs ratio (where blocks or layers fed by part of a
+        group made the plan keep more than the estimate) is within the budget too: finest steps down otherwise."""
+        x = self.fill(self.repair(ratios, rng, moved), rng, moved)
         plan = self.plan(x)
+        narrowest = self.widths(np.full(len(x), self.grid[0]))
         while self.macs.ratio(plan) > self.target:
-            down = [d for d in range(len(x)) if self.step(x[d], -1) is not None]
+            widths = self.widths(x)
+            down = [d for d, g in enumerate(self.groups) if widths[g.name] > narrowest[g.name]]
             if not down:
                 raise PlanError(f"target_macs={self.target} cannot be met: at the smallest grid ratio the plan keeps "
                                 f"{self.macs.ratio(plan):.3f} of the MACs (layers fed by part of a group need a "
                                 "channel each).")
             d = down[rng.integers(len(down))]
-            x[d] = self.step(x[d], -1)
+            group = self.groups[d]
+            x[d] = (widths[group.name] - self.finest_step(group)) / group.width
             plan = self.plan(x)
         return x, plan
 
