@@ -152,3 +152,16 @@ def test_searches_choose_head_counts(search):
                                              **options)
     assert "mha:heads" in result.plan.keep and result.macs_ratio <= 0.5
     assert check_equivalence(model, result.plan, inputs=[DATA[0][:2]]) < TOLERANCE
+
+
+def test_keras_hub_transformer_encoder_heads_by_mean_activation():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 16))
+    x = keras_hub.layers.TransformerEncoder(intermediate_dim=24, num_heads=4, name="enc")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)))
+    plan = tfprune.plan(model, 0.5, criterion=criteria.MeanActivation(verbose=0), data=DATA[0])
+    assert {name: len(kept) for name, kept in plan.keep.items()} == {
+        "enc/self_attention_layer:heads": 2, "enc/self_attention_layer:head_dim": 2,
+        "enc/feedforward_intermediate_dense": 12}
+    assert check_equivalence(model, plan, inputs=DATA[0][:2]) < TOLERANCE
