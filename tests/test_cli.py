@@ -10,17 +10,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from test_attention import random_weights, transformer_block
 
 import tfprune
 
 EXECUTABLE = Path(sys.executable).parent / "tfprune"
+ROOT = Path(__file__).resolve().parents[1]  # the script runs this checkout's tfprune, wherever it was installed from
 
 
 def run(*args, cwd):
     if not EXECUTABLE.exists():
         pytest.fail(f"The tfprune console script is not installed at {EXECUTABLE}: run "
                     f"`{sys.executable} -m pip install -e .` in the repository to install it.")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     return subprocess.run([str(EXECUTABLE), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
 
@@ -165,3 +168,24 @@ def test_custom_objects_bad_ratio_and_bad_plan_give_one_line(files):
     one_error_line(run("rebuild", "model.keras", "other_plan.json", "-o", "bad.keras", cwd=folder), "rebuild",
                    "the plan belongs to another model")
     assert not (folder / "bad.keras").exists()
+
+
+def test_a_transformer_block_shows_its_heads(tmp_path):
+    model = random_weights(transformer_block("self"))
+    model.save(tmp_path / "block.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tokens.npz", x=rng.normal(size=(8, 6, 16)).astype("float32"))
+    done = run("summary", "block.keras", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2].split()[-1] == "Heads"
+    assert next(line for line in lines if line.startswith("mha ")).endswith("4 heads")
+    assert json.loads(run("summary", "block.keras", "--json", cwd=tmp_path).stdout)["heads"] == {"mha": "4"}
+
+    done = run("prune", "block.keras", "--ratio", "0.5", "--criterion", "mean_activation", "--data", "tokens.npz",
+               "-o", "slim.keras", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "heads: mha 4 → 2" in done.stdout.splitlines()
+    assert keras.models.load_model(tmp_path / "slim.keras").get_layer("mha").num_heads == 2
+    done = run("summary", "slim.keras", cwd=tmp_path)
+    assert next(line for line in done.stdout.splitlines() if line.startswith("mha ")).endswith("2 heads")

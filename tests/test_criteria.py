@@ -101,7 +101,7 @@ def test_group_reaching_only_the_output_is_refused_by_feature_map_criteria():
     model = keras.Sequential([inputs, keras.layers.Dense(4, name="d1"), keras.layers.Dense(3, name="d2")])
     x = RNG.standard_normal((5, 6)).astype("float32")
     assert tfprune.plan(model, 0.5, criterion="mean_activation", data=x).keep["d1"]
-    with pytest.raises(ValueError, match="no convolution or Dense layer reads"):
+    with pytest.raises(ValueError, match="no convolution, Dense or attention layer reads"):
         tfprune.plan(model, 0.5, criterion="mean_activation", data=x, prune_outputs=True)
 
 

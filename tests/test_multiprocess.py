@@ -97,3 +97,40 @@ def test_two_processes_end_with_identical_plans_and_weights(tmp_path, data):
     assert not (tmp_path / "backup" / "tfprune_DropNet.npz").exists()  # removed by process 0 when fit ended
     for result in (first, second):  # measuring different data on each process is refused on both, saying why
         assert "differ between the processes" in str(result["disagreement"]), str(result["disagreement"])
+
+
+HEAD_SCORES = """
+import sys
+import jax
+import keras
+import numpy as np
+import tfprune
+from tfprune import criteria
+
+sys.path.insert(0, "tests")
+from test_attention import random_weights, transformer_block
+
+process_id, address = int(sys.argv[1]), sys.argv[2]
+keras.distribution.initialize(job_addresses=address, num_processes=2, process_id=process_id)
+keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+model = random_weights(transformer_block("self"))  # the same weights on both processes
+rng = np.random.default_rng(0)
+data = (rng.normal(size=(8, 6, 16)).astype("float32"), rng.integers(0, 3, 8))
+loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+for criterion in (criteria.MeanActivation(verbose=0), criteria.Taylor(loss=loss, verbose=0)):
+    plan = tfprune.plan(model, 0.5, criterion=criterion, data=data, scope="global")
+    print(criterion.name, "heads", plan.keep["mha:heads"], "head_dim", plan.keep["mha:head_dim"])
+try:  # each process measuring its own data: refused
+    tfprune.plan(model, 0.5, criterion="mean_activation", data=data[0] + process_id)
+    print("not refused")
+except ValueError as e:
+    print(e)
+"""
+
+
+def test_head_scores_under_data_parallel_agree_across_processes():
+    logs = run_two_processes(lambda i, address: [sys.executable, "-c", HEAD_SCORES, str(i), address])
+    plans = [[line for line in log.splitlines() if line.startswith(("mean_activation", "taylor"))] for log in logs]
+    assert len(plans[0]) == 2 and plans[0] == plans[1], logs
+    for log in logs:
+        assert "differ between the processes" in log, log

@@ -71,12 +71,12 @@ def _run(args, console):
 def _summary(args, progress):
     model = _load_model(args.model, progress)
     from tfprune.measurement.counting import count_macs, count_params, layer_counts
-    from tfprune.measurement.summaries import summary
+    from tfprune.measurement.summaries import attention_heads, summary
 
     text = summary(model, print_fn=lambda line: None)
     layers = [dataclasses.asdict(c) for c in layer_counts(model).values() if c.params or c.macs]
     data = {"model": args.model, "name": model.name, "params": count_params(model), "macs": count_macs(model),
-            "layers": layers}
+            "layers": layers, "heads": attention_heads(model)}
     return data, text
 
 
@@ -120,6 +120,7 @@ def _rebuild(args, progress):
 
 def _save_slim(args, model, slim, chosen, plan_out, progress):
     from tfprune.measurement.counting import count_macs, count_params
+    from tfprune.measurement.summaries import attention_heads
 
     progress(f"saving {args.output}")
     slim.save(args.output)
@@ -128,12 +129,16 @@ def _save_slim(args, model, slim, chosen, plan_out, progress):
     before = {"params": count_params(model), "macs": count_macs(model)}
     after = {"params": count_params(slim), "macs": count_macs(slim)}
     pruned = sum(len(kept) < chosen.widths[name] for name, kept in chosen.keep.items())
+    heads_before, heads_after = attention_heads(model), attention_heads(slim)
+    heads = {path: {"before": n, "after": heads_after.get(path)} for path, n in heads_before.items()}
     data = {"model": args.model, "output": args.output, "plan": plan_out, "groups_pruned": pruned,
-            "before": before, "after": after}
+            "before": before, "after": after, "heads": heads}
     lines = [f"params {before['params']:,} → {after['params']:,} ({_ratio(after['params'], before['params'])}), "
              f"MACs {before['macs']:,} → {after['macs']:,} ({_ratio(after['macs'], before['macs'])}); "
-             f"{pruned} channel group(s) pruned",
-             f"wrote {args.output}" + (f" and plan {plan_out}" if plan_out else "")]
+             f"{pruned} channel group(s) pruned"]
+    if heads:  # "heads: mha 4 → 2, gqa 8/4 → 4/2"
+        lines.append("heads: " + ", ".join(f"{path} {n['before']} → {n['after']}" for path, n in heads.items()))
+    lines.append(f"wrote {args.output}" + (f" and plan {plan_out}" if plan_out else ""))
     return data, "\n".join(lines)
 
 

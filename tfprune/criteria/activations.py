@@ -7,8 +7,20 @@ pooled map; for a residual stage (channels tied by `Add`s) every tensor the stag
 outputs after their ReLU, each counted once however many layers read it. A `Flatten` or `Reshape` right before the
 consumer is looked through: the tensor before it is measured, so that a Flatten→Dense group still has its H×W maps.
 Positions are mapped to channels with the graph's element→channel map (`ChannelGraph.channels`), so a tensor of a
-`Concatenate` feeds each of its groups and a depthwise multiplier's copies feed their channel. Channels that no such
-layer reads (groups reaching the model output only) are not measured.
+`Concatenate` feeds each of its groups and a depthwise multiplier's copies feed their channel. An MLP's hidden
+neurons are the input of its down projection, like any `Dense` layer's.
+
+**Attention heads.** A `MultiHeadAttention` or `GroupedQueryAttention` reads its query, key and value like a
+`Dense` layer reads its input, and its heads and head widths are measured inside the layer, on the tensors its
+rule names (`inner_taps`, see `tfprune.graph.rules.attention`), tapped while the layer runs its own `call`
+(`tfprune.criteria.layer_insides`): the input of the output projection, (batch, positions, heads, head width) —
+each head's attention output, whose slice is zero exactly when the head is removed — gives the heads (and, under
+grouped-query attention, the key/value heads: the slices of their query heads) and the value slots of the head
+width; the query projection's output gives the key slots (zeroing slot j of every head's query removes that slot's
+share of every attention score). A head's "map" is its (positions × head width) output; a head-width slot's is
+(positions × heads). Where the key and value widths are one group (`head_dim`), both tensors are measured and
+their values pooled, as for a group read by several layers. Channels that no such layer reads (groups reaching
+the model output only) are not measured.
 
 **One pass.** The model's graph is walked once (`keras_nodes.run_nodes`, nested sub-models and shared layers
 included) inside one compiled function (`tfprune.backends.compile_function`: a `tf.function` on TensorFlow, a
@@ -48,6 +60,7 @@ from keras import ops
 from keras.src.trainers import data_adapters
 
 from tfprune import backends
+from tfprune.criteria import layer_insides
 from tfprune.graph import ChannelGraph
 from tfprune.graph.keras_nodes import functional_of, is_graph_model, model_inputs, run_nodes
 from tfprune.graph.rules import producers, reshaping
@@ -90,8 +103,17 @@ class ActivationTaps:
 
     # ---- the walk --------------------------------------------------------------------------------------------
 
-    def _is_consumer(self, path):
-        return isinstance(self.graph.rules.get(path), _CONSUMER_RULES) and "in" in self.graph.recorded(path)
+    def _read(self, node, path):
+        """`[(tensor, elems)]`: the inputs of a layer call that its weights read, with their channel elements (a
+        convolution's or Dense layer's input; an attention layer's query, key and value)."""
+        rule, recorded = self.graph.rules.get(path), self.graph.recorded(path)
+        if isinstance(rule, _CONSUMER_RULES) and "in" in recorded:
+            return [(node.arguments.keras_tensors[0], recorded["in"])]
+        read_inputs = getattr(rule, "read_inputs", None)
+        if read_inputs is None:
+            return []
+        inputs = read_inputs(node.operation, node.arguments.args, node.arguments.kwargs)
+        return [(tensor, recorded[side]) for side, tensor in inputs.items() if side in recorded]
 
     def _looked_through(self, node_input, values, prefix, elems):
         """The tensor before a Flatten/Reshape that feeds a consumer, with its channel elements, if there is one."""
@@ -112,7 +134,9 @@ class ActivationTaps:
         return values[id(source)], before
 
     def _walk(self, model, inputs, prefix, taps, hook, count):
-        """Run `model` on tensors, appending `(value, elems)` for every tensor a consumer reads (once each).
+        """Run `model` on tensors, appending `(value, elems, view)` for every tensor a consumer reads (once each)
+        and every tensor inside a layer that its rule names (`inner_taps`: an attention layer's heads; `view`
+        puts the channels of `elems` last, None when they are).
 
         Every tensor a layer makes goes through `hook(key, value)` (see `backends.gradients_at`); `count` is a
         one-element list numbering the layer calls of the whole walk, nested models included, for the keys.
@@ -123,17 +147,19 @@ class ActivationTaps:
             if is_graph_model(op):
                 return self._walk(op, [values[id(t)] for t in node.arguments.keras_tensors], path + "/", taps, hook,
                                   count)
-            if self._is_consumer(path):
-                source = node.arguments.keras_tensors[0]
-                elems = self.graph.recorded(path)["in"]
+            for source, elems in self._read(node, path):
                 tapped = self._looked_through(source, values, prefix, elems) or (values[id(source)], elems)
-                if all(tapped[0] is not value for value, _ in taps):
-                    taps.append(tapped)
+                if all(tapped[0] is not value for value, _, _ in taps):
+                    taps.append((*tapped, None))
             args, kwargs = node.arguments.fill_in(values)
             if "training" in getattr(op, "_call_context_args", ()):
                 kwargs["training"] = False
             count[0] += 1
-            return [hook(f"{count[0]}:{i}", value) for i, value in enumerate(keras.tree.flatten(op(*args, **kwargs)))]
+            inner = getattr(self.graph.rules.get(path), "inner_taps", None)
+            with layer_insides.tapping(inner(op) if inner else (), self.graph.recorded(path), hook, str(count[0]),
+                                       taps):
+                outputs = op(*args, **kwargs)
+            return [hook(f"{count[0]}:{i}", value) for i, value in enumerate(keras.tree.flatten(outputs))]
 
         return run_nodes(model, inputs, call)
 
@@ -141,7 +167,7 @@ class ActivationTaps:
         key = (statistics, loss)
         if key in self._functions:
             return self._functions[key]
-        taps_info = []
+        taps_info, views = [], []
         needs_gradient = "taylor" in statistics
         loss_fn = _per_example_loss(loss, self.model) if needs_gradient else None
 
@@ -153,8 +179,9 @@ class ActivationTaps:
                 taps = []
                 walk_inputs = [hook(f"input:{i}", v) for i, v in enumerate(inputs)]
                 outputs = self._walk(self.model, walk_inputs, "", taps, hook, [0])
-                taps_info[:] = [elems for _, elems in taps]
-                return (loss_fn(y, outputs) if needs_gradient else None), [value for value, _ in taps]
+                taps_info[:] = [elems for _, elems, _ in taps]
+                views[:] = [view or (lambda t: t) for _, _, view in taps]
+                return (loss_fn(y, outputs) if needs_gradient else None), [value for value, _, _ in taps]
 
             if needs_gradient:
                 values, grads = backends.gradients_at(forward)
@@ -162,7 +189,8 @@ class ActivationTaps:
                 values = forward(lambda key, value: value)[1]
                 grads = [None] * len(values)
             self.traces += 1
-            return [_tap_sums(value, grad, statistics) for value, grad in zip(values, grads, strict=True)]
+            return [_tap_sums(view(value), None if grad is None else view(grad), statistics)
+                    for value, grad, view in zip(values, grads, views, strict=True)]
 
         self._functions[key] = (backends.compile_function(measure, lambda: self.model.variables), taps_info)
         return self._functions[key]
@@ -186,7 +214,7 @@ class ActivationTaps:
 
         Returns:
             `{group name: {statistic: np.ndarray of shape (group width,)}}` for every group whose channels are all
-            read by some convolution or Dense layer.
+            read by some convolution, Dense or attention layer (heads and head widths included).
         """
         statistics = _check_statistics(statistics)
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -2,7 +2,11 @@
 
 Each is a small callable object `criterion(graph, group, model, data) -> one score per channel` (higher = keep),
 usable by name in `tfprune.plan(model, ratio, criterion=NAME, data=...)` or as an object with its own settings.
-The feature maps are those that the layers consuming each group read (see `tfprune.criteria.activations`).
+The feature maps are those that the layers consuming each group read (see `tfprune.criteria.activations`); an
+attention layer's heads and head widths are scored by its heads' outputs (the input of its output projection), so
+`MeanActivation` ranks heads by the magnitude of their attention output and `Taylor` by the first-order change of
+the loss when a head's output is removed, and `scope="global"` ranks heads of every layer together. (`APoZ` is
+defined there too, but attention outputs are almost never exactly zero.)
 
 **One pass, cached per object.** `plan` calls a criterion once per group; the first call measures every group in
 one batched pass over `data` and later calls read the stored scores. The cache belongs to the object and is keyed
@@ -78,9 +82,11 @@ class FeatureMapCriterion:
     def __call__(self, graph, group, model=None, data=None):
         scores = self.measure(model, data, graph)
         if group.name not in scores:
-            raise ValueError(f"Group '{group.name}' has channels that no convolution or Dense layer reads (they "
-                             f"reach the model output), so the {self.name!r} criterion has no feature maps to rank "
-                             "them by; leave the group out of the plan or use a weight criterion such as 'l1'.")
+            raise ValueError(f"Group '{group.name}' has channels that no convolution, Dense or attention layer "
+                             "reads (they reach a model output, or only layers tfprune does not measure read them), "
+                             f"so the {self.name!r} criterion has no feature maps to rank them by; score it with a "
+                             "weight criterion such as 'l1', or leave it out of the plan (ratio={group name: "
+                             "ratio} for the other groups).")
         return scores[group.name]
 
     def __repr__(self):

@@ -56,7 +56,7 @@ def summary(model, slim=None, print_fn=None):
 def _table(model, slim):
     before = layer_counts(model)
     after = layer_counts(slim) if slim is not None else None
-    heads_before, heads_after = _heads(model), _heads(slim) if slim is not None else {}
+    heads_before, heads_after = attention_heads(model), attention_heads(slim) if slim is not None else {}
     headers = _HEADERS + ((_HEADS,) if heads_before or heads_after else ())
     paths = list(before) + [p for p in (after or {}) if p not in before]
     rows = []
@@ -101,16 +101,29 @@ def _totals(model, slim):
             f"Total MACs: {macs:,}{ARROW}{slim_macs:,} (after/before = {_ratio(slim_macs, macs)})"]
 
 
-def _heads(model, prefix=""):
-    """`{path: heads}` of the attention layers of a graph model: "12" (MultiHeadAttention), "8/4" (query/key-value
-    heads of a GroupQueryAttention)."""
+def attention_heads(model, prefix=""):
+    """`{path: heads}` of the attention layers of a graph model (nested models included): "12" for a
+    `MultiHeadAttention`, "8/4" (query/key-value heads) for a `GroupQueryAttention`.
+
+    Args:
+        model: a Functional or Sequential `keras.Model` (anything else has none: `{}`).
+        prefix: put before every path (the paths inside a nested model start with its own path and "/").
+
+    Example:
+
+    >>> import keras
+    >>> inputs = keras.Input((6, 16))
+    >>> x = keras.layers.MultiHeadAttention(4, 8, name="mha")(inputs, inputs)
+    >>> attention_heads(keras.Model(inputs, x))
+    {'mha': '4'}
+    """
     found = {}
     if not is_graph_model(model):
         return found
     for node in call_nodes(model):
         op, path = node.operation, prefix + node.operation.name
         if is_graph_model(op):
-            found.update(_heads(op, path + "/"))
+            found.update(attention_heads(op, path + "/"))
         elif isinstance(op, keras.layers.MultiHeadAttention):
             found[path] = str(op.num_heads)
         elif isinstance(op, keras.layers.GroupQueryAttention):

@@ -28,9 +28,19 @@ always its query's, so the output carries the query's channels.
 Keras scales attention scores by 1/sqrt(key_dim) of the config. A slim layer with fewer key_dim slots would scale by
 more, so `slim_weights` multiplies the query projection (kernel and bias) by sqrt(new key_dim / old key_dim): the
 rebuilt layer computes exactly what the masked one does (mask keeps the shapes, hence the original scale).
+
+For the data-driven criteria, `read_inputs` gives the tensors the layer's projections read, and `inner_taps` names
+the tensors inside the layer whose slices are its channels: the input of the output projection, (batch,
+*positions, heads, head width), where zeroing a head's slice (or a value slot's) is exactly what removing it does,
+and the query projection's output, where zeroing slot j of every head removes that slot's share of every attention
+score, as removing a key_dim slot does.
 """
 
+import inspect
+import typing
+
 import numpy as np
+from keras import ops
 
 from tfprune.backends import variable_view
 from tfprune.graph.keras_nodes import weight_keys
@@ -72,6 +82,48 @@ def _scores_output(ctx, heads):
                          fixed_reason=f"attention scores of '{ctx.path}' (their last axis is the key sequence)")
 
 
+class InnerTap(typing.NamedTuple):
+    """A tensor inside a layer whose slices belong to the channels of one recorded side (see `inner_taps`).
+
+    Attributes:
+        sublayer: the sub-layer that reads the tensor (`where="input"`: its first argument) or makes it
+            (`where="output"`: what it returns).
+        where: "input" or "output".
+        side: the recorded side whose element ids index the channel axis of `view(tensor)`.
+        view: `tensor -> tensor` with that side's channels on the last axis (None: they already are).
+    """
+
+    sublayer: object
+    where: str
+    side: str
+    view: object = None
+
+
+def read_inputs(layer, args, kwargs):
+    """`{side: tensor}`: the query, key and value of one call of an attention layer (the key defaults to the value),
+    on the sides the rules record them on; for the data-driven criteria, which measure what its projections read."""
+    bound = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
+    key = bound.get("key")
+    return {"query": bound["query"], "key": bound["value"] if key is None else key, "value": bound["value"]}
+
+
+def _heads_last(t):
+    """(..., heads, slots) -> (..., slots, heads)."""
+    return ops.moveaxis(t, -2, -1)
+
+
+def _key_value_heads_last(groups):
+    """(batch, ..., query heads, slots) -> (batch, positions, repeats, slots, key/value heads): query head i reads
+    key/value head i // repeats (Keras repeats each key/value head over consecutive query heads)."""
+
+    def view(t):
+        shape = ops.shape(t)
+        t = ops.reshape(t, (shape[0], -1, groups, t.shape[-2] // groups, t.shape[-1]))
+        return ops.moveaxis(t, 2, -1)
+
+    return view
+
+
 def _fold_scale(layer, values, old, new):
     """Multiply the query projection by sqrt(new/old): the slim layer's 1/sqrt(new) scale then equals 1/sqrt(old)."""
     if new == old:
@@ -101,6 +153,7 @@ class MultiHeadAttention(LayerRule):
     """
 
     filter_sides = ("heads", "key_dim", "value_dim", "out")
+    read_inputs = staticmethod(read_inputs)
 
     def propagate(self, ctx, layer, inputs):
         sides, returns_scores = _arguments(ctx, layer)
@@ -160,12 +213,19 @@ class MultiHeadAttention(LayerRule):
                 + [("value_dim", w) for w in (v, *gate)] + [("value_dim", np.moveaxis(out, 1, -1))]
                 + [("out", out)])
 
+    def inner_taps(self, layer):
+        """The output projection's input measures the heads and value slots, the query's output the key slots."""
+        return (InnerTap(layer.output_dense, "input", "heads", _heads_last),
+                InnerTap(layer.output_dense, "input", "value_dim"),
+                InnerTap(layer.query_dense, "output", "key_dim"))
+
 
 class GroupedQueryAttention(LayerRule):
     """`keras.layers.GroupedQueryAttention`: key/value heads, query heads (equally many per key/value head) and
     head_dim slots."""
 
     filter_sides = ("kv_heads", "query_heads", "head_dim", "out")
+    read_inputs = staticmethod(read_inputs)
 
     def propagate(self, ctx, layer, inputs):
         sides, returns_scores = _arguments(ctx, layer)
@@ -232,3 +292,11 @@ class GroupedQueryAttention(LayerRule):
                 + [("query_heads", np.moveaxis(out, 0, -1))]
                 + [("head_dim", w) for w in (q, k, v, *gate)] + [("head_dim", np.moveaxis(out, 1, -1))]
                 + [("out", out)])
+
+    def inner_taps(self, layer):
+        """The output projection's input measures the query heads, key/value heads and head_dim slots, the query's
+        output the head_dim slots' share of the attention scores."""
+        return (InnerTap(layer._output_dense, "input", "query_heads", _heads_last),
+                InnerTap(layer._output_dense, "input", "kv_heads", _key_value_heads_last(layer.num_key_value_heads)),
+                InnerTap(layer._output_dense, "input", "head_dim"),
+                InnerTap(layer._query_dense, "output", "head_dim"))
