@@ -124,6 +124,21 @@ def _key_value_heads_last(groups):
     return view
 
 
+def _projection_index(q, k, v, o, query_heads, kv_heads, dk, dv, gate, bias):
+    """`weight_index` of an attention layer's projections from the kept positions of its inputs (`q`, `k`, `v`), its
+    output `o`, its query and key/value heads and its key and value slots (the same heads for MHA)."""
+    index = {"query/kernel": np.ix_(q, query_heads, dk), "key/kernel": np.ix_(k, kv_heads, dk),
+             "value/kernel": np.ix_(v, kv_heads, dv), "attention_output/kernel": np.ix_(query_heads, dv, o)}
+    if gate:
+        index["gate/kernel"] = np.ix_(q, query_heads, dv)
+    if bias:
+        index.update({"query/bias": np.ix_(query_heads, dk), "key/bias": np.ix_(kv_heads, dk),
+                      "value/bias": np.ix_(kv_heads, dv), "attention_output/bias": (o,)})
+        if gate:
+            index["gate/bias"] = np.ix_(query_heads, dv)
+    return index
+
+
 def _fold_scale(layer, values, old, new):
     """Multiply the query projection by sqrt(new/old): the slim layer's 1/sqrt(new) scale then equals 1/sqrt(old)."""
     if new == old:
@@ -182,16 +197,7 @@ class MultiHeadAttention(LayerRule):
     def weight_index(self, layer, keep):
         q, k, v = _kept(keep["query"]), _kept(keep["key"]), _kept(keep["value"])
         h, dk, dv, o = _kept(keep["heads"]), _kept(keep["key_dim"]), _kept(keep["value_dim"]), _kept(keep["out"])
-        index = {"query/kernel": np.ix_(q, h, dk), "key/kernel": np.ix_(k, h, dk), "value/kernel": np.ix_(v, h, dv),
-                 "attention_output/kernel": np.ix_(h, dv, o)}
-        if layer._use_gate:
-            index["gate/kernel"] = np.ix_(q, h, dv)
-        if layer.use_bias:
-            index.update({"query/bias": np.ix_(h, dk), "key/bias": np.ix_(h, dk), "value/bias": np.ix_(h, dv),
-                          "attention_output/bias": (o,)})
-            if layer._use_gate:
-                index["gate/bias"] = np.ix_(h, dv)
-        return index
+        return _projection_index(q, k, v, o, h, h, dk, dv, gate=layer._use_gate, bias=layer.use_bias)
 
     def updated_config(self, layer, config, keep):
         config = {**config, "num_heads": int(keep["heads"].sum()), "key_dim": int(keep["key_dim"].sum()),
@@ -258,16 +264,7 @@ class GroupedQueryAttention(LayerRule):
     def weight_index(self, layer, keep):
         q, k, v, o = _kept(keep["query"]), _kept(keep["key"]), _kept(keep["value"]), _kept(keep["out"])
         h, g, d = _kept(self._query_heads(layer, keep)), _kept(keep["kv_heads"]), _kept(keep["head_dim"])
-        index = {"query/kernel": np.ix_(q, h, d), "key/kernel": np.ix_(k, g, d), "value/kernel": np.ix_(v, g, d),
-                 "attention_output/kernel": np.ix_(h, d, o)}
-        if layer.use_gate:
-            index["gate/kernel"] = np.ix_(q, h, d)
-        if layer.use_bias:
-            index.update({"query/bias": np.ix_(h, d), "key/bias": np.ix_(g, d), "value/bias": np.ix_(g, d),
-                          "attention_output/bias": (o,)})
-            if layer.use_gate:
-                index["gate/bias"] = np.ix_(h, d)
-        return index
+        return _projection_index(q, k, v, o, h, g, d, d, gate=layer.use_gate, bias=layer.use_bias)
 
     def updated_config(self, layer, config, keep):
         return {**config, "num_query_heads": int(self._query_heads(layer, keep).sum()),
