@@ -490,6 +490,8 @@ def _replay(model, replacements):
         sub = replacements.get(id(node))
         if sub is not None:
             ins = [tensors[id(t)] for t in node.arguments.keras_tensors]
+            if is_graph_model(node.operation):  # an opened sub-model takes its inputs as the original did (a dict)
+                return tree.flatten(sub(keras_nodes.pack_like_inputs(sub, ins)))
             return tree.flatten(sub(ins if len(ins) > 1 else ins[0]))
         args, kwargs = node.arguments.fill_in(tensors)
         return tree.flatten(node.operation(*args, **kwargs))
