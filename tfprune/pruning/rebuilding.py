@@ -11,6 +11,7 @@ from tfprune.backends import variable_view
 from tfprune.errors import UnsupportedModelError
 from tfprune.graph import ChannelGraph, keras_nodes
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, pack_like_inputs, pack_like_outputs, run_nodes
+from tfprune.graph.rules import Boundary
 
 REINIT = ("keep", "lottery", "scratch")
 
@@ -212,7 +213,12 @@ class _Rebuilder:
             if values:
                 self.preset_weights(new, values)
             return new
-        except (NotImplementedError, TypeError, ValueError) as e:
+        except (NotImplementedError, TypeError, ValueError, AttributeError) as e:
+            if not op.weights and isinstance(self.graph.rules[path], Boundary):
+                # A layer without weights that the plan leaves alone: the slim model calls the very same object,
+                # which computes the same there. (Its config still cannot recreate it, so the slim model cannot be
+                # loaded from a .keras file.)
+                return op
             raise UnsupportedModelError(
                 f"Cannot copy layer '{path}' ({type(op).__name__}): recreating it from get_config() failed "
                 f"({e}). Give the layer a get_config() that from_config() accepts."
