@@ -32,6 +32,7 @@ TOLERANCE = 1e-4
 _BATCH = 2
 _UNKNOWN_SIZE = 32
 _OPEN_SIZES = (32, 64, 128, 224)  # tried in turn for the sizes a model leaves open, when checking its trace
+UNTRACED = "its call could not be traced"
 UNSEEDED = ("its call draws random numbers without a seed (a keras.random op with seed=None), which no trace can "
             "reproduce. Draw them with a Keras layer held by the layer and called with training=training "
             "(keras.layers.Dropout, GaussianNoise, GaussianDropout): its seed generator is a variable tfprune can "
@@ -247,6 +248,10 @@ class _Opener:
             tensors = [values[id(t)] for t in node.arguments.keras_tensors]
             if is_graph_model(op):
                 inner = self.open_graph(op, tensors, path + "/")
+                specific = self.specialised(model, node, path)
+                if specific is not None:  # opened again at the sizes it is called with
+                    inner = self.open_graph(specific, tensors if self.checking else model_inputs(specific),
+                                            path + "/") or specific
                 if inner is not None:
                     replacements[id(node)] = inner
             elif self.openable(op, path):
@@ -269,6 +274,27 @@ class _Opener:
             return None
         return _replay(model, replacements)
 
+    def specialised(self, model, node, path):
+        """The sub-model of `node` replayed on Inputs of the sizes `model` calls it with, when some of its layers
+        could not be traced for sizes it leaves open (KerasHub's backbones take any sequence length; a decoder
+        block's causal mask needs it); None otherwise. Its closed layers are then forgotten, to be opened anew."""
+        sub, prefix = node.operation, path + "/"
+        untraced = [p for p, why in self.closed.items() if p.startswith(prefix) and why.startswith(UNTRACED)]
+        if not untraced or sum(n.operation is sub for n in keras_nodes.call_nodes(model)) != 1:
+            return None
+        own = [tuple(t.shape) for t in model_inputs(sub)]
+        given = [tuple(t.shape) for t in node.arguments.keras_tensors]
+        if len(own) != len(given) or all(
+                len(a) != len(b) or all(x is not None or y is None for x, y in zip(a[1:], b[1:], strict=True))
+                for a, b in zip(own, given, strict=True)):
+            return None
+        shapes = [(a[0], *(y if x is None else x for x, y in zip(a[1:], b[1:], strict=True)))
+                  if len(a) == len(b) else a for a, b in zip(own, given, strict=True)]
+        for p in [p for p in self.closed if p.startswith(prefix)]:
+            del self.closed[p]
+        self.channelwise = {p for p in self.channelwise if not p.startswith(prefix)}
+        return _replay(sub, {}, shapes)
+
     def openable(self, op, path):
         """A layer no rule understands (a custom layer, a Lambda) and that holds no weights of its own."""
         if not isinstance(op, keras.layers.Layer) or not isinstance(rule_for(op), Boundary):
@@ -280,6 +306,11 @@ class _Opener:
         if own:
             names = ", ".join(sorted({v.name for v in own})[:3])
             self.closed[path] = f"holds weights of its own ({names}) that its call uses directly, so it is not opened"
+            return False
+        unconfigured = _without_config(op)
+        if unconfigured:
+            self.closed[path] = (f"its sub-layer '{unconfigured[0].name}' ({type(unconfigured[0]).__name__}) has no "
+                                 f"config to copy it from ({first_line(unconfigured[1])}), so it is not opened")
             return False
         return True
 
@@ -307,7 +338,7 @@ class _Opener:
                 raw = trace_call(op, node, shapes=shapes)
             except Exception as e:  # noqa: BLE001 - any failure of the layer's call closes it, with its reason
                 self.closed[path] = (_unseeded_reason(e) if _draws_unseeded(e) else
-                                     f"its call could not be traced ({first_line(e)})")
+                                     f"{UNTRACED} ({first_line(e)})")
                 return None
             inner_inputs = tensors if self.checking else model_inputs(raw)
             try:
@@ -409,6 +440,22 @@ class _Opener:
         return None
 
 
+def _without_config(layer):
+    """`(sub-layer, error)` for the first sub-layer holding weights of its own whose `get_config()` fails, or None.
+
+    Opening a layer makes its sub-layers nodes of the graph; those with weights of their own are never opened in
+    turn, so `rebuild` copies them from their configs. A layer whose own config works (KerasHub's
+    `GemmaDecoderBlock`) may hold one whose config does not (its `RMSNormalization`, made with a dtype policy
+    object Keras cannot record): it then stays closed, and is copied whole."""
+    for sub in layer._flatten_layers(include_self=False):
+        if keras_nodes.own_variables(sub) and not is_graph_model(sub):
+            try:
+                sub.get_config()
+            except Exception as e:  # noqa: BLE001 - any failure: the sub-layer cannot be copied
+                return sub, e
+    return None
+
+
 class _CalledDifferently(Exception):
     """A layer opened at one call turned out to be called differently elsewhere: open the model again without it."""
 
@@ -423,12 +470,31 @@ class ConstantOutputError(ValueError):
 def trace_call(op, node, shapes=None, dense=False):
     """Run `op.call` on fresh Inputs shaped like one of its calls (or like `shapes`, one per input tensor): a
     Functional model named like the layer, whose nodes are the layer's own sub-layers and ops. With `dense`, the
-    Inputs are dense even where Keras marks a tensor sparse (it marks a tensor times a constant sparse)."""
+    Inputs are dense even where Keras marks a tensor sparse (it marks a tensor times a constant sparse).
+
+    A call that fails on Inputs of unknown batch size is traced again on a batch of one and replayed for any batch
+    size (see `_with_batch_of_any_size`); if that fails too, the first failure is raised."""
+    shapes = [tuple(t.shape) for t in node.arguments.keras_tensors] if shapes is None else \
+        [tuple(s) for s in shapes]
+    try:
+        return _with_batch_reshapes(_trace_call(op, node, shapes, dense))
+    except ConstantOutputError:
+        raise
+    except Exception as e:
+        if not any(s and s[0] is None for s in shapes):
+            raise
+        try:
+            raw = _trace_call(op, node, [(1, *s[1:]) if s and s[0] is None else s for s in shapes], dense)
+        except Exception:  # noqa: BLE001 - the first failure says more
+            raise e from None
+        return _with_batch_of_any_size(raw, shapes)
+
+
+def _trace_call(op, node, shapes, dense):
     inputs, mapping = [], {}
     for i, t in enumerate(node.arguments.keras_tensors):
         if id(t) not in mapping:
-            shape = tuple(t.shape) if shapes is None else tuple(shapes[i])
-            mapping[id(t)] = keras.Input(batch_shape=shape, dtype=t.dtype, sparse=t.sparse and not dense,
+            mapping[id(t)] = keras.Input(batch_shape=shapes[i], dtype=t.dtype, sparse=t.sparse and not dense,
                                          name=f"{op.name}_input" + (f"_{i}" if i else ""))
         inputs.append(mapping[id(t)])
     if len(set(map(id, inputs))) != len(inputs):
@@ -451,9 +517,36 @@ def trace_call(op, node, shapes=None, dense=False):
                                                         zip(out.shape, expected.shape, strict=True)):
             raise ValueError(f"its call returned shape {tuple(out.shape)} on symbolic inputs, "
                              f"{tuple(expected.shape)} in the model")
-    raw = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
-                      name=op.name)
-    return _with_batch_reshapes(raw)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                       name=op.name)
+
+
+def _with_batch_of_any_size(model, shapes):
+    """A model traced on a batch of one, replayed on Inputs of `shapes` again (batch size None).
+
+    Some calls need the batch size as a number: KerasHub's decoders broadcast a causal mask, built from
+    `keras.ops.arange`, to `(ops.shape(x)[0], T, T)`, which fails when the batch size is None. On a batch of one
+    the mask is a constant of batch 1, which broadcasts against any batch; a reshape to `(1, ...)` of a tensor of
+    batch 1 is the layer's reshape to `(batch, ...)`, and becomes a `keras.layers.Reshape` of the other axes. What
+    such a trace gets wrong for larger batches (a constant of batch 1 concatenated to the batch) the check of every
+    trace against its layer on batches of two finds, and the layer then stays closed."""
+    from keras.src.ops import numpy as numpy_ops
+
+    replacements = {}
+    for node in keras_nodes.call_nodes(model):
+        op = node.operation
+        source = node.arguments.keras_tensors[0].shape if node.arguments.keras_tensors else ()
+        if isinstance(op, numpy_ops.Reshape) and tuple(op.newshape)[:1] == (1,) and tuple(source)[:1] == (1,):
+            replacements[id(node)] = _rest_reshape(op, tuple(op.newshape))
+    return _replay(model, replacements, shapes)
+
+
+def _rest_reshape(op, newshape):
+    """A `keras.layers.Reshape` of every axis but the batch axis, for `keras.ops.reshape(x, newshape)`."""
+    if sum(d is None or d == -1 for d in newshape[1:]) > 1:
+        raise ValueError(f"it reshapes to {newshape}, more than one size known only at run time on an axis "
+                         "other than the batch axis; give them from the layer's configuration instead")
+    return keras.layers.Reshape(tuple(-1 if d is None else d for d in newshape[1:]), name=op.name)
 
 
 def _with_batch_reshapes(model):
@@ -470,26 +563,25 @@ def _with_batch_reshapes(model):
     replacements = {}
     for node in keras_nodes.call_nodes(model):
         op = node.operation
-        if not isinstance(op, numpy_ops.Reshape) or None not in tuple(op.newshape):
-            continue
-        newshape = tuple(op.newshape)
-        if sum(d is None or d == -1 for d in newshape[1:]) > 1:
-            raise ValueError(f"it reshapes to {newshape}, more than one size known only at run time on an axis "
-                             "other than the batch axis; give them from the layer's configuration instead")
-        replacements[id(node)] = keras.layers.Reshape(tuple(-1 if d is None else d for d in newshape[1:]),
-                                                      name=op.name)
+        if isinstance(op, numpy_ops.Reshape) and None in tuple(op.newshape):
+            replacements[id(node)] = _rest_reshape(op, tuple(op.newshape))
     return _replay(model, replacements) if replacements else model
 
 
-def _replay(model, replacements):
-    """`model`'s graph called anew on fresh Inputs, with some call nodes replaced by opened sub-models."""
-    inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, sparse=t.sparse,
-                          name=t._keras_history.operation.name) for t in model_inputs(model)]
+def _replay(model, replacements, shapes=None):
+    """`model`'s graph called anew on fresh Inputs, with some call nodes replaced by opened sub-models (or
+    layers); `shapes`, one per input, gives the Inputs other shapes than the model's."""
+    tensors = model_inputs(model)
+    shapes = shapes or [tuple(t.shape) for t in tensors]
+    inputs = [keras.Input(batch_shape=tuple(shape), dtype=t.dtype, sparse=t.sparse,
+                          name=t._keras_history.operation.name) for t, shape in zip(tensors, shapes, strict=True)]
 
     def call(node, tensors):
         sub = replacements.get(id(node))
         if sub is not None:
             ins = [tensors[id(t)] for t in node.arguments.keras_tensors]
+            if is_graph_model(node.operation):  # an opened sub-model takes its inputs as the original did (a dict)
+                return tree.flatten(sub(keras_nodes.pack_like_inputs(sub, ins)))
             return tree.flatten(sub(ins if len(ins) > 1 else ins[0]))
         args, kwargs = node.arguments.fill_in(tensors)
         return tree.flatten(node.operation(*args, **kwargs))

@@ -65,6 +65,10 @@ class LayerCount:
         macs: multiply-accumulate operations for one input example, summed over all its calls.
         channels: the channel count of its first call's (first) output, or None for a scalar output.
         calls: how many times the layer is called in the model.
+        argument_shapes: for an attention layer (`MultiHeadAttention`, `GroupQueryAttention`), `{parameter name:
+            shape}` of the tensor arguments of each call, with the sizes it was counted for (a sub-model built for
+            any sequence length and called on a fixed one has them fixed here, not in its own graph); empty for
+            other layers and when MACs are not counted.
     """
 
     path: str
@@ -73,6 +77,7 @@ class LayerCount:
     macs: int = 0
     channels: int | None = None
     calls: int = 0
+    argument_shapes: list = dataclasses.field(default_factory=list)
 
 
 def layer_counts(model, unknown_macs="raise") -> dict:
@@ -312,6 +317,10 @@ class _Counter:
         count.calls += 1
         if self.macs:
             count.macs += self.call_macs(op, node, path, in_shapes, [tuple(t.shape) for t in outputs])
+            if isinstance(op, L.MultiHeadAttention | L.GroupQueryAttention):
+                count.argument_shapes.append({name: tuple(value.shape) for name, value in
+                                              _call_arguments(op, node, in_shapes).items()
+                                              if isinstance(value, keras.KerasTensor)})
 
     def call_macs(self, op, node, path, in_shapes, out_shapes):
         """MACs of one call: by formula, else through a trace of the call for a layer with weights."""

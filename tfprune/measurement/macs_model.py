@@ -75,7 +75,7 @@ class MacsModel:
                 constant += count.macs  # its channels are fixed
                 continue
             terms += _terms(layer, count.macs, lambda name, p=path: side(p, name),
-                            self.graph.argument_shapes.get(path, []))
+                            count.argument_shapes)
         self._constant = constant
         self._positions = np.concatenate(position_index) if position_index else np.zeros(0, np.int64)
         self._position_side = np.concatenate(position_side) if position_side else np.zeros(0, np.int64)

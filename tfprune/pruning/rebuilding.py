@@ -1,6 +1,7 @@
 """rebuild(): a new, physically smaller Keras model from a model and a plan."""
 
 import copy
+import inspect
 
 import keras
 import numpy as np
@@ -10,6 +11,7 @@ from tfprune.backends import variable_view
 from tfprune.errors import UnsupportedModelError
 from tfprune.graph import ChannelGraph, keras_nodes
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, pack_like_inputs, pack_like_outputs, run_nodes
+from tfprune.graph.rules import Boundary
 
 REINIT = ("keep", "lottery", "scratch")
 
@@ -200,17 +202,23 @@ class _Rebuilder:
             with SafeModeScope(False):
                 try:
                     new = rule.new_layer(op, config)
-                except (TypeError, ValueError):
-                    if not callable(getattr(op, "activation", None)) or "activation" not in config:
-                        raise
-                    # An activation its config cannot recreate (a custom layer or a Python lambda given as
-                    # `activation=`): the slim layer calls the very same object.
-                    new = rule.new_layer(op, {**config, "activation": op.activation})
+                except (TypeError, ValueError) as e:
+                    if callable(getattr(op, "activation", None)) and "activation" in config:
+                        # An activation its config cannot recreate (a custom layer or a Python lambda given as
+                        # `activation=`): the slim layer calls the very same object.
+                        new = rule.new_layer(op, {**config, "activation": op.activation})
+                    else:
+                        new = _without_derived_keys(rule, op, config, e)
             values = self.sliced_values(path, op) if isinstance(new, keras.layers.Layer) and not new.built else None
             if values:
                 self.preset_weights(new, values)
             return new
-        except (NotImplementedError, TypeError, ValueError) as e:
+        except (NotImplementedError, TypeError, ValueError, AttributeError) as e:
+            if not op.weights and isinstance(self.graph.rules[path], Boundary):
+                # A layer without weights that the plan leaves alone: the slim model calls the very same object,
+                # which computes the same there. (Its config still cannot recreate it, so the slim model cannot be
+                # loaded from a .keras file.)
+                return op
             raise UnsupportedModelError(
                 f"Cannot copy layer '{path}' ({type(op).__name__}): recreating it from get_config() failed "
                 f"({e}). Give the layer a get_config() that from_config() accepts."
@@ -238,3 +246,43 @@ class _Rebuilder:
                         f"Weight '{old_var.path}' sliced to {tuple(value.shape)} but the slim layer expects "
                         f"{tuple(new_var.shape)}: layer '{path}' changes channels in a way tfprune misread.")
                 new_var.assign(value)
+
+
+class _ConfigWithout:
+    """A layer's `get_config` without some keys: what the slim copy of a layer whose own config repeats values its
+    constructor derives (and refuses) saves, so that its `.keras` file loads."""
+
+    def __init__(self, layer, keys):
+        self.layer, self.keys = layer, tuple(keys)
+
+    def __call__(self):
+        return {k: v for k, v in type(self.layer).get_config(self.layer).items() if k not in self.keys}
+
+
+def _constructor_arguments(cls):
+    """The names every `__init__` along `cls`'s MRO takes, and those `keras.layers.Layer` takes through `**kwargs`."""
+    names = {"input_dim", "input_shape"}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names |= {p.name for p in inspect.signature(klass.__init__).parameters.values()
+                      if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names
+
+
+def _without_derived_keys(rule, op, config, error):
+    """The layer from `config` without the keys its constructor does not take, for a layer whose `get_config`
+    repeats values its constructor computes (KerasHub's `ViTPatchingAndEmbedding` saves `num_patches`, which it
+    derives from the image and patch sizes and refuses). Used only when the layer made without them gives back
+    the very config it was asked for (so the dropped values were derived ones); it then saves the config without
+    them. Otherwise `error`, the constructor's refusal, is raised."""
+    refused = [k for k in config if k not in _constructor_arguments(type(op))]
+    if not refused:
+        raise error
+    try:
+        new = rule.new_layer(op, {k: v for k, v in config.items() if k not in refused})
+    except (TypeError, ValueError):
+        raise error from None
+    if new.get_config() != config:
+        raise error
+    object.__setattr__(new, "get_config", _ConfigWithout(new, refused))
+    return new
