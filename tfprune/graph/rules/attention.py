@@ -67,6 +67,20 @@ def _arguments(ctx, layer):
     return sides, bool(args.get("return_attention_scores", False))
 
 
+def _record_inputs(ctx, layer, gate, bias):
+    """Record the query, key and value sides of an attention call, after checking the layer holds just its
+    projections' kernels (and biases, and a gate); returns `(sides, returns_scores)`."""
+    sides, returns_scores = _arguments(ctx, layer)
+    expected = {"query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"} | (
+        {"gate/kernel"} if gate else set())
+    if bias:
+        expected |= {k.replace("kernel", "bias") for k in expected}
+    _check_weights(layer, expected)
+    for name, elems in sides.items():
+        ctx.record(name, elems)
+    return sides, returns_scores
+
+
 def _check_weights(layer, expected):
     keys = set(weight_keys(layer).values())
     if keys != expected:
@@ -171,18 +185,10 @@ class MultiHeadAttention(LayerRule):
     read_inputs = staticmethod(read_inputs)
 
     def propagate(self, ctx, layer, inputs):
-        sides, returns_scores = _arguments(ctx, layer)
         output_shape = layer._output_shape
         if output_shape is not None and len(output_shape) != 1:
             raise NotUnderstood(f"output_shape={tuple(output_shape)} has more than one axis")
-        expected = {"query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"}
-        if layer._use_gate:
-            expected.add("gate/kernel")
-        if layer.use_bias:
-            expected |= {k.replace("kernel", "bias") for k in expected}
-        _check_weights(layer, expected)
-        for name, elems in sides.items():
-            ctx.record(name, elems)
+        sides, returns_scores = _record_inputs(ctx, layer, gate=layer._use_gate, bias=layer.use_bias)
         heads = ctx.new_space(layer.num_heads, name=f"{ctx.path}:heads")
         if layer.key_dim == layer.value_dim:  # one head width, kept equal for the fused kernels (see above)
             key_dim = value_dim = ctx.new_space(layer.key_dim, name=f"{ctx.path}:head_dim")
@@ -234,15 +240,7 @@ class GroupedQueryAttention(LayerRule):
     read_inputs = staticmethod(read_inputs)
 
     def propagate(self, ctx, layer, inputs):
-        sides, returns_scores = _arguments(ctx, layer)
-        expected = {"query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"}
-        if layer.use_gate:
-            expected.add("gate/kernel")
-        if layer.use_bias:
-            expected |= {k.replace("kernel", "bias") for k in expected}
-        _check_weights(layer, expected)
-        for name, elems in sides.items():
-            ctx.record(name, elems)
+        sides, returns_scores = _record_inputs(ctx, layer, gate=layer.use_gate, bias=layer.use_bias)
         kv_heads = ctx.new_space(layer.num_key_value_heads, name=f"{ctx.path}:kv_heads")
         query_heads = ctx.new_space(layer.num_query_heads, name=f"{ctx.path}:query_heads")
         ctx.require_equal_blocks(query_heads, layer.num_key_value_heads)
