@@ -31,9 +31,13 @@ def vit():
                                         hidden_dim=16, mlp_dim=32)
 
 
+def bert_backbone():
+    return keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16,
+                                         intermediate_dim=32, max_sequence_length=LENGTH)
+
+
 def bert():
-    return sequence_model(keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16,
-                                                        intermediate_dim=32, max_sequence_length=LENGTH))
+    return sequence_model(bert_backbone())
 
 
 MODELS = {"vit": vit, "bert": bert}
@@ -115,6 +119,24 @@ def test_macs_model_prices_the_slim_model(pruned):
 def test_prune_in_one_call():
     slim = tfprune.prune(bert(), 0.5)
     assert set(attention_layers(slim).values()) == {(1, 4)}
+
+
+TASKS = {"vit_image_classifier": lambda: keras_hub.models.ViTImageClassifier(backbone=vit(), num_classes=3),
+         "bert_text_classifier": lambda: sequence_model(keras_hub.models.BertTextClassifier(
+             backbone=bert_backbone(), num_classes=3, preprocessor=None))}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_task_models_on_the_backbones_prune_their_heads(task):
+    """KerasHub's classifiers hold the backbone as a nested model: its blocks' heads prune as they do alone."""
+    model = random_weights(TASKS[task]())
+    plan = tfprune.plan(model, 0.5)
+    heads = [g for g in plan.keep if g.endswith(":heads")]
+    assert len(heads) == 2 and all(len(plan.keep[g]) == 1 for g in heads), sorted(plan.keep)
+    assert check_equivalence(model, plan, inputs=inputs_for(model)) < TOLERANCE
+    slim = tfprune.rebuild(model, plan)
+    assert set(attention_layers(slim).values()) == {(1, 4)}
+    assert tfprune.count_macs(slim) == MacsModel(model).macs(plan) < tfprune.count_macs(model)
 
 
 # ---- layers whose config does not recreate them ----------------------------------------------------------------
