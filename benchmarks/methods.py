@@ -55,7 +55,6 @@ import time
 import keras
 import matplotlib
 import numpy as np
-import tensorflow as tf
 from absl import app, flags, logging
 
 import tfprune
@@ -108,7 +107,6 @@ REGIME_LABELS = {"finetune": "fine-tune", "finetune_kd": "fine-tune + KD", "fine
                  "finetune_long_kd": "fine-tune E epochs + KD",
                  "lottery_0": "lottery θ0", "lottery_k": "lottery θk", "scratch_e": "Scratch-E",
                  "scratch_b": "Scratch-B"}
-LOSS = "sparse_categorical_crossentropy"
 # ABC's keep ratios: a step of 0.05 rather than the paper's (and tfprune's default) 0.1, whose steps left the best
 # candidate at 25% of the MACs 4% under the budget, outside the ±2% every row is matched to
 ABC_GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -127,85 +125,14 @@ def load_data():
     return (x[train], y[train]), (x[val], y[val]), test
 
 
-def augmented(x, y, seed):
-    """Shuffled, augmented (pad 2 + random crop + horizontal flip) batches of (x, y), the same for the same seed.
-
-    The crops and flips are stateless, drawn from a per-image key of a seeded `Dataset.random` stream (new each
-    epoch), so that the parallel map gives the same batches in every run; stateful random ops there do not."""
-    def augment(pair, key):
-        image, label = pair
-        keys = tf.random.experimental.stateless_split(tf.stack([key, seed]), 2)
-        image = tf.image.resize_with_crop_or_pad(image, 32, 32)
-        image = tf.image.stateless_random_crop(image, x.shape[1:], keys[0])
-        return tf.image.stateless_random_flip_left_right(image, keys[1]), label
-
-    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    data = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed), keys)
-    return data.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(FLAGS.batch_size).prefetch(2)
-
-
 def train(model, train_data, epochs, learning_rate, seed, callbacks=(), teacher=None, verbose=0):
     """Train `model` in place with the one recipe (cosine-decayed SGD, weight decay, augmentation); return it."""
     keras.utils.set_random_seed(seed)
     steps = math.ceil(len(train_data[0]) / FLAGS.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, epochs * steps))
     optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=FLAGS.weight_decay)
-    data = augmented(*train_data, seed)
-    if teacher is not None:
-        tfprune.fine_tune(model, data, epochs, teacher=teacher, optimizer=optimizer, loss=LOSS, metrics=["accuracy"],
-                          callbacks=list(callbacks), verbose=verbose)
-    else:
-        model.compile(optimizer, LOSS, metrics=["accuracy"])
-        if epochs:
-            model.fit(data, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
-    return model
-
-
-def accuracy(model, data):
-    model.compile(loss=LOSS, metrics=["accuracy"])
-    return float(model.evaluate(*data, batch_size=512, verbose=0, return_dict=True)["accuracy"])
-
-
-class _Progress(keras.callbacks.Callback):
-    """Keeps on disk, across interrupted runs, the seconds of the finished epochs and, given `rewind_epoch` k, θk
-    (the weights after epoch k), beside `keras.callbacks.BackupAndRestore`, which resumes the training itself."""
-
-    def __init__(self, prefix, rewind_epoch=None):
-        super().__init__()
-        self.prefix, self.rewind_epoch = prefix, rewind_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.cpu = time.perf_counter(), time.process_time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        progress = _read_json(self.prefix + "_progress.json", {"seconds": 0.0, "cpu_seconds": 0.0, "sittings": 1})
-        progress["seconds"] += time.perf_counter() - self.start
-        progress["cpu_seconds"] += time.process_time() - self.cpu
-        if epoch + 1 == self.rewind_epoch:
-            _write_weights(self.prefix + "_thetak.json", self.model)
-        _write_json(self.prefix + "_progress.json", progress)
-
-    def on_train_begin(self, logs=None):
-        path = self.prefix + "_progress.json"
-        if os.path.exists(path):  # a resumed run
-            _write_json(path, dict(_read_json(path), sittings=_read_json(path)["sittings"] + 1))
-
-
-def _read_json(path, default=None):
-    if default is not None and not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path, value):
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
-
-
-def _write_weights(path, model):
-    _write_json(path, {v.path: np.asarray(v.numpy()).tolist() for v in model.weights})
+    return shared_setup.fit_augmented(model, train_data, epochs, optimizer, seed, FLAGS.batch_size, callbacks, teacher,
+                                      verbose)
 
 
 def baseline(name, data):
@@ -217,21 +144,23 @@ def baseline(name, data):
         keras.utils.set_random_seed(FLAGS.baseline_seed)
         model = shared_setup.reference_cnn(name)()
         if not os.path.exists(prefix + "_theta0.json"):
-            _write_weights(prefix + "_theta0.json", model)
-        callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"), _Progress(prefix, FLAGS.rewind_epoch)]
+            shared_setup.write_weights(prefix + "_theta0.json", model)
+        callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"),
+                     shared_setup.progress_callback(prefix, FLAGS.rewind_epoch)]
         train(model, data[0], FLAGS.epochs, FLAGS.learning_rate, FLAGS.baseline_seed, callbacks=callbacks, verbose=2)
-        record = dict(_read_json(prefix + "_progress.json"), model=name, epochs=FLAGS.epochs,
-                      val_accuracy=accuracy(model, data[1]), accuracy=accuracy(model, data[2]),
+        record = dict(shared_setup.read_json(prefix + "_progress.json"), model=name, epochs=FLAGS.epochs,
+                      val_accuracy=shared_setup.accuracy(model, data[1]),
+                      accuracy=shared_setup.accuracy(model, data[2]),
                       macs=tfprune.count_macs(model), params=tfprune.count_params(model))
-        _write_json(prefix + ".json", record)
+        shared_setup.write_json(prefix + ".json", record)
         model.save(prefix + ".keras")
     model = keras.saving.load_model(prefix + ".keras", compile=False)
     # what the methods that score or train the baseline itself use (the sensitivity analysis's metric, ABC's
     # fitness fine-tuning, DMCP's supernet): compiled once here, so no method depends on which ran before it
     shared_setup.sgd_compiled(model, FLAGS.finetune_learning_rate)
-    snapshots = [{path: np.asarray(w, np.float32) for path, w in _read_json(f"{prefix}_{key}.json").items()}
+    snapshots = [{path: np.asarray(w, np.float32) for path, w in shared_setup.read_json(f"{prefix}_{key}.json").items()}
                  for key in ("theta0", "thetak")]
-    return model, snapshots, _read_json(prefix + ".json")
+    return model, snapshots, shared_setup.read_json(prefix + ".json")
 
 
 # ---- methods: each returns (slim model with inherited weights, plan, extra epochs) ------------------------------
@@ -292,7 +221,7 @@ def run_method(method, name, model, target, seed, data):
     extra = 0.0
     if method in ("l1", "apoz", "hrank", "taylor"):
         score = {"l1": "l1", "apoz": criteria.APoZ(verbose=0), "hrank": criteria.HRank(verbose=0),
-                 "taylor": criteria.Taylor(loss=LOSS, verbose=0)}[method]
+                 "taylor": criteria.Taylor(loss=shared_setup.LOSS, verbose=0)}[method]
         plan = tfprune.plan(model, matched_ratios(model, target), criterion=score,
                             data=sample if method == "taylor" else sample[0])
         slim = tfprune.rebuild(model, plan)
@@ -349,7 +278,7 @@ def method_row(name, model, record, target, method, seed, data):
     if abs(macs_ratio / target - 1) > 0.02:
         logging.warning("%s on %s: MACs ratio %.3f is not within 2%% of the target %s", method, name, macs_ratio,
                         target)
-    pruned = accuracy(slim, data[2])
+    pruned = shared_setup.accuracy(slim, data[2])
     path = os.path.join(FLAGS.work_dir, f"{name}_{method}_{target}_{seed}_pruned.keras")
     slim.save(path)  # the regimes fine-tune it again with distillation
     start = time.perf_counter()
@@ -357,7 +286,7 @@ def method_row(name, model, record, target, method, seed, data):
     return {"model": name, "target": target, "method": method, "regime": "finetune", "seed": seed,
             "macs_ratio": macs_ratio, "params_ratio": tfprune.count_params(slim) / record["params"],
             "latency_ratio": latency_ratio(model, slim), "pruned_accuracy": pruned,
-            "accuracy": accuracy(slim, data[2]), "val_accuracy": accuracy(slim, data[1]),
+            "accuracy": shared_setup.accuracy(slim, data[2]), "val_accuracy": shared_setup.accuracy(slim, data[1]),
             "method_seconds": seconds, "extra_epochs": extra, "train_epochs": FLAGS.finetune_epochs,
             "train_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
             "plan": plan.to_json()}
@@ -391,15 +320,16 @@ def trained(model, data, epochs, learning_rate, seed, prefix, teacher=None):
     """Train `model` in place with the one recipe; its test and validation accuracy, epochs and time. A training
     longer than 10 epochs resumes across sittings (from `prefix` files) and counts the time of every sitting."""
     resumable = epochs > 10
-    callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"), _Progress(prefix)] if resumable else []
+    callbacks = [keras.callbacks.BackupAndRestore(prefix + "_backup"),
+                 shared_setup.progress_callback(prefix)] if resumable else []
     start, cpu = time.perf_counter(), time.process_time()
     train(model, data[0], epochs, learning_rate, seed, callbacks=callbacks, teacher=teacher)
     times = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     if resumable:
-        times = _read_json(prefix + "_progress.json")
+        times = shared_setup.read_json(prefix + "_progress.json")
         os.remove(prefix + "_progress.json")
-    return dict(accuracy=accuracy(model, data[2]), val_accuracy=accuracy(model, data[1]), train_epochs=epochs,
-                train_seconds=times["seconds"], cpu_seconds=times["cpu_seconds"])
+    return dict(accuracy=shared_setup.accuracy(model, data[2]), val_accuracy=shared_setup.accuracy(model, data[1]),
+                train_epochs=epochs, train_seconds=times["seconds"], cpu_seconds=times["cpu_seconds"])
 
 
 def control_row(name, model, seed, data):
@@ -445,15 +375,7 @@ def same_training(source, regime, rows):
 
 
 def read_rows(paths):
-    rows = {}
-    for path in paths:
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    if line.strip():
-                        r = json.loads(line)
-                        rows[_key(r)] = r
-    return list(rows.values())
+    return shared_setup.read_rows(paths, _key)
 
 
 def _key(r):
@@ -461,9 +383,7 @@ def _key(r):
 
 
 def append(rows, row, path):
-    rows.append(row)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    shared_setup.append_row(rows, row, path)
     logging.info("%s %s %s %s seed %d: MACs %.3f, accuracy %.4f, method %.0f s, training %.0f s", row["model"],
                  row["target"], row["method"], row["regime"], row["seed"], row["macs_ratio"], row["accuracy"],
                  row["method_seconds"], row["train_seconds"])

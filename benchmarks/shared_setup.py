@@ -23,6 +23,7 @@ Example:
         app.run(main)
 """
 
+import json
 import os
 import time
 
@@ -36,6 +37,7 @@ CACHE_DIR = os.path.join(os.path.dirname(BENCHMARKS_DIR), ".bench_cache")  # not
 
 # The reference CNNs of the Fashion-MNIST benchmarks, by short name; their tfprune.models names are accepted too.
 REFERENCE_CNNS = {"vgg": "small_vgg", "resnet": "small_resnet"}
+LOSS = "sparse_categorical_crossentropy"  # of every Fashion-MNIST classifier here (integer labels, softmax output)
 
 
 # ---- flags ----------------------------------------------------------------------------------------------------
@@ -148,6 +150,47 @@ def sgd_compiled(model, learning_rate):
     return model
 
 
+def augmented(x, y, seed, batch_size):
+    """Shuffled, augmented (pad 2 + random crop + horizontal flip) batches of (x, y), the same for the same seed.
+
+    The crops and flips are stateless, drawn from a per-image key of a seeded `Dataset.random` stream (new each
+    epoch), so that the parallel map gives the same batches in every run; stateful random ops there do not."""
+    import tensorflow as tf
+
+    def augment(pair, key):
+        image, label = pair
+        keys = tf.random.experimental.stateless_split(tf.stack([key, seed]), 2)
+        image = tf.image.resize_with_crop_or_pad(image, x.shape[1] + 4, x.shape[2] + 4)
+        image = tf.image.stateless_random_crop(image, x.shape[1:], keys[0])
+        return tf.image.stateless_random_flip_left_right(image, keys[1]), label
+
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    data = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed), keys)
+    return data.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+
+
+def fit_augmented(model, train_data, epochs, optimizer, seed, batch_size, callbacks=(), teacher=None, verbose=0):
+    """Train `model` in place on `augmented` batches of `train_data` (x, y) with `optimizer` and sparse categorical
+    cross-entropy, distilling from `teacher` (`tfprune.fine_tune`) if one is given; return it."""
+    import tfprune
+
+    data = augmented(*train_data, seed, batch_size)
+    if teacher is not None:
+        tfprune.fine_tune(model, data, epochs, teacher=teacher, optimizer=optimizer, loss=LOSS, metrics=["accuracy"],
+                          callbacks=list(callbacks), verbose=verbose)
+    else:
+        model.compile(optimizer, LOSS, metrics=["accuracy"])
+        if epochs:
+            model.fit(data, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
+    return model
+
+
+def accuracy(model, data):
+    """The accuracy of `model` on `data` (x, y) (it is compiled again, with the loss and metric only)."""
+    model.compile(loss=LOSS, metrics=["accuracy"])
+    return float(model.evaluate(*data, batch_size=512, verbose=0, return_dict=True)["accuracy"])
+
+
 def epoch_timer():
     """A Keras callback to put last in `callbacks`: its `seconds` lists the time of each epoch, from the epoch's start
     to the end of every callback's `on_epoch_end`."""
@@ -171,3 +214,73 @@ def load_average():
     """The machine's load average over 1, 5 and 15 minutes, as "0.52 0.58 0.59" (timings are only as good as the
     machine is quiet)."""
     return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+# ---- resumable runs: JSON files written atomically, one row per finished run in a .jsonl ----------------------
+
+def read_json(path, default=None):
+    """The JSON value in `path`; `default` if given and the file does not exist."""
+    if default is not None and not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, value):
+    """Write `value` as JSON to `path` atomically (a run killed mid-write leaves the old file)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def write_weights(path, model):
+    """`model`'s weights as JSON `{variable path: nested lists}` (a snapshot such as θ0)."""
+    import numpy as np
+
+    write_json(path, {v.path: np.asarray(v.numpy()).tolist() for v in model.weights})
+
+
+def read_rows(paths, key):
+    """The rows of the .jsonl files `paths` (those that exist), one per `key(row)`: a later row replaces an earlier."""
+    rows = {}
+    for path in paths:
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    if line.strip():
+                        row = json.loads(line)
+                        rows[key(row)] = row
+    return list(rows.values())
+
+
+def append_row(rows, row, path):
+    """Add a finished run's `row` to `rows` and as one line to the .jsonl file `path`."""
+    rows.append(row)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def progress_callback(prefix, rewind_epoch=None):
+    """A Keras callback that keeps on disk, across interrupted runs, the seconds (wall-clock and CPU) of the finished
+    epochs in `<prefix>_progress.json` and, given `rewind_epoch` k, θk (the weights after epoch k) in
+    `<prefix>_thetak.json`, beside `keras.callbacks.BackupAndRestore`, which resumes the training itself."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start, self.cpu = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            progress = read_json(prefix + "_progress.json", {"seconds": 0.0, "cpu_seconds": 0.0, "sittings": 1})
+            progress["seconds"] += time.perf_counter() - self.start
+            progress["cpu_seconds"] += time.process_time() - self.cpu
+            if epoch + 1 == rewind_epoch:
+                write_weights(prefix + "_thetak.json", self.model)
+            write_json(prefix + "_progress.json", progress)
+
+        def on_train_begin(self, logs=None):
+            path = prefix + "_progress.json"
+            if os.path.exists(path):  # a resumed run
+                write_json(path, dict(read_json(path), sittings=read_json(path)["sittings"] + 1))
+
+    return Progress()
