@@ -1,4 +1,4 @@
-"""tfprune: structured (filter and channel) pruning for Keras 3 convolutional networks.
+"""tfprune: structured pruning (filters, channels, attention heads, MLP widths) for Keras 3 models.
 
 model → ChannelGraph → scores → Plan → mask (zeros, same shapes) or rebuild (a new, smaller model) → export.
 """
