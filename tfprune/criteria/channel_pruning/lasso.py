@@ -185,10 +185,9 @@ class LassoSelection:
 
     >>> import keras, numpy as np, tfprune
     >>> keras.utils.set_random_seed(0)
-    >>> inputs = keras.Input((8, 8, 3))
-    >>> x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
-    >>> x = keras.layers.Conv2D(4, 3, name="next")(x)
-    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    >>> L = keras.layers
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(8, 3, activation="relu", name="conv"),
+    ...                           L.Conv2D(4, 3, name="next"), L.Flatten(), L.Dense(2)])
     >>> data = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype("float32")
     >>> lasso = tfprune.criteria.LassoSelection(images=32, seed=0)
     >>> len(tfprune.plan(model, 0.5, criterion=lasso, data=data).keep["conv"])
