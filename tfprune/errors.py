@@ -21,3 +21,14 @@ class RuntimeUnavailableError(ImportError):
 class ExportError(ValueError):
     """A converter (TFLite, ONNX) could not convert a model; the message names the layer or op when the converter
     said which one."""
+
+
+class OutputChangeWarning(UserWarning):
+    """Pruning changed the values of the channels kept, not only removed some: a plan that prunes a channel-spanning
+    group (a transformer's hidden width, which LayerNorms normalise over as a whole). `change` is the measured
+    difference between the original and the slim model's outputs on random inputs, relative to the output scale
+    (None when it could not be measured)."""
+
+    def __init__(self, message, change=None):
+        super().__init__(message)
+        self.change = change

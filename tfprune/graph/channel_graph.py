@@ -42,8 +42,9 @@ class Group:
         width: the number of channels.
         members: the layers whose weights or config follow these channels.
         reasons: why the group may not be pruned (empty when it is prunable).
-        spanning: layers that compute over all channels of the group (LayerNormalization, GroupNormalization,
-            softmax over channels): pruning is allowed but changes the kept channels' values.
+        spanning: layers that compute over all channels of the group (LayerNormalization, RMSNormalization,
+            GroupNormalization, softmax over channels): pruning is allowed but changes the kept channels' values,
+            so plans prune such a group only on request (see `ChannelGraph.spanning_groups`).
         blocks: for grouped layers, a block label per channel; every block must keep the same number.
         parts: `((layer path, channel indices), ...)` for layers that see only some of the group's channels (a
             branch of a Concatenate that an Add ties to other channels): each must keep at least one channel, since
@@ -347,8 +348,16 @@ class ChannelGraph:
 
     @property
     def prunable_groups(self):
-        """The groups that may be pruned."""
-        return [g for g in self.groups if g.prunable]
+        """The groups that plans prune unless told otherwise: every prunable group but the channel-spanning ones."""
+        return [g for g in self.groups if g.prunable and not g.spanning]
+
+    @property
+    def spanning_groups(self):
+        """The prunable groups that a layer computes over as a whole (`Group.spanning`: a transformer's hidden width
+        through its LayerNorms, channels under a GroupNormalization or a softmax over channels). Pruning them
+        changes the kept channels' values, so plans leave them out unless asked: `tfprune.plan(...,
+        prune_spanning=True)`, or by naming them (a dict of ratios, a search's or `sensitivity`'s `groups`)."""
+        return [g for g in self.groups if g.prunable and g.spanning]
 
     def __getitem__(self, name) -> Group:
         try:
@@ -400,9 +409,10 @@ class ChannelGraph:
         return out
 
     def __str__(self):
-        prunable = self.prunable_groups
+        prunable, spanning = self.prunable_groups, self.spanning_groups
         lines = [f"ChannelGraph of '{self.model.name}': {len(self.groups)} groups, {len(prunable)} prunable, "
-                 f"{sum(g.width for g in prunable)} prunable channels"]
+                 f"{sum(g.width for g in prunable)} prunable channels"
+                 + (f", {len(spanning)} more prunable on request (*)" if spanning else "")]
         name_width = max([len(g.name) for g in self.groups] + [5])
         lines.append(f"  {'group':<{name_width}}  {'width':>6}  {'status':<9} members")
         for g in self.groups:
@@ -415,5 +425,6 @@ class ChannelGraph:
                 line += f"  [{g.reasons[0]}]"
             lines.append(line)
         if any(g.prunable and g.spanning for g in self.groups):
-            lines.append("  * channel-spanning normalisation: pruning changes the kept channels' values")
+            lines.append("  * channel-spanning (normalised as a whole): left out of plans unless asked for "
+                         "(prune_spanning=True); pruning changes the kept channels' values")
         return "\n".join(lines)

@@ -5,6 +5,7 @@ import numpy as np
 
 from tfprune.graph import ChannelGraph
 from tfprune.graph.keras_nodes import weight_keys
+from tfprune.pruning.spanning import masked_norms, spanning_layers
 
 
 def mask(model, plan, graph=None):
@@ -12,9 +13,15 @@ def mask(model, plan, graph=None):
 
     Each removed channel's filters, biases and normalisation parameters become zero, and so do the weights that
     read it in the next layers, so that the removed channels output zero and contribute nothing. The zeroed
-    entries are exactly those `rebuild` drops: `rebuild(mask(m, plan), plan)` computes what `mask(m, plan)`
-    computes (exactly for per-channel layers; approximately through LayerNormalization, GroupNormalization and
-    softmax over channels, which compute over all channels).
+    entries are exactly those `rebuild` drops: `rebuild(m, plan)` computes what `mask(m, plan)` computes.
+
+    A plan that prunes a channel-spanning group (a transformer's hidden width, opted in with `prune_spanning`)
+    removes channels that a LayerNormalization or RMSNormalization normalises over. The rebuilt norm normalises
+    over the kept channels only, which the original layer cannot do in place (it would count the removed channels
+    as zeros). For such a plan `mask` zeroes the weights in place as always and returns a new model that computes
+    what the rebuilt one does: the same layers (weights shared, so training it trains `model`), except that each
+    of those norms is a `tfprune.layers.KeptChannelNormalization` of it. Other channel-spanning layers (a
+    GroupNormalization, a softmax over channels) are rebuilt but not masked: a `PlanError` says so.
 
     Args:
         model: the Functional or Sequential model to modify in place.
@@ -22,7 +29,7 @@ def mask(model, plan, graph=None):
         graph: its `ChannelGraph`, if already built.
 
     Returns:
-        `model` itself.
+        `model` itself; for a plan that prunes a channel-spanning group, the masked model described above.
 
     Example:
 
@@ -34,9 +41,12 @@ def mask(model, plan, graph=None):
     >>> int((np.abs(model.layers[1].kernel.numpy()).sum(axis=(0, 1, 2)) == 0).sum())
     2
     """
+    graph = graph or ChannelGraph(model, prune_outputs=plan.prune_outputs)
+    plan.validate(graph)
+    changed = spanning_layers(graph, plan)  # refuses, before any change, what cannot be masked exactly
     for variable, keep in variable_masks(model, plan, graph):
         variable.assign(np.where(keep, variable.numpy(), 0))
-    return model
+    return masked_norms(graph, changed) if changed else model
 
 
 def weight_masks(model, plan, graph=None):

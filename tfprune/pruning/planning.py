@@ -71,13 +71,14 @@ def select(scores, keep, blocks=None, parts=()):
 
 
 def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1, data=None, prune_outputs=False,
-         normalize="mean", seed=None, graph=None):
+         normalize="mean", seed=None, graph=None, prune_spanning=False):
     """Choose the channels to keep in every prunable group.
 
     Args:
         model: a Functional or Sequential Keras model (read only).
-        ratio: fraction of channels to remove, in [0, 1): one number for every prunable group, or a dict
-            `{group name: ratio}` for some groups only (scope "layer").
+        ratio: fraction of channels to remove, in [0, 1): one number for every prunable group (channel-spanning
+            ones only with `prune_spanning`), or a dict `{group name: ratio}` for the groups named, channel-spanning
+            ones included (scope "layer").
         criterion: a name — "l1", "l2", "random", "lasso", or the data-driven "mean_activation", "apoz",
             "hrank", "taylor" (these need `data`) — or a callable `(graph, group, model, data) -> scores` (higher =
             keep), such as `tfprune.criteria.HRank(steps=2)`. In scope "layer", a criterion with a method
@@ -96,6 +97,9 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         normalize: "mean" or None: how scores are made comparable across groups in global scope.
         seed: seed of the "random" criterion.
         graph: a `ChannelGraph` of `model` already built, to save the analysis.
+        prune_spanning: also prune the channel-spanning groups (`ChannelGraph.spanning_groups`): a transformer's
+            hidden width, which LayerNorms normalise over as a whole, so that the kept channels' values change too
+            (`rebuild` measures by how much and warns). Left out by default.
 
     Returns:
         A `Plan`.
@@ -129,6 +133,8 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         ratios = None
         ratio = check_ratio(ratio)
         groups = graph.prunable_groups
+        if prune_spanning:
+            groups = sorted(groups + graph.spanning_groups, key=lambda g: g.index)
     score_fn = criteria.get(criterion, seed=seed)
     sequential = getattr(score_fn, "uses_plan_so_far", False)
     if sequential and scope != "layer":

@@ -12,6 +12,7 @@ from tfprune.errors import UnsupportedModelError
 from tfprune.graph import ChannelGraph, keras_nodes
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, pack_like_inputs, pack_like_outputs, run_nodes
 from tfprune.graph.rules import Boundary
+from tfprune.pruning.spanning import warn_output_change
 
 REINIT = ("keep", "lottery", "scratch")
 
@@ -20,9 +21,14 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
     """A new model of the same kind with the plan's channels physically removed.
 
     Layers keep their names and configs except for their channel counts; weights are sliced consistently
-    (kernels, biases, depthwise and pointwise kernels, normalisation parameters and statistics, the Dense rows
-    behind a Flatten, the offsets of a Concatenate). The input model is not modified. The new model is not
-    compiled: compile it for fine-tuning as you see fit.
+    (kernels, biases, depthwise and pointwise kernels, normalisation parameters and statistics, embedding tables,
+    the Dense rows behind a Flatten, the offsets of a Concatenate). The input model is not modified. The new model
+    is not compiled: compile it for fine-tuning as you see fit.
+
+    A plan that prunes a channel-spanning group (a transformer's hidden width, see `tfprune.plan`'s
+    `prune_spanning`) changes the values of the kept channels too: the slim LayerNorms normalise over the kept
+    channels only. `rebuild` then measures the change on random inputs and says it in a
+    `tfprune.errors.OutputChangeWarning` (whose `change` holds the figure).
 
     Args:
         model: a Functional, Sequential or subclassed Keras model (custom layers and subclassed models are traced
@@ -66,6 +72,8 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
     finally:
         builder.remove_presets()
     builder.copy_weights(source)
+    if reinit == "keep":
+        warn_output_change(graph, plan, slim)
     return slim
 
 

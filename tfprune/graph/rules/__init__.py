@@ -12,7 +12,16 @@ from keras.src.ops import core as core_ops
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
-from tfprune.graph.rules import attention, einsum, merging, normalization, passthrough, producers, reshaping
+from tfprune.graph.rules import (
+    attention,
+    einsum,
+    embeddings,
+    merging,
+    normalization,
+    passthrough,
+    producers,
+    reshaping,
+)
 from tfprune.graph.rules.base import Boundary, LambdaBoundary, LayerRule, NotUnderstood
 
 L = keras.layers
@@ -48,7 +57,8 @@ _RULES = (
     (L.MultiHeadAttention, attention.MultiHeadAttention()),
     (L.GroupQueryAttention, attention.GroupedQueryAttention()),
     (L.BatchNormalization, normalization.BatchNormalization()),
-    (L.LayerNormalization, normalization.LayerNormalization()),
+    ((L.LayerNormalization, L.RMSNormalization), normalization.LayerNormalization()),
+    (L.Embedding, embeddings.Embedding()),
     (L.GroupNormalization, normalization.GroupNormalization()),
     (L.PReLU, normalization.PReLU()),
     (L.Normalization, normalization.Normalization()),
@@ -66,6 +76,7 @@ _RULES = (
     (_BINARY_OPS, merging.BinaryOp()),
     (_ELEMENTWISE_OPS, passthrough.ElementwiseOp()),
     (numpy_ops.Split, passthrough.SplitOp()),
+    (numpy_ops.GetItem, reshaping.GetItemOp()),
     ((numpy_ops.Mean, numpy_ops.Max, numpy_ops.Min, numpy_ops.Sum), passthrough.ReductionOp()),
 )
 
@@ -74,10 +85,14 @@ def rule_for(operation) -> LayerRule:
     """The rule for a Keras layer or keras.ops operation, or a `Boundary` for anything else.
 
     Only classes defined by Keras itself match: a user's subclass of, say, `Conv2D` may compute something else in
-    `call`, so it is a boundary until it gets a rule of its own.
+    `call`, so it is a boundary until it gets a rule of its own. KerasHub's embedding classes match by their exact
+    class (`embeddings.KERAS_HUB_RULES`).
     """
     if isinstance(operation, keras.layers.Lambda):
         return LambdaBoundary()
+    keras_hub_rule = embeddings.rule_for_keras_hub_embedding(operation)
+    if keras_hub_rule is not None:
+        return keras_hub_rule
     if type(operation).__module__.startswith("keras."):
         for types, rule in _RULES:
             if isinstance(operation, types):

@@ -37,3 +37,32 @@ class Reshape(LayerRule):
             if key in config and config[key][-1] != -1:
                 config = {**config, key: (*config[key][:-1], int(keep["out"].sum()))}
         return config
+
+
+def _keeps_last_axis(key, rank):
+    """Whether indexing a tensor of `rank` axes with `key` (ints, slices, one Ellipsis) takes every channel of its
+    last axis and leaves it last."""
+    key = list(key) if isinstance(key, tuple | list) else [key]
+    if not all(k is Ellipsis or isinstance(k, int | slice) and not isinstance(k, bool) for k in key):
+        return False
+    if key.count(Ellipsis) > 1:
+        return False
+    if Ellipsis in key:
+        after = key[key.index(Ellipsis) + 1:]
+        return not after or after[-1] == slice(None)
+    return len(key) < rank or key[-1] == slice(None)
+
+
+class GetItemOp(LayerRule):
+    """`x[...]` (`keras.ops` GetItem) with ints and slices that take the whole last axis, as a class-token pooling
+    `x[:, 0, :]` does: the channels pass through."""
+
+    def propagate(self, ctx, layer, inputs):
+        if len(inputs) != 1 or inputs[0] is None:
+            raise NotUnderstood("is indexed by tensors")
+        key = tuple(ctx.constant_arguments)  # the key's ints, slices and Ellipsis, in order
+        if not _keeps_last_axis(key, len(ctx.input_shapes[0])):
+            raise NotUnderstood("indexes the channel axis")
+        if ctx.output_shapes[0][-1] != len(inputs[0]):
+            raise NotUnderstood("changes the last axis")
+        return [inputs[0]]
