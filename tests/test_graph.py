@@ -266,7 +266,8 @@ def test_group_normalization_with_two_groups_forces_even_kept_counts():
 
     for ratio in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
         for seed in range(3):
-            kept = tfprune.plan(model, ratio, criterion="random", seed=seed, graph=graph).keep["conv"]
+            kept = tfprune.plan(model, ratio, criterion="random", seed=seed, graph=graph,
+                                 prune_spanning=True).keep["conv"]
             assert len(kept) % 2 == 0 and len(kept) >= 8 - int(ratio * 8), (ratio, kept)
             assert np.bincount(graph["conv"].blocks[list(kept)]).tolist() == [len(kept) // 2] * 2
     with pytest.raises(tfprune.PlanError, match="same number"):

@@ -254,8 +254,7 @@ def sensitivity(model, data, ratios=DEFAULT_RATIOS, metric=None, criterion="l1",
         saved = [[v.numpy() for v in layer.weights] for layer in layers]
         for j, r in enumerate(ratios):
             chosen = make_plan(model, {name: r}, criterion=score_fn, data=data, graph=graph)
-            mask(copy, chosen, graph=copy_graph)
-            values[i, j + 1] = evaluate(copy)
+            values[i, j + 1] = evaluate(mask(copy, chosen, graph=copy_graph))  # a new model for a spanning group
             for layer, weights in zip(layers, saved, strict=True):
                 for variable, value in zip(layer.weights, weights, strict=True):
                     variable.assign(value)

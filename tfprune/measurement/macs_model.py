@@ -74,6 +74,10 @@ class MacsModel:
             if layer is None or isinstance(rule, Boundary) or not self.graph.recorded(path):
                 constant += count.macs  # its channels are fixed
                 continue
+            if getattr(rule, "macs_bilinear", False):  # a rule's layer whose MACs are ∝ (input × output channels)
+                i, o = side(path, "in"), side(path, "out")
+                terms.append((count.macs / (i[1] * o[1]), (i[0], o[0])))
+                continue
             terms += _terms(layer, count.macs, lambda name, p=path: side(p, name),
                             count.argument_shapes)
         self._constant = constant

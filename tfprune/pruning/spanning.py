@@ -107,7 +107,9 @@ def warn_output_change(graph, plan, slim):
         return
     layers = sorted({path for name in groups for path in graph[name].spanning})
     try:
-        change = output_change(graph.model, slim, example_inputs(graph.model))
+        inputs = example_inputs(graph.model)
+        inputs = pack_like_inputs(graph.model, inputs) if isinstance(inputs, list) else inputs
+        change = output_change(graph.model, slim, inputs)
         measured = (f"on random inputs, the slim model's outputs differ from the original's by {change:.3g} (largest "
                     "absolute difference over the output scale, max(1, largest output))")
     except Exception as e:  # noqa: BLE001 - a model that does not run on random inputs: say so, measure elsewhere

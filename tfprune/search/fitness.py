@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from tfprune.callbacks.pruning_callback import ChainedConstraint
+from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
 from tfprune.pruning.masking import variable_masks
 from tfprune.pruning.planning import check_positive_int
@@ -77,6 +78,13 @@ class FineTuneFitness:
         self.optimizer_state = [v.numpy() for v in self.copy.optimizer.variables]
 
     def __call__(self, plan):
+        spanning = [name for name, kept in plan.keep.items() if len(kept) < self.graph[name].width
+                    and self.graph[name].spanning]
+        if spanning:
+            raise PlanError(f"The default fitness fine-tunes a masked copy of the model in place, whose norms cannot "
+                            f"leave removed channels out of their statistics, but the plan prunes the channel-spanning "
+                            f"groups {spanning}: pass fitness=callable(slim_model) -> float, which gets the rebuilt "
+                            "model, or search other groups.")
         keep = {id(variable): kept for variable, kept in variable_masks(self.copy, plan, self.graph)}
         for variable, value in zip(self.copy.weights, self.weights, strict=True):
             mask = keep.get(id(variable))
