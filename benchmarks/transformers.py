@@ -28,9 +28,12 @@ from its last finished epoch.
 **Pruning.** L1 scores, global scope (`tfprune.plan(model, r, scope="global")`), the ratio bisected by
 `tfprune.plan_for_macs` to ≤ each MACs target (MACs include QKᵀ and AV). Variants:
   heads_mlp  attention heads, head widths and MLP widths only (any hidden-width group is left out of the plan);
-  hidden     also the hidden width (the residual stream through the LayerNorms, patch and position embeddings).
-             Run only if the ChannelGraph makes that group prunable and exact (not channel-spanning); otherwise
-             the report records it as unsupported, with the graph's reason, and nothing is trained.
+  hidden     also the hidden width (the residual stream through the LayerNorms, patch and position embeddings),
+             opted in with `tfprune.plan(..., prune_spanning=True)`: the slim LayerNorms normalise over the kept
+             channels only, so the kept values change too; the row records how much ("output_change": rebuild's
+             figure on random inputs; "test_output_change": on 256 test images, both relative to the output
+             scale). If the graph finds no prunable hidden-width group, the report records why and nothing is
+             trained.
 The plan does not depend on the seed: each (variant, target) is pruned, measured, exported and timed once.
 
 **Fine-tuning**, from the pruned weights, for each seed: `finetune_epochs` epochs of the same recipe at
@@ -48,13 +51,15 @@ import os
 import re
 import statistics
 import time
+import warnings
 
 import keras
 import matplotlib
 from absl import app, flags, logging
 
 import tfprune
-from tfprune.errors import ExportError
+from tfprune.deployment.verification import output_change
+from tfprune.errors import ExportError, OutputChangeWarning
 
 import shared_setup
 
@@ -189,34 +194,28 @@ def baseline(data):
 # ---- pruning, export, timing ---------------------------------------------------------------------------------------
 
 def hidden_width_groups(graph):
-    """The groups of the hidden width (those with a LayerNormalization among their members) and, if any cannot be
-    pruned exactly, why (None if all can)."""
-    groups = [g for g in graph.groups
-              if any(isinstance(graph.layers.get(m.layer), keras.layers.LayerNormalization) for m in g.members)]
-    if not groups:
-        return groups, "no hidden-width group found"
-    fixed = [f"the hidden-width group {g.name!r} is fixed: {g.reasons[0] if g.reasons else 'no reason given'}"
-             for g in groups if not g.prunable]
-    if not fixed and not any(g.spanning for g in groups):
+    """The groups of the hidden width: the prunable groups that a LayerNormalization normalises over as a whole
+    (`ChannelGraph.spanning_groups`), which plans prune only with `prune_spanning=True`; and, if there are none,
+    why (None otherwise)."""
+    groups = [g for g in graph.spanning_groups
+              if any(isinstance(graph.layers.get(path), keras.layers.LayerNormalization) for path in g.spanning)]
+    if groups:
         return groups, None
-    # however the group were opened, LayerNorm normalises over every channel of it (the graph marks such a group
-    # prunable*): removing channels changes the kept ones, so the rebuilt model would not be the masked one
-    return groups, "; ".join(fixed + ["it passes through LayerNormalization, which normalises over every channel, "
-                                      "so removing channels would change the kept ones: tfprune does not prune it "
-                                      "exactly yet (docs/guides/transformers.md, \"What is not supported yet\")"])
+    fixed = [f"the hidden-width group {g.name!r} is fixed: {g.reasons[0]}" for g in graph.groups if g.reasons
+             and any(isinstance(graph.layers.get(m.layer), keras.layers.LayerNormalization) for m in g.members)]
+    return groups, "; ".join(fixed) or "no hidden-width group found"
 
 
 def variant_plan(model, graph, target, variant):
-    """(plan, MACs ratio) of `variant` at `target`, or (None, reason) if the variant cannot be pruned exactly."""
-    hidden, reason = hidden_width_groups(graph)
+    """(plan, MACs ratio) of `variant` at `target`, or (None, reason) if the variant cannot be pruned. The "hidden"
+    variant opts in to the hidden width (`prune_spanning=True`): its slim LayerNorms normalise over the kept
+    channels only, so `rebuild` warns with how much the outputs moved, which `structure` records."""
+    _, reason = hidden_width_groups(graph)
     if variant == "hidden" and reason:
         return None, reason
-    left_out = {g.name for g in hidden} if variant == "heads_mlp" else set()
 
     def make_plan(ratio):
-        plan = tfprune.plan(model, ratio, scope="global", graph=graph)
-        return tfprune.Plan({k: v for k, v in plan.keep.items() if k not in left_out},
-                            {k: v for k, v in plan.widths.items() if k not in left_out}, plan.prune_outputs)
+        return tfprune.plan(model, ratio, scope="global", graph=graph, prune_spanning=variant == "hidden")
 
     return tfprune.plan_for_macs(model, target, make_plan, graph=graph)
 
@@ -255,13 +254,16 @@ def structure(model, graph, record, target, variant, data):
     """The pruned model's measurements shared by every seed and regime (kept in `work_dir`): plan, MACs, params,
     accuracy before fine-tuning, export checks and latency ratios; or `{"unsupported": reason}`."""
     path = f"{baseline_prefix()}_{variant}_{target}.json"
-    if not os.path.exists(path):
+    if not os.path.exists(path) or "unsupported" in shared_setup.read_json(path):  # an earlier version's refusal
         start = time.perf_counter()
         plan, macs_ratio = variant_plan(model, graph, target, variant)
         if plan is None:
             shared_setup.write_json(path, {"unsupported": macs_ratio})
             return shared_setup.read_json(path)
-        slim = tfprune.rebuild(model, plan, graph=graph)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutputChangeWarning)
+            slim = tfprune.rebuild(model, plan, graph=graph)
+        changes = [w.message.change for w in caught if issubclass(w.category, OutputChangeWarning)]
         files = exported(slim, path.removesuffix(".json"))
         ratios, milliseconds = latency_ratios(record["exported"], files)
         shared_setup.write_json(path, {
@@ -269,7 +271,8 @@ def structure(model, graph, record, target, variant, data):
             "macs_ratio": tfprune.count_macs(slim) / record["macs"], "planned_macs_ratio": macs_ratio,
             "params_ratio": tfprune.count_params(slim) / record["params"],
             "pruned_accuracy": shared_setup.accuracy(slim, data[1]), "exported": files, "latency_ratio": ratios,
-            "latency_ms": milliseconds,
+            "latency_ms": milliseconds, "output_change": changes[0] if changes else 0.0,
+            "test_output_change": output_change(model, slim, data[1][0][:256]),
             "seconds": time.perf_counter() - start, "load_average": shared_setup.load_average()})
     return shared_setup.read_json(path)
 
@@ -360,7 +363,17 @@ def report(rows, record):
             f"{_difference(first['exported'], 'tflite')} / {_difference(first['exported'], 'onnx')} |")
     errors = {f"{fmt} export failed: {files[fmt]['error']}" for files in [record["exported"] if record else {}]
               + [r["exported"] for r in rows if "exported" in r] for fmt in files if "error" in files[fmt]}
-    unsupported = sorted({(r["variant"], r["unsupported"]) for r in rows if r["regime"] == "unsupported"})
+    measured = {r["variant"] for r in rows if r["regime"] in REGIMES}
+    unsupported = sorted({(r["variant"], r["unsupported"]) for r in rows
+                          if r["regime"] == "unsupported" and r["variant"] not in measured})
+    changes = sorted({(r["target"], r["output_change"], r.get("test_output_change")) for r in rows
+                      if r["regime"] in REGIMES and r["variant"] == "hidden" and "output_change" in r}, reverse=True)
+    if changes:
+        lines += ["", "**How much the hidden width moves the outputs** before fine-tuning (the slim LayerNorms "
+                  "normalise over the kept channels only): largest absolute difference between the baseline's and "
+                  "the pruned model's softmax outputs, " + "; ".join(
+                      f"target {t}: {c:.3f} on random inputs, {tc:.3f} on 256 test images" for t, c, tc in changes)
+                  + "."]
     if errors or unsupported:
         lines += ["", "## Not measured", ""]
         lines += [f"- {VARIANTS[variant]}: unsupported — {reason}." for variant, reason in unsupported]
