@@ -180,3 +180,19 @@ def test_mask_refuses_a_group_normalization_it_cannot_mask_exactly():
     with pytest.raises(tfprune.PlanError, match="'norm' \\(GroupNormalization\\) computes over as a whole"):
         tfprune.mask(model, plan)
     assert np.asarray(model.get_layer("conv").kernel).all()  # refused before any weight was zeroed
+
+
+def test_token_and_position_embedding_is_opened_and_its_tables_sliced(tmp_path):
+    inputs = keras.Input((6,), dtype="int32", name="tokens")
+    x = keras_hub.layers.TokenAndPositionEmbedding(20, 6, 12, name="tpe")(inputs)
+    x = L.GlobalAveragePooling1D(name="pool")(L.LayerNormalization(name="ln")(x))
+    model = random_weights(keras.Model(inputs, L.Dense(3, name="head")(x), name="token_and_position"))
+    plan = tfprune.plan(model, 0.5, prune_spanning=True)
+    assert len(plan.keep["tpe/token_embedding"]) == 6
+    tokens = np.random.default_rng(0).integers(0, 20, (2, 6)).astype("int32")
+    assert check_equivalence(model, plan, inputs=tokens) < TOLERANCE
+    slim, change = rebuilt(model, plan)
+    assert change is not None and change > 0
+    path = os.path.join(tmp_path, "slim.keras")
+    slim.save(path)
+    np.testing.assert_allclose(np.asarray(keras.saving.load_model(path)(tokens)), np.asarray(slim(tokens)), atol=1e-6)
