@@ -296,8 +296,13 @@ class _Opener:
         return _replay(sub, {}, shapes)
 
     def openable(self, op, path):
-        """A layer no rule understands (a custom layer, a Lambda) and that holds no weights of its own."""
-        if not isinstance(op, keras.layers.Layer) or not isinstance(rule_for(op), Boundary):
+        """A layer no rule understands (a custom layer, a Lambda) and that holds no weights of its own, or an
+        `Activation` of a function a `.keras` file cannot name (see `unsaveable_activation`)."""
+        if not isinstance(op, keras.layers.Layer):
+            return False
+        if unsaveable_activation(op):
+            return True
+        if not isinstance(rule_for(op), Boundary):
             return False
         if id(op) in self.never_open:
             self.closed[path] = self.never_open[id(op)]
@@ -454,6 +459,24 @@ def _without_config(layer):
             except Exception as e:  # noqa: BLE001 - any failure: the sub-layer cannot be copied
                 return sub, e
     return None
+
+
+def unsaveable_activation(layer):
+    """Whether `layer` is a `keras.layers.Activation` of a function that a `.keras` file cannot name: neither a
+    Keras activation nor registered with `keras.saving.register_keras_serializable`.
+
+    A custom layer may make one from a plain function of its module and save the function's name in its own config
+    (KerasHub's CLIP blocks: `Activation(quick_gelu)`, saved as "quick_gelu"); once the layer is opened, the
+    `Activation` is a node of the trace, and a slim model holding it would save but not load. Opened in turn, the
+    function becomes the `keras.ops` it calls, which save like any op."""
+    if type(layer) is not keras.layers.Activation:
+        return False
+    function = layer.activation
+    try:
+        restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(function))
+    except Exception:  # noqa: BLE001 - whatever the reason, a file could not name it
+        return True
+    return restored is not function
 
 
 class _CalledDifferently(Exception):
