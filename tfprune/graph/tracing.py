@@ -514,15 +514,15 @@ def trace_call(op, node, shapes=None, dense=False):
 
 
 def _trace_call(op, node, shapes, dense):
-    inputs, mapping = [], {}
-    for i, t in enumerate(node.arguments.keras_tensors):
-        if id(t) not in mapping:
-            mapping[id(t)] = keras.Input(batch_shape=shapes[i], dtype=t.dtype, sparse=t.sparse and not dense,
-                                         name=f"{op.name}_input" + (f"_{i}" if i else ""))
-        inputs.append(mapping[id(t)])
-    if len(set(map(id, inputs))) != len(inputs):
-        raise ValueError("it is called with the same tensor twice")
-    args, kwargs = node.arguments.fill_in(mapping)
+    # One Input per tensor argument, even when a call passes the same tensor twice (`attention(x, x)`): the trace
+    # then takes as many tensors as the layer's call does, and the graph gives both the same channels.
+    inputs = [keras.Input(batch_shape=shapes[i], dtype=t.dtype, sparse=t.sparse and not dense,
+                          name=f"{op.name}_input" + (f"_{i}" if i else ""))
+              for i, t in enumerate(node.arguments.keras_tensors)]
+    positions = iter(inputs)
+    args, kwargs = node.arguments.convert(lambda x: next(positions) if isinstance(x, keras.KerasTensor) else x)
+    if next(positions, None) is not None:
+        raise ValueError("its call arguments could not be matched to its input tensors")
     parameters = inspect.signature(op.call).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
         # `training` (and `mask`) reach Layer.__call__ as call-context arguments even when `call` does not take them.
