@@ -296,8 +296,13 @@ class _Opener:
         return _replay(sub, {}, shapes)
 
     def openable(self, op, path):
-        """A layer no rule understands (a custom layer, a Lambda) and that holds no weights of its own."""
-        if not isinstance(op, keras.layers.Layer) or not isinstance(rule_for(op), Boundary):
+        """A layer no rule understands (a custom layer, a Lambda) and that holds no weights of its own, or an
+        `Activation` of a function a `.keras` file cannot name (see `unsaveable_activation`)."""
+        if not isinstance(op, keras.layers.Layer):
+            return False
+        if unsaveable_activation(op):
+            return True
+        if not isinstance(rule_for(op), Boundary):
             return False
         if id(op) in self.never_open:
             self.closed[path] = self.never_open[id(op)]
@@ -456,6 +461,24 @@ def _without_config(layer):
     return None
 
 
+def unsaveable_activation(layer):
+    """Whether `layer` is a `keras.layers.Activation` of a function that a `.keras` file cannot name: neither a
+    Keras activation nor registered with `keras.saving.register_keras_serializable`.
+
+    A custom layer may make one from a plain function of its module and save the function's name in its own config
+    (KerasHub's CLIP blocks: `Activation(quick_gelu)`, saved as "quick_gelu"); once the layer is opened, the
+    `Activation` is a node of the trace, and a slim model holding it would save but not load. Opened in turn, the
+    function becomes the `keras.ops` it calls, which save like any op."""
+    if type(layer) is not keras.layers.Activation:
+        return False
+    function = layer.activation
+    try:
+        restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(function))
+    except Exception:  # noqa: BLE001 - whatever the reason, a file could not name it
+        return True
+    return restored is not function
+
+
 class _CalledDifferently(Exception):
     """A layer opened at one call turned out to be called differently elsewhere: open the model again without it."""
 
@@ -491,15 +514,15 @@ def trace_call(op, node, shapes=None, dense=False):
 
 
 def _trace_call(op, node, shapes, dense):
-    inputs, mapping = [], {}
-    for i, t in enumerate(node.arguments.keras_tensors):
-        if id(t) not in mapping:
-            mapping[id(t)] = keras.Input(batch_shape=shapes[i], dtype=t.dtype, sparse=t.sparse and not dense,
-                                         name=f"{op.name}_input" + (f"_{i}" if i else ""))
-        inputs.append(mapping[id(t)])
-    if len(set(map(id, inputs))) != len(inputs):
-        raise ValueError("it is called with the same tensor twice")
-    args, kwargs = node.arguments.fill_in(mapping)
+    # One Input per tensor argument, even when a call passes the same tensor twice (`attention(x, x)`): the trace
+    # then takes as many tensors as the layer's call does, and the graph gives both the same channels.
+    inputs = [keras.Input(batch_shape=shapes[i], dtype=t.dtype, sparse=t.sparse and not dense,
+                          name=f"{op.name}_input" + (f"_{i}" if i else ""))
+              for i, t in enumerate(node.arguments.keras_tensors)]
+    positions = iter(inputs)
+    args, kwargs = node.arguments.convert(lambda x: next(positions) if isinstance(x, keras.KerasTensor) else x)
+    if next(positions, None) is not None:
+        raise ValueError("its call arguments could not be matched to its input tensors")
     parameters = inspect.signature(op.call).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
         # `training` (and `mask`) reach Layer.__call__ as call-context arguments even when `call` does not take them.

@@ -1,5 +1,6 @@
-"""MACs of the linear maps of attention: einsums (`EinsumDense`, `keras.ops.einsum`), matrix products and
-dot-product attention, and the closed `MultiHeadAttention` and `GroupQueryAttention` layers.
+"""MACs of the linear maps of attention: einsums (`EinsumDense`, `keras.ops.einsum`), matrix and tensor products
+(`matmul` and `@`, `tensordot`, `dot`, `inner`, `outer`, `vdot`), dot-product attention, and the closed
+`MultiHeadAttention` and `GroupQueryAttention` layers.
 
 The convention is `count_macs`'s: the multiply-accumulates of products, whether an operand is a weight (a
 projection) or an activation (QKᵀ and AV); softmax, scaling and masking count 0, and causal attention counts as
@@ -87,9 +88,100 @@ def matmul_macs(out_shape, left_shape):
     return math.prod(out_shape[1:]) * inner
 
 
+def tensordot_macs(left, right, axes, batched):
+    """MACs of `keras.ops.tensordot(a, b, axes)` for one example: every output element times the contracted size.
+
+    The first axis of an operand that is an activation is its batch, counted as 1 (when both operands are
+    activations, their batch axes are both in the output, and one example is one element of each).
+
+    Args:
+        left, right: the operands' shapes.
+        axes: as `tensordot` takes it: a number n (the last n axes of `a` with the first n of `b`) or a pair of
+            axis lists (or of single axes).
+        batched: for each operand, whether it is an activation whose first axis is the batch.
+
+    Returns:
+        The MAC count for one example.
+
+    Raises:
+        UnknownSizeError: when a size other than a batch is unknown.
+
+    Example:
+
+    >>> tensordot_macs((None, 4, 8), (8, 3), 1, [True, False])  # 4·3 outputs, 8 each
+    96
+    """
+    left, right = (_one_example(shape, b) for shape, b in zip((left, right), batched, strict=True))
+    if isinstance(axes, int):
+        pairs = (list(range(len(left) - axes, len(left))), list(range(axes)))
+    else:
+        pairs = tuple([a] if isinstance(a, int) else list(a) for a in axes)
+    contracted_left = {a % len(left) for a in pairs[0]}
+    contracted_right = {a % len(right) for a in pairs[1]}
+    contracted = [left[a] for a in sorted(contracted_left)]
+    free = ([d for i, d in enumerate(left) if i not in contracted_left]
+            + [d for i, d in enumerate(right) if i not in contracted_right])
+    if None in contracted or None in free:
+        raise UnknownSizeError(f"a tensor product of shapes {tuple(left)} and {tuple(right)} has an unknown size")
+    return math.prod(free) * math.prod(contracted)
+
+
+def dot_macs(left, right, batched):
+    """MACs of `keras.ops.dot(a, b)`: a sum over the last axis of `a` and the last (1-D `b`) or second-to-last
+    axis of `b`; a product with a scalar is a scaling and counts 0.
+
+    Example:
+
+    >>> dot_macs((None, 4, 8), (8, 3), [True, False])
+    96
+    """
+    if not left or not right:
+        return 0
+    return tensordot_macs(left, right, ([-1], [-1 if len(right) == 1 else -2]), batched)
+
+
+def inner_macs(left, right, batched):
+    """MACs of `keras.ops.inner(a, b)`: a sum over the last axes of both (0 with a scalar).
+
+    Example:
+
+    >>> inner_macs((None, 4, 8), (3, 8), [True, False])
+    96
+    """
+    if not left or not right:
+        return 0
+    return tensordot_macs(left, right, ([-1], [-1]), batched)
+
+
+def flat_product_macs(left, right, batched, outer):
+    """MACs of `keras.ops.outer(a, b)` (every element of `a` times every element of `b`) or, with `outer=False`,
+    of `keras.ops.vdot(a, b)` (a sum of the elementwise products of the flattened operands), for one example.
+
+    Example:
+
+    >>> flat_product_macs((None, 4), (None, 3), [True, True], outer=True), flat_product_macs(
+    ...     (None, 4), (None, 4), [True, True], outer=False)
+    (12, 4)
+    """
+    left, right = (_one_example(shape, b) for shape, b in zip((left, right), batched, strict=True))
+    if None in left or None in right:
+        raise UnknownSizeError(f"a product of shapes {tuple(left)} and {tuple(right)} has an unknown size")
+    return math.prod(left) * math.prod(right) if outer else max(math.prod(left), math.prod(right))
+
+
+def _one_example(shape, batched):
+    shape = tuple(shape)
+    return (1, *shape[1:]) if batched and shape else shape
+
+
 def dot_product_attention_macs(query, key, value):
     """MACs of `keras.ops.dot_product_attention` on query (B, T, N, H), key (B, S, K, H), value (B, S, K, Hv):
     QKᵀ (N·T·S·H) plus AV (N·T·S·Hv), for the N query heads (K may divide N: grouped-query attention).
+
+    A causal mask (`is_causal=True`), a `mask` or a `bias` changes nothing: causal attention counts as full
+    attention, since the masked half of the scores is computed, then discarded (flash kernels that skip it save at
+    most half of QKᵀ and AV); the scaling, softmax and masking count 0. KerasHub's decoder attention layers call
+    this op, and are counted through it.
 
     Example:
 

@@ -9,7 +9,8 @@ every layer.
 
 Custom layers are counted inside: the model is traced first (`tfprune.trace`), and a layer that stays closed but
 has weights (its own, used directly in `call`, or its sub-layers') is counted through a trace of its call, where
-`keras.ops` convolutions, `matmul`, `einsum` and `dot_product_attention` count their MACs; a closed
+`keras.ops` convolutions, `matmul` (and `@`), `einsum`, `tensordot`, `dot`, `inner`, `outer`, `vdot` and
+`dot_product_attention` count their MACs; a closed
 `MultiHeadAttention` or `GroupQueryAttention` is counted by formula (`tfprune.measurement.attention_macs`). A layer
 with weights whose call cannot be traced has unknown MACs: an `UnknownMACsError` naming it, or with
 `unknown_macs="lower_bound"` a warning and 0 for that layer.
@@ -35,11 +36,15 @@ from tfprune.measurement.attention_macs import (
     UnknownSizeError,
     attention_layer_macs,
     call_arguments,
+    dot_macs,
     dot_product_attention_macs,
     einsum_dense_macs,
     einsum_macs,
     einsum_output_shape,
+    flat_product_macs,
+    inner_macs,
     matmul_macs,
+    tensordot_macs,
 )
 
 L = keras.layers
@@ -165,14 +170,19 @@ def count_macs(model, unknown_macs="raise") -> int:
     scatters one kernel);
     Dense: every position of the output but the last axis · input features · units;
     EinsumDense, and `keras.ops.einsum` of two operands: the product of the sizes of all distinct indices of its
-    equation but the batch's; `keras.ops.matmul`: the output size but the batch · the contracted size.
+    equation but the batch's; `keras.ops.matmul` (and `@`), `tensordot`, `dot`, `inner`: the output size but the
+    batch · the contracted size; `outer`: one per output element; `vdot`: one per element of an operand (an
+    activation's batch axis counts 1 in all of them). An elementwise product followed by a sum (`ops.sum(a * b)`)
+    counts 0, although it computes a contraction: write it as one of the products above.
     Attention counts its projections and both products of activations. For `MultiHeadAttention` with query
     length T_q, key/value length T_k, H heads of key size Dk and value size Dv (GroupQueryAttention: H query
     heads, H_kv key/value heads in the key and value projections):
     query T_q·E_q·H·Dk + key T_k·E_k·H·Dk + value T_k·E_v·H·Dv + output T_q·H·Dv·E_out + QKᵀ H·T_q·T_k·Dk +
-    AV H·T_q·T_k·Dv; `keras.ops.dot_product_attention` counts its QKᵀ and AV alike. Causal attention counts as
-    full attention (the masked half is computed, then discarded). A tied embedding used as the output projection
-    (KerasHub's `ReversibleEmbedding` with `reverse=True`) counts as its matmul.
+    AV H·T_q·T_k·Dv; `keras.ops.dot_product_attention` on query (B, T, N, H), key (B, S, K, H) and value
+    (B, S, K, Hv) counts N·T·S·H + N·T·S·Hv (its QKᵀ and AV; K < N is grouped-query attention), and the layers
+    around it that project to heads (`EinsumDense`) count as above. Causal attention (`use_causal_mask`,
+    `is_causal`) counts as full attention (the masked half is computed, then discarded). A tied embedding used as
+    the output projection (KerasHub's `ReversibleEmbedding` with `reverse=True`) counts as its matmul.
     Everything else counts 0: biases, normalisation, activations, softmax, scaling, masking, pooling, merges,
     embedding lookups, and weights added or concatenated (a position embedding, a class token).
     Nested Functional/Sequential sub-models are entered, custom layers and subclassed models are counted inside
@@ -480,19 +490,32 @@ def _call_arguments(op, node, in_shapes):
 
 
 _CONV_OPS = (nn_ops.Conv, nn_ops.DepthwiseConv, nn_ops.ConvTranspose)
+_PRODUCT_OPS = (numpy_ops.Tensordot, numpy_ops.Dot, numpy_ops.Inner, numpy_ops.Outer, numpy_ops.Vdot)
 
 
 def _op_macs(op, node, in_shapes, out_shapes):
-    """MACs of one keras.ops convolution, matmul, einsum or dot-product attention; 0 for other ops.
+    """MACs of one keras.ops convolution, matmul (and `@`), einsum, tensor product (tensordot, dot, inner, outer,
+    vdot) or dot-product attention; 0 for other ops.
 
     The operands may be activations (QKᵀ, AV) or weights and constants (a projection)."""
-    if not isinstance(op, (*_CONV_OPS, numpy_ops.Matmul, numpy_ops.Einsum, nn_ops.DotProductAttention)):
+    if not isinstance(op, (*_CONV_OPS, *_PRODUCT_OPS, numpy_ops.Matmul, numpy_ops.Einsum,
+                           nn_ops.DotProductAttention)):
         return 0
     arguments = _call_arguments(op, node, in_shapes)
     shapes = {name: _shape(value) for name, value in arguments.items()}
     out = out_shapes[0]
     if isinstance(op, nn_ops.DotProductAttention):
         return dot_product_attention_macs(shapes["query"], shapes["key"], shapes["value"])
+    if isinstance(op, _PRODUCT_OPS):
+        pair = (shapes["x1"], shapes["x2"])
+        batched = [isinstance(arguments[x], keras.KerasTensor) for x in ("x1", "x2")]
+        if isinstance(op, numpy_ops.Tensordot):
+            return tensordot_macs(*pair, op.axes, batched)
+        if isinstance(op, numpy_ops.Dot):
+            return dot_macs(*pair, batched)
+        if isinstance(op, numpy_ops.Inner):
+            return inner_macs(*pair, batched)
+        return flat_product_macs(*pair, batched, outer=isinstance(op, numpy_ops.Outer))
     if isinstance(op, numpy_ops.Einsum):
         operands = arguments["operands"]
         return einsum_macs(op.subscripts, [_shape(x) for x in operands],
