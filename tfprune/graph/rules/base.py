@@ -17,6 +17,8 @@ A rule says three things about one layer type:
 
 import numpy as np
 
+from tfprune.graph.layer_configs import layer_config
+
 
 class NotUnderstood(Exception):
     """Raised by a rule when a particular layer instance is outside what it handles; the layer becomes a boundary."""
@@ -41,9 +43,10 @@ class LayerRule:
         return values
 
     def config(self, layer):
-        """The config of `layer` as it is, which `updated_config` slims: `layer.get_config()` unless a layer's own
-        cannot give it."""
-        return layer.get_config()
+        """The config of `layer` as it is, which `updated_config` slims: `layer.get_config()`, or for a layer whose
+        automatic config Keras dropped for a dtype policy object, that config with the policy serialised
+        (`tfprune.graph.layer_configs`)."""
+        return layer_config(layer)
 
     def updated_config(self, layer, config, keep):
         """The config of the slim layer, given the keep masks of the recorded sides."""
@@ -62,10 +65,28 @@ class LayerRule:
 
 
 class Boundary(LayerRule):
-    """A layer tfprune does not prune through: every channel it touches is kept, and it is copied unchanged."""
+    """A layer tfprune does not prune through: every channel it touches is kept, and it is copied unchanged.
 
-    def __init__(self, why=None):
+    Args:
+        why: the reason, shown in the groups it fixes.
+        understood_by: the rule that refused this call of the layer (`NotUnderstood`), if any: the copy is made
+            from its `config` and `new_layer` (a KerasHub attention has no config of its own, its rule gives one).
+    """
+
+    def __init__(self, why=None, understood_by=None):
         self.why = why
+        self.understood_by = understood_by
+
+    def config(self, layer):
+        if self.understood_by is None:
+            return super().config(layer)
+        try:
+            return self.understood_by.config(layer)
+        except NotUnderstood as e:
+            raise ValueError(str(e)) from None
+
+    def new_layer(self, layer, config):
+        return (self.understood_by or super()).new_layer(layer, config)
 
     def propagate(self, ctx, layer, inputs):
         reason = f"passes through '{ctx.path}' ({type(layer).__name__})" + (f": {self.why}" if self.why else
