@@ -63,30 +63,18 @@ class LayerRule:
         """A fresh layer of the same kind from `config` (weights are assigned later)."""
         return type(layer).from_config(config)
 
+    def closed(self, why):
+        """The rule of a layer this rule does not understand (its `propagate` raised `NotUnderstood(why)`): a
+        `Boundary` saying why. A rule whose layers cannot be copied from their own `get_config` returns one that
+        copies them as the rule does."""
+        return Boundary(why)
+
 
 class Boundary(LayerRule):
-    """A layer tfprune does not prune through: every channel it touches is kept, and it is copied unchanged.
+    """A layer tfprune does not prune through: every channel it touches is kept, and it is copied unchanged."""
 
-    Args:
-        why: the reason, shown in the groups it fixes.
-        understood_by: the rule that refused this call of the layer (`NotUnderstood`), if any: the copy is made
-            from its `config` and `new_layer` (a KerasHub attention has no config of its own, its rule gives one).
-    """
-
-    def __init__(self, why=None, understood_by=None):
+    def __init__(self, why=None):
         self.why = why
-        self.understood_by = understood_by
-
-    def config(self, layer):
-        if self.understood_by is None:
-            return super().config(layer)
-        try:
-            return self.understood_by.config(layer)
-        except NotUnderstood as e:
-            raise ValueError(str(e)) from None
-
-    def new_layer(self, layer, config):
-        return (self.understood_by or super()).new_layer(layer, config)
 
     def propagate(self, ctx, layer, inputs):
         reason = f"passes through '{ctx.path}' ({type(layer).__name__})" + (f": {self.why}" if self.why else

@@ -37,7 +37,7 @@ import numpy as np
 from tfprune.backends import variable_view
 from tfprune.graph.keras_nodes import weight_keys
 from tfprune.graph.rules.attention import InnerTap, _heads_last, _key_value_heads_last
-from tfprune.graph.rules.base import LayerRule, NotUnderstood
+from tfprune.graph.rules.base import Boundary, LayerRule, NotUnderstood
 
 _EQUATIONS = {"query": "btd,ndh->btnh", "key": "bsd,kdh->bskh", "value": "bsd,kdh->bskh",
               "attention_output": "btnh,nhd->btd"}
@@ -116,17 +116,10 @@ class GemmaAttention(LayerRule):
     def config(self, layer):
         """The constructor's arguments, read back from the layer (it has no config of its own; see the module
         docstring)."""
-        config = {"name": layer.name, "trainable": layer.trainable,
-                  "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
-                  "kernel_initializer": keras.initializers.serialize(layer._kernel_initializer)}
-        for p in list(inspect.signature(type(layer).__init__).parameters.values())[1:]:
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
-                continue
-            if not hasattr(layer, p.name):
-                raise NotUnderstood(f"its constructor argument '{p.name}' is not kept by the layer, so a slim copy "
-                                    "cannot be made")
-            config[p.name] = getattr(layer, p.name)
-        return config
+        return gemma_attention_config(layer)
+
+    def closed(self, why):
+        return ClosedGemmaAttention(why)
 
     def updated_config(self, layer, config, keep):
         return {**config, "num_query_heads": int(self._query_heads(layer, keep).sum()),
@@ -185,6 +178,33 @@ def _check_structure(layer):
         extra = sorted(keys - expected) or sorted(expected - keys)
         raise NotUnderstood(f"holds weights other than its projections' kernels and norms' scales ({extra[:3]}; a "
                             "quantized or LoRA-enabled projection is not pruned)")
+
+
+def gemma_attention_config(layer):
+    """The config of a Gemma attention layer: its constructor's arguments read back from the attributes it keeps
+    (`kernel_initializer` from `_kernel_initializer`), and the base layer's, its dtype policy serialised."""
+    config = {"name": layer.name, "trainable": layer.trainable,
+              "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
+              "kernel_initializer": keras.initializers.serialize(layer._kernel_initializer)}
+    for p in list(inspect.signature(type(layer).__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
+            continue
+        if not hasattr(layer, p.name):
+            raise NotUnderstood(f"its constructor argument '{p.name}' is not kept by the layer, so a slim copy "
+                                "cannot be made")
+        config[p.name] = getattr(layer, p.name)
+    return config
+
+
+class ClosedGemmaAttention(Boundary):
+    """A Gemma attention layer that is not pruned (called with a cache or a rotary offset, or with quantized or
+    LoRA projections): a boundary, copied from `gemma_attention_config` (it has no config of its own)."""
+
+    def config(self, layer):
+        try:
+            return gemma_attention_config(layer)
+        except NotUnderstood as e:
+            raise ValueError(str(e)) from None
 
 
 def is_gemma_attention(layer):
