@@ -147,6 +147,19 @@ def test_a_plan_of_query_heads_keeps_every_group_and_as_many_heads_in_each():
     assert MacsModel(model).macs(plan) == tfprune.count_macs(slim)
 
 
+def test_as_many_key_value_heads_as_query_heads_is_one_group_of_whole_heads():
+    model = random_weights(sequence_model(keras_hub.models.GemmaBackbone(
+        **{**TINY, "num_layers": 1, "num_key_value_heads": QUERY_HEADS}, name="gemma_mha")))
+    graph = tfprune.ChannelGraph(model)
+    attention = "gemma_mha/decoder_block_0/attention"
+    assert graph[f"{attention}:heads"].width == QUERY_HEADS and f"{attention}:query_heads" not in graph
+    plan = tfprune.plan(model, {f"{attention}:heads": 0.5}, graph=graph)
+    assert check_equivalence(model, plan, inputs=tokens()) < TOLERANCE
+    slim = tfprune.rebuild(model, plan, graph=graph)
+    assert set(head_counts(slim).values()) == {(2, 2, HEAD_DIM)}
+    assert MacsModel(model, graph=graph).macs(plan) == tfprune.count_macs(slim)
+
+
 def test_l1_scores_a_key_value_group_by_all_its_weights_and_ranks_heads_globally():
     model = random_weights(gemma3(), seed=3)
     graph = tfprune.ChannelGraph(model)

@@ -198,9 +198,12 @@ def _attention_terms(layer, macs, side, argument_shapes):
         heads, key_dim, value_dim = ((side("heads")[0],), (side("key_dim")[0],), (side("value_dim")[0],))
         kv_heads, scale, gate = heads, 1.0, layer._use_gate
     else:  # GroupQueryAttention (and KerasHub's Gemma attention): one head width for query, key and value
-        heads = (side("query_heads")[0], side("kv_heads")[0])
         key_dim = value_dim = (side("head_dim")[0],)
-        kv_heads, scale = (side("kv_heads")[0],), 1.0 / layer.num_key_value_heads
+        kv_heads = (side("kv_heads")[0],)
+        try:
+            heads, scale = (side("query_heads")[0], *kv_heads), 1.0 / layer.num_key_value_heads
+        except KeyError:  # a Gemma attention with as many query heads as key/value heads: one group of heads
+            heads, scale = kv_heads, 1.0
         gate = getattr(layer, "use_gate", False)
     terms = []
     for shapes in argument_shapes:

@@ -12,6 +12,8 @@ Channel spaces of the layer at path `p` (its input `x` is the query, the key and
   heads' query slices and rows of the output projection);
 * `p:query_heads`: one query head; every key/value block keeps the same number (`num_query_heads` must stay a
   multiple of `num_key_value_heads`);
+* or, when `num_query_heads == num_key_value_heads` (multi-head attention), one `p:heads`: a head's query, key and
+  value slices and its rows of the output projection;
 * `p:head_dim`: never pruned. The rotary embedding rotates slot i of every head with slot i + head_dim/2, and
   Gemma3's query and key norms (`RMSNormalization` over the head width, one scale per slot shared by every head)
   normalise over all slots; the norms are therefore copied whole, as the head width is.
@@ -91,19 +93,25 @@ class GemmaAttention(LayerRule):
         _check_structure(layer)
         self.config(layer)  # refuses, here rather than in rebuild, a layer whose arguments cannot be read back
         x = given[0]
-        kv_heads = ctx.new_space(layer.num_key_value_heads, name=f"{ctx.path}:kv_heads")
-        query_heads = ctx.new_space(layer.num_query_heads, name=f"{ctx.path}:query_heads")
-        ctx.require_equal_blocks(query_heads, layer.num_key_value_heads)
+        if layer.num_query_heads == layer.num_key_value_heads:  # multi-head attention: a head is one group
+            ctx.record("kv_heads", ctx.new_space(layer.num_key_value_heads, name=f"{ctx.path}:heads"))
+        else:
+            ctx.record("kv_heads", ctx.new_space(layer.num_key_value_heads, name=f"{ctx.path}:kv_heads"))
+            query_heads = ctx.new_space(layer.num_query_heads, name=f"{ctx.path}:query_heads")
+            ctx.require_equal_blocks(query_heads, layer.num_key_value_heads)
+            ctx.record("query_heads", query_heads)
         head_dim = ctx.new_space(layer.head_dim, name=f"{ctx.path}:head_dim",
                                  fixed_reason=HEAD_WIDTH_REASON.format(path=ctx.path))
-        for side, elems in (("query", x), ("key", x), ("value", x), ("out", x), ("kv_heads", kv_heads),
-                            ("query_heads", query_heads), ("head_dim", head_dim)):
+        for side, elems in (("query", x), ("key", x), ("value", x), ("out", x), ("head_dim", head_dim)):
             ctx.record(side, elems)
         return [x]  # the output projection writes the input's width: the residual stream's channels
 
     @staticmethod
     def _query_heads(layer, keep):
-        """Keep flags of the query heads: kept, and reading a kept key/value head."""
+        """Keep flags of the query heads: kept, and reading a kept key/value head (the key/value heads' own when
+        there are as many)."""
+        if "query_heads" not in keep:
+            return keep["kv_heads"]
         return keep["query_heads"] & np.repeat(keep["kv_heads"], layer.num_query_heads // layer.num_key_value_heads)
 
     def weight_index(self, layer, keep):
@@ -149,6 +157,8 @@ class GemmaAttention(LayerRule):
         def by_group(w):  # query-head axis 0 split into (kv head, repeat), the kv head axis moved last
             return np.moveaxis(w.reshape((groups, repeats) + w.shape[1:]), 0, -1)
 
+        if repeats == 1:
+            return [("kv_heads", np.moveaxis(w, 0, -1)) for w in (q, k, v, out)]
         return ([("kv_heads", np.moveaxis(w, 0, -1)) for w in (k, v)]
                 + [("kv_heads", by_group(w)) for w in (q, out)]
                 + [("query_heads", np.moveaxis(w, 0, -1)) for w in (q, out)])
@@ -156,6 +166,8 @@ class GemmaAttention(LayerRule):
     def inner_taps(self, layer):
         """The output projection's input, (batch, positions, query heads, head width), measures the query heads and
         the key/value heads (through the query heads that read them)."""
+        if layer.num_query_heads == layer.num_key_value_heads:
+            return (InnerTap(layer.output_dense, "input", "kv_heads", _heads_last),)
         return (InnerTap(layer.output_dense, "input", "query_heads", _heads_last),
                 InnerTap(layer.output_dense, "input", "kv_heads", _key_value_heads_last(layer.num_key_value_heads)))
 
