@@ -1,5 +1,6 @@
-"""KerasHub's transformers prune: ViT and BERT by heads and MLP width, Gemma and Llama by MLP width; the rebuilt
-model computes what the masked one does, saves and loads, and costs what MacsModel says.
+"""KerasHub's transformers prune: ViT and BERT by heads and MLP width, Llama by MLP width (Gemma and Gemma3:
+test_keras_hub_gemma.py); the rebuilt model computes what the masked one does, saves and loads, and costs what
+MacsModel says.
 
 Tiny configurations, built offline from constructor arguments. KerasHub's backbones take any sequence length, so
 the text models are called on fixed-length Inputs (counting needs fixed sizes)."""
@@ -186,19 +187,13 @@ def test_a_refused_value_that_is_not_derived_is_refused():
         tfprune.rebuild(model, tfprune.plan(model, 0.5))
 
 
-# ---- decoders: Llama and Gemma -----------------------------------------------------------------------------------
+# ---- decoders: Llama (Gemma: test_keras_hub_gemma.py) ----------------------------------------------------------------
 
 
 def llama():
     return sequence_model(keras_hub.models.LlamaBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
                                                          num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
                                                          name="llama_backbone"))  # not llama_backbone_1 if built twice
-
-
-def gemma():
-    return sequence_model(keras_hub.models.GemmaBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
-                                                         num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
-                                                         head_dim=8, name="gemma_backbone"))
 
 
 def test_llama_prunes_its_gated_mlp_gate_and_up_together():
@@ -222,13 +217,3 @@ def test_llama_prunes_its_gated_mlp_gate_and_up_together():
     assert slim_graph.layers[prefix + "feedforward_gate_dense"].units == 32
     assert slim_graph.layers[prefix + "feedforward_intermediate_dense"].units == 32
     assert not np.allclose(np.asarray(slim(x)), np.asarray(model(x)))  # the plan changes what it computes
-
-
-def test_gemma_prunes_without_crashing_its_blocks_closed_with_the_reason():
-    model = gemma()
-    graph = tfprune.ChannelGraph(model)
-    reason = graph.closed["gemma_backbone/decoder_block_0"]
-    assert "sub-layer 'pre_attention_norm' (RMSNormalization) has no config" in reason
-    slim = tfprune.prune(model, 0.5)
-    x = inputs_for(model)
-    np.testing.assert_allclose(np.asarray(slim(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)

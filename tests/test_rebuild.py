@@ -159,9 +159,9 @@ def test_every_named_criterion_prunes(criterion):
     assert tfprune.count_macs(slim) < tfprune.count_macs(model)
 
 
-def test_a_layer_whose_own_get_config_refuses_is_copied_through_its_rule():
+def test_a_layer_whose_automatic_config_keras_dropped_is_copied_with_its_policy():
     """`Identity(dtype=DTypePolicy(...))`, as KerasHub builds it: Keras's auto-config refuses the policy object, and
-    the Identity rule supplies the config instead, keeping the layer's dtype policy."""
+    `layer_config` recovers it with the policy serialised, keeping the layer's dtype policy."""
     inputs = keras.Input((6, 6, 3))
     x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
     x = keras.layers.Identity(dtype=keras.DTypePolicy("float32"), name="same")(x)

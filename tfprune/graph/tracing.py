@@ -25,6 +25,7 @@ from keras import tree
 from tfprune.errors import UnsupportedModelError
 from tfprune.graph import keras_nodes
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
+from tfprune.graph.layer_configs import layer_config
 from tfprune.graph.rules import Boundary, rule_for
 
 # Outputs of an opened layer and of its trace may differ by float rounding only: |a - b| <= TOLERANCE * max(1, |a|).
@@ -340,7 +341,7 @@ class _Opener:
                 raise _CalledDifferently  # trace it again, for inputs of any size along the differing axes
         else:
             try:
-                raw = trace_call(op, node, shapes=shapes)
+                raw = _trace_dense_if_need_be(op, node, shapes)
             except Exception as e:  # noqa: BLE001 - any failure of the layer's call closes it, with its reason
                 self.closed[path] = (_unseeded_reason(e) if _draws_unseeded(e) else
                                      f"{UNTRACED} ({first_line(e)})")
@@ -446,16 +447,16 @@ class _Opener:
 
 
 def _without_config(layer):
-    """`(sub-layer, error)` for the first sub-layer holding weights of its own whose `get_config()` fails, or None.
+    """`(sub-layer, error)` for the first sub-layer holding weights of its own that has no config, or None.
 
     Opening a layer makes its sub-layers nodes of the graph; those with weights of their own are never opened in
-    turn, so `rebuild` copies them from their configs. A layer whose own config works (KerasHub's
-    `GemmaDecoderBlock`) may hold one whose config does not (its `RMSNormalization`, made with a dtype policy
-    object Keras cannot record): it then stays closed, and is copied whole."""
+    turn, so `rebuild` copies them from their configs (`layer_config`: KerasHub's Gemma blocks make their
+    `RMSNormalization` with a dtype policy object, for which Keras records no config, and `layer_config` recovers
+    it). A layer holding one whose config cannot be had stays closed, and is copied whole."""
     for sub in layer._flatten_layers(include_self=False):
         if keras_nodes.own_variables(sub) and not is_graph_model(sub):
             try:
-                sub.get_config()
+                layer_config(sub)
             except Exception as e:  # noqa: BLE001 - any failure: the sub-layer cannot be copied
                 return sub, e
     return None
@@ -511,6 +512,21 @@ def trace_call(op, node, shapes=None, dense=False):
         except Exception:  # noqa: BLE001 - the first failure says more
             raise e from None
         return _with_batch_of_any_size(raw, shapes)
+
+
+def _trace_dense_if_need_be(op, node, shapes):
+    """`trace_call` on Inputs as sparse as the call's tensors, or, if that fails where some are sparse, on dense
+    ones. Keras marks a tensor times a constant sparse (KerasHub's Gemma scales its embeddings by sqrt(hidden_dim)
+    before the first decoder block), and a layer whose call reduces it (an `RMSNormalization`'s `ops.mean`) cannot
+    be traced on a sparse Input; the dense trace is then checked against the layer like any other."""
+    try:
+        return trace_call(op, node, shapes=shapes)
+    except ConstantOutputError:
+        raise
+    except Exception:
+        if not any(t.sparse for t in node.arguments.keras_tensors):
+            raise
+        return trace_call(op, node, shapes=shapes, dense=True)
 
 
 def _trace_call(op, node, shapes, dense):

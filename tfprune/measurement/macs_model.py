@@ -13,6 +13,7 @@ import numpy as np
 
 from tfprune.graph import ChannelGraph
 from tfprune.graph.rules import Boundary
+from tfprune.graph.rules.gemma_attention import is_gemma_attention
 from tfprune.measurement.counting import layer_counts
 
 L = keras.layers
@@ -169,7 +170,7 @@ def _terms(layer, macs, side, argument_shapes):
     def n(s):
         return s[1]
 
-    if isinstance(layer, _ATTENTION):
+    if isinstance(layer, _ATTENTION) or is_gemma_attention(layer):
         return _attention_terms(layer, macs, side, argument_shapes)
     if isinstance(layer, _SEPARABLE):  # S·m·C_in·(k + C_out)
         i, o = side("in"), side("out")
@@ -200,10 +201,14 @@ def _attention_terms(layer, macs, side, argument_shapes):
     if isinstance(layer, L.MultiHeadAttention):
         heads, key_dim, value_dim = ((side("heads")[0],), (side("key_dim")[0],), (side("value_dim")[0],))
         kv_heads, scale, gate = heads, 1.0, layer._use_gate
-    else:  # GroupQueryAttention: one head width for query, key and value
-        heads = (side("query_heads")[0], side("kv_heads")[0])
+    else:  # GroupQueryAttention (and KerasHub's Gemma attention): one head width for query, key and value
         key_dim = value_dim = (side("head_dim")[0],)
-        kv_heads, scale, gate = (side("kv_heads")[0],), 1.0 / layer.num_key_value_heads, layer.use_gate
+        kv_heads = (side("kv_heads")[0],)
+        try:
+            heads, scale = (side("query_heads")[0], *kv_heads), 1.0 / layer.num_key_value_heads
+        except KeyError:  # a Gemma attention with as many query heads as key/value heads: one group of heads
+            heads, scale = kv_heads, 1.0
+        gate = getattr(layer, "use_gate", False)
     terms = []
     for shapes in argument_shapes:
         t_q = _positions(layer, shapes["query"])

@@ -3,6 +3,8 @@
 import keras
 
 from tfprune.graph.keras_nodes import call_nodes, is_graph_model
+from tfprune.graph.rules.gemma_attention import is_gemma_attention
+from tfprune.graph.tracing import open_model
 from tfprune.measurement.counting import count_macs, count_params, layer_counts
 
 ARROW = " → "
@@ -103,11 +105,14 @@ def _totals(model, slim):
 
 def attention_heads(model, prefix=""):
     """`{path: heads}` of the attention layers of a graph model (nested models included): "12" for a
-    `MultiHeadAttention`, "8/4" (query/key-value heads) for a `GroupQueryAttention`.
+    `MultiHeadAttention`, "8/4" (query/key-value heads) for a `GroupQueryAttention` and KerasHub's Gemma attention.
+    Custom layers are read through (`tfprune.trace`), as `count_macs` reads them: a KerasHub backbone's decoder
+    blocks hold its attention layers.
 
     Args:
         model: a Functional or Sequential `keras.Model` (anything else has none: `{}`).
-        prefix: put before every path (the paths inside a nested model start with its own path and "/").
+        prefix: put before every path (the paths inside a nested model start with its own path and "/"); given,
+            `model` is taken as already read through.
 
     Example:
 
@@ -120,13 +125,15 @@ def attention_heads(model, prefix=""):
     found = {}
     if not is_graph_model(model):
         return found
+    if not prefix:
+        model = open_model(model).model
     for node in call_nodes(model):
         op, path = node.operation, prefix + node.operation.name
         if is_graph_model(op):
             found.update(attention_heads(op, path + "/"))
         elif isinstance(op, keras.layers.MultiHeadAttention):
             found[path] = str(op.num_heads)
-        elif isinstance(op, keras.layers.GroupQueryAttention):
+        elif isinstance(op, keras.layers.GroupQueryAttention) or is_gemma_attention(op):
             found[path] = f"{op.num_query_heads}/{op.num_key_value_heads}"
     return found
 

@@ -16,6 +16,7 @@ from tfprune.graph.rules import (
     attention,
     einsum,
     embeddings,
+    gemma_attention,
     merging,
     normalization,
     passthrough,
@@ -28,7 +29,7 @@ L = keras.layers
 
 _PER_CHANNEL_PASS_THROUGH = (
     L.ReLU, L.LeakyReLU, L.ELU, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
+    L.Identity, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
     L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
     L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
     L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
@@ -65,7 +66,6 @@ _RULES = (
     (L.Rescaling, normalization.Rescaling()),
     (ConvNeXtLayerScale, normalization.LayerScale()),
     (L.Activation, passthrough.ActivationLayer()),
-    (L.Identity, passthrough.IdentityLayer()),
     ((L.Softmax, L.UnitNormalization), passthrough.AxisSpanningLayer()),
     (_PER_CHANNEL_PASS_THROUGH, passthrough.PassThrough()),
     (L.Permute, passthrough.PermuteLayer()),
@@ -81,16 +81,20 @@ _RULES = (
 )
 
 
+# KerasHub's layers with rules of their own, by exact class ("module.Class"), so that keras-hub is not imported.
+_KERAS_HUB_RULES = {**embeddings.KERAS_HUB_RULES, **gemma_attention.RULES}
+
+
 def rule_for(operation) -> LayerRule:
     """The rule for a Keras layer or keras.ops operation, or a `Boundary` for anything else.
 
-    Only classes defined by Keras itself match: a user's subclass of, say, `Conv2D` may compute something else in
-    `call`, so it is a boundary until it gets a rule of its own. KerasHub's embedding classes match by their exact
-    class (`embeddings.KERAS_HUB_RULES`).
+    Only classes defined by Keras itself match (and the KerasHub classes named in `_KERAS_HUB_RULES`, exactly): a
+    user's subclass of, say, `Conv2D` may compute something else in `call`, so it is a boundary until it gets a
+    rule of its own.
     """
     if isinstance(operation, keras.layers.Lambda):
         return LambdaBoundary()
-    keras_hub_rule = embeddings.rule_for_keras_hub_embedding(operation)
+    keras_hub_rule = _KERAS_HUB_RULES.get(f"{type(operation).__module__}.{type(operation).__qualname__}")
     if keras_hub_rule is not None:
         return keras_hub_rule
     if type(operation).__module__.startswith("keras."):

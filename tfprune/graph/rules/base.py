@@ -17,6 +17,8 @@ A rule says three things about one layer type:
 
 import numpy as np
 
+from tfprune.graph.layer_configs import layer_config
+
 
 class NotUnderstood(Exception):
     """Raised by a rule when a particular layer instance is outside what it handles; the layer becomes a boundary."""
@@ -41,9 +43,10 @@ class LayerRule:
         return values
 
     def config(self, layer):
-        """The config of `layer` as it is, which `updated_config` slims: `layer.get_config()` unless a layer's own
-        cannot give it."""
-        return layer.get_config()
+        """The config of `layer` as it is, which `updated_config` slims: `layer.get_config()`, or for a layer whose
+        automatic config Keras dropped for a dtype policy object, that config with the policy serialised
+        (`tfprune.graph.layer_configs`)."""
+        return layer_config(layer)
 
     def updated_config(self, layer, config, keep):
         """The config of the slim layer, given the keep masks of the recorded sides."""
@@ -59,6 +62,12 @@ class LayerRule:
     def new_layer(self, layer, config):
         """A fresh layer of the same kind from `config` (weights are assigned later)."""
         return type(layer).from_config(config)
+
+    def closed(self, why):
+        """The rule of a layer this rule does not understand (its `propagate` raised `NotUnderstood(why)`): a
+        `Boundary` saying why. A rule whose layers cannot be copied from their own `get_config` returns one that
+        copies them as the rule does."""
+        return Boundary(why)
 
 
 class Boundary(LayerRule):

@@ -2,20 +2,14 @@
 projection), KerasHub's learned `PositionEmbedding` and ViT's patch-and-position embedding.
 
 An embedding's width is the hidden (residual) width of the transformer it feeds: a token table starts that channel
-space, and a position table follows it. The KerasHub classes are matched by their exact class (`KERAS_HUB_RULES`),
-so keras-hub is never imported here.
+space, and a position table follows it. The KerasHub classes are matched by their exact class
+(`KERAS_HUB_RULES`, looked up by `rules.rule_for`), so keras-hub is never imported here.
 """
 
 import numpy as np
 
 from tfprune.backends import variable_view
 from tfprune.graph.rules.base import LayerRule, NotUnderstood, require_channels_last, single_input
-
-
-def class_path(operation):
-    """`module.QualifiedName` of an operation's class, by which KerasHub classes are matched without importing
-    keras-hub."""
-    return f"{type(operation).__module__}.{type(operation).__qualname__}"
 
 
 def _kept(keep):
@@ -107,7 +101,3 @@ KERAS_HUB_RULES = {
     "keras_hub.src.models.vit.vit_layers.ViTPatchingAndEmbedding": ViTPatchingAndEmbedding(),
 }
 
-
-def rule_for_keras_hub_embedding(operation):
-    """The rule of a KerasHub embedding class (matched by exact class), or None."""
-    return KERAS_HUB_RULES.get(class_path(operation))

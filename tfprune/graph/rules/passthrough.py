@@ -2,7 +2,6 @@
 
 import numbers
 
-import keras
 import numpy as np
 
 from tfprune.graph.rules.base import LayerRule, NotUnderstood, require_channels_last, single_input
@@ -29,16 +28,6 @@ class PassThrough(LayerRule):
 
     def spans_channels(self, layer, rank):
         return False
-
-
-class IdentityLayer(PassThrough):
-    """`Identity`: its config is its name, trainability and dtype policy, which are all it takes. (Its own
-    `get_config` refuses when it was made with a `DTypePolicy` object, as KerasHub makes it, which is not a
-    serialisable argument value.)"""
-
-    def config(self, layer):
-        return {"name": layer.name, "trainable": layer.trainable,
-                "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
 
 
 class CheckedChannelwise(PassThrough):
