@@ -15,6 +15,7 @@ _PUBLIC = {
     "ExportError": "tfprune.errors",
     "Group": "tfprune.graph",
     "Plan": "tfprune.pruning.plans",
+    "OutputChangeWarning": "tfprune.errors",
     "PlanError": "tfprune.errors",
     "RuntimeUnavailableError": "tfprune.errors",
     "SensitivityResult": "tfprune.criteria.sensitivity",
@@ -58,6 +59,7 @@ if typing.TYPE_CHECKING:
     from tfprune.criteria.sensitivity import sensitivity as sensitivity
     from tfprune.deployment.exporting import export as export
     from tfprune.errors import ExportError as ExportError
+    from tfprune.errors import OutputChangeWarning as OutputChangeWarning
     from tfprune.errors import PlanError as PlanError
     from tfprune.errors import RuntimeUnavailableError as RuntimeUnavailableError
     from tfprune.errors import UnknownMACsError as UnknownMACsError

@@ -28,7 +28,7 @@ def rebuild(model, plan, reinit="keep", initial_weights=None, seed=None, graph=N
     A plan that prunes a channel-spanning group (a transformer's hidden width, see `tfprune.plan`'s
     `prune_spanning`) changes the values of the kept channels too: the slim LayerNorms normalise over the kept
     channels only. `rebuild` then measures the change on random inputs and says it in a
-    `tfprune.errors.OutputChangeWarning` (whose `change` holds the figure).
+    `tfprune.OutputChangeWarning` (whose `change` holds the figure).
 
     Args:
         model: a Functional, Sequential or subclassed Keras model (custom layers and subclassed models are traced
