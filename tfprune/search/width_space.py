@@ -15,12 +15,13 @@ import math
 import numpy as np
 
 from tfprune import criteria
+from tfprune.deployment.channel_tiles import resolve_round_to
 from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
 from tfprune.measurement.cost_targets import cost_model
 from tfprune.measurement.costs import parse_target
 from tfprune.measurement.macs_model import MacsModel
-from tfprune.pruning.planning import check_positive_int, keep_count, plan_removals
+from tfprune.pruning.planning import keep_count, plan_removals
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -45,7 +46,7 @@ class WidthSpace:
         self.target_spec = parse_target(target_macs, "target_macs")
         self.target = self.target_spec.ratio
         self.grid = _check_grid(grid)
-        self.round_to = check_positive_int(round_to, "round_to")
+        self.round_to = resolve_round_to(round_to)
         self.graph = ChannelGraph(model)
         self.macs = MacsModel(model, graph=self.graph)
         self.cost = self.macs if self.target_spec.kind == "macs" else cost_model(model, self.target_spec, self.graph)
