@@ -47,7 +47,7 @@ from tfprune.measurement.counting import layer_counts
 from tfprune.measurement.runtime_latency import check_runtime, runtime_file, time_files
 
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
-TABLES_VERSION = 1
+TABLES_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -470,7 +470,8 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
 
     Every distinct layer configuration is written as one-layer models at the grid's kept counts, and all are
     timed in one subprocess (`tfprune.measurement.runtime_latency.time_files`), a configuration's grid points in
-    turn; then the whole model. TensorFlow backend (the converters need it).
+    turn with the whole model, whose time in each batch against its median over all batches undoes the changes of
+    the machine's load between batches. TensorFlow backend (the converters need it).
 
     Returns:
         `LatencyTables` (its `runtime_version` and `cpu` left for the caller to fill in).
@@ -498,13 +499,20 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
             points[key] = (inputs, outputs)
             notify(f"layer configuration {n + 1}/{len(by_key)} ({t.path}): {len(batch)} grid point(s) written")
         notify(f"timing {sum(len(b) for b in batches)} one-layer models and the whole model on {runtime}")
-        seconds = time_files([[("whole", whole)], *batches], runtime, threads, runs, warmup, pin)
+        # The whole model is timed in every batch, in turn with its one-layer models: the load of the machine
+        # changes between batches, and each batch's times are scaled by how much slower or faster the whole model
+        # ran then than over all batches (its median).
+        timed = [[(f"whole:{b}", whole), *batch] for b, batch in enumerate(batches)] or [[("whole:0", whole)]]
+        seconds = time_files(timed, runtime, threads, runs, warmup, pin)
+    per_batch = [float(np.median(seconds[f"whole:{b}"])) * 1000 for b in range(len(timed))]
+    whole_ms = float(np.median(per_batch))
     tables = {}
-    for key, (inputs, outputs) in points.items():
-        ms = [[float(np.median(seconds[f"{key}:{i}:{o}"])) * 1000 for o in (outputs or (None,))] for i in inputs]
+    for b, (key, (inputs, outputs)) in enumerate(points.items()):
+        ms = [[float(np.median(seconds[f"{key}:{i}:{o}"])) * 1000 * whole_ms / per_batch[b]
+               for o in (outputs or (None,))] for i in inputs]
         tables[key] = LayerTable(inputs, outputs, np.asarray(ms)[:, 0] if outputs is None else ms)
     return LatencyTables(runtime=runtime, threads=threads, runtime_version="", cpu="", grid=grid,
-                         whole_ms=float(np.median(seconds["whole"])) * 1000, tables=tables,
+                         whole_ms=whole_ms, tables=tables,
                          layers={t.path: _key(t) for t in layers}, build_seconds=time.perf_counter() - start)
 
 
