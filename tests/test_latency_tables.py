@@ -162,3 +162,27 @@ def test_round_to_auto_is_taken_wherever_round_to_is():
     assert all(len(kept) % tile == 0 or len(kept) == tfprune.ChannelGraph(model)[name].width
                for name, kept in plan.keep.items())
     assert plan == tfprune.plan(model, 0.4, round_to=tile)
+
+
+def test_dmcp_trains_its_budget_on_the_latency_tables():
+    """The latency model's expectation runs inside DMCP's compiled architecture step and moves the gates."""
+    from tfprune.search.dmcp import build_supernet
+    from tfprune.search.dmcp_training import DMCPTrainer
+
+    model = tfprune.models.small_vgg(input_shape=(12, 12, 1), widths=(8, 16), convs_per_stage=1, dense=16)
+    supernet, gated, gates, _, ranks, _ = build_supernet(model, 0.5, (0.1, 1.0, 0.1))
+    latency = LatencyModel(supernet, tables=synthetic_tables(supernet, 1e-6, rest_ms=0.001), cache_dir=False)
+    trainer = DMCPTrainer(gated, gates, latency, 0.3, keras.losses.get("sparse_categorical_crossentropy"), False,
+                          keras.optimizers.Adam(0.05), budget_weight=10.0, seed=0)  # the budget leads
+    trainer.compile(optimizer="sgd")
+    trainer.build(gated.inputs[0].shape)
+    trainer.set_phase(train_weights=True, train_arch=True)
+    for gate in gates.values():
+        gate.alpha.assign(np.full(gate.n_groups, 3.0, "float32"))  # transitions kept with probability 0.95
+    start = float(keras.ops.convert_to_numpy(trainer.expected_macs_ratio()))
+    assert start > 0.5
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 12, 12, 1), "float32"), rng.integers(0, 10, 32)
+    trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    after = float(keras.ops.convert_to_numpy(trainer.expected_macs_ratio()))
+    assert after < start  # the budget loss pulled the expected latency towards 0.3
