@@ -189,3 +189,39 @@ def test_a_transformer_block_shows_its_heads(tmp_path):
     assert keras.models.load_model(tmp_path / "slim.keras").get_layer("mha").num_heads == 2
     done = run("summary", "slim.keras", cwd=tmp_path)
     assert next(line for line in done.stdout.splitlines() if line.startswith("mha ")).endswith("2 heads")
+
+
+def test_prune_to_a_macs_params_or_latency_budget(files, tmp_path):
+    folder, model = files
+    macs = tfprune.count_macs(model)
+    params = tfprune.count_params(model)
+    done = run("prune", "model.keras", "--macs", "0.5", "--round-to", "4", "-o", tmp_path / "m.keras", "--json",
+               cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["after"]["macs"] <= 0.5 * macs
+    done = run("prune", "model.keras", "--params", "0.5", "-o", tmp_path / "p.keras", "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert 0.4 * params < json.loads(done.stdout)["after"]["params"] <= 0.5 * params
+    # the budgets exclude each other and --ratio
+    usage = run("prune", "model.keras", "--macs", "0.5", "--params", "0.5", "-o", tmp_path / "x.keras", cwd=folder)
+    assert usage.returncode == 2 and "not allowed with argument" in usage.stderr
+    usage = run("prune", "model.keras", "--ratio", "0.5", "--round-to", "eight", "-o", tmp_path / "x.keras",
+                cwd=folder)
+    assert usage.returncode == 2 and "expected an integer >= 1 or 'auto'" in usage.stderr
+    one_error_line(run("prune", "model.keras", "--macs", "1.5", "-o", tmp_path / "x.keras", cwd=folder), "prune",
+                   "target must be a MACs ratio in (0, 1]")
+    one_error_line(run("prune", "model.keras", "--macs", "0.001", "-o", tmp_path / "x.keras", cwd=folder), "prune",
+                   "--macs 0.001 cannot be reached: the smallest plan tried keeps")
+
+
+@pytest.mark.tensorflow_only
+def test_prune_to_a_latency_budget_reports_the_measured_ratio(files, tmp_path, monkeypatch):
+    folder, _ = files
+    monkeypatch.setenv("TFPRUNE_LATENCY_CACHE", str(tmp_path / "cache"))
+    done = run("prune", "model.keras", "--latency", "0.6", "--runtime", "litert", "-o", tmp_path / "l.keras",
+               "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    latency = json.loads(done.stdout)["latency"]
+    assert latency["runtime"] == "litert" and latency["target"] == 0.6
+    assert latency["measured_ratio"] == pytest.approx(latency["slim_ms"] / latency["original_ms"])
+    assert list((tmp_path / "cache").glob("*.json"))  # the tables were cached where the user said

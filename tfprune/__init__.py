@@ -28,6 +28,7 @@ _PUBLIC = {
     "fine_tune": "tfprune.training.fine_tuning",
     "mask": "tfprune.pruning.masking",
     "plan": "tfprune.pruning.planning",
+    "plan_for_latency": "tfprune.pruning.targets",
     "plan_for_macs": "tfprune.pruning.targets",
     "prune": "tfprune.pruning.prune",
     "rebuild": "tfprune.pruning.rebuilding",
@@ -77,6 +78,7 @@ if typing.TYPE_CHECKING:
     from tfprune.pruning.plans import Plan as Plan
     from tfprune.pruning.prune import prune as prune
     from tfprune.pruning.rebuilding import rebuild as rebuild
+    from tfprune.pruning.targets import plan_for_latency as plan_for_latency
     from tfprune.pruning.targets import plan_for_macs as plan_for_macs
     from tfprune.training import datasets as datasets
     from tfprune.training import models as models

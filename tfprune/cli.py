@@ -2,6 +2,7 @@
 
     tfprune summary MODEL.keras
     tfprune prune MODEL.keras --ratio 0.5 [--criterion l1] [--scope global] [--plan-out PLAN.json] -o SLIM.keras
+    tfprune prune MODEL.keras --macs 0.5 | --params 0.5 | --latency 0.5 [--runtime litert] [--round-to auto] -o ...
     tfprune rebuild MODEL.keras PLAN.json -o SLIM.keras
     tfprune export SLIM.keras --format tflite|onnx|saved_model|keras [--quantize int8 --calibration DATA.npz]
     tfprune bench MODEL.keras SLIM.keras|SLIM.tflite|SLIM.onnx ... [--engines tensorflow,tflite,onnxruntime]
@@ -86,18 +87,40 @@ def _prune(args, progress):
         _check_output(args.plan_out, ".json")
     data = None if args.data is None else _arrays(args.data, "--data", labels_as_pair=True)
     model = _load_model(args.model, progress)
+    from tfprune.deployment.channel_tiles import resolve_round_to
     from tfprune.graph import ChannelGraph
     from tfprune.pruning.planning import plan
     from tfprune.pruning.rebuilding import rebuild
 
     progress("analysing channel groups")
     graph = ChannelGraph(model, prune_outputs=args.prune_outputs)
-    progress(f"planning ({args.criterion}, {args.scope} scope, ratio {args.ratio})")
-    chosen = plan(model, args.ratio, criterion=args.criterion, scope=args.scope, min_channels=args.min_channels,
-                  round_to=args.round_to, data=data, seed=args.seed, graph=graph)
+    round_to = resolve_round_to(args.round_to, args.runtime)
+
+    def make_plan(ratio):
+        return plan(model, ratio, criterion=args.criterion, scope=args.scope, min_channels=args.min_channels,
+                    round_to=round_to, data=data, seed=args.seed, graph=graph)
+
+    fit = None
+    if args.ratio is not None:
+        progress(f"planning ({args.criterion}, {args.scope} scope, ratio {args.ratio})")
+        chosen = make_plan(args.ratio)
+    elif args.latency is not None:
+        from tfprune.pruning.targets import plan_for_latency
+
+        chosen, fit = plan_for_latency(model, args.latency, runtime=args.runtime, threads=args.threads,
+                                       make_plan=make_plan, graph=graph, progress=progress)
+    else:
+        from tfprune.pruning.targets import plan_for_macs
+
+        kind, value = ("macs", args.macs) if args.macs is not None else ("params", args.params)
+        progress(f"planning ({args.criterion}, {args.scope} scope) for {value} of the {kind}")
+        chosen, reached = plan_for_macs(model, {kind: value}, make_plan, graph=graph)
+        if reached > value:
+            raise CommandError(f"--{kind} {value} cannot be reached: the smallest plan tried keeps {reached:.3f} of "
+                               f"the {kind} (--round-to {args.round_to}, --min-channels {args.min_channels}).")
     progress("rebuilding")
     slim = rebuild(model, chosen, graph=graph)
-    return _save_slim(args, model, slim, chosen, args.plan_out, progress)
+    return _save_slim(args, model, slim, chosen, args.plan_out, progress, fit)
 
 
 def _rebuild(args, progress):
@@ -118,7 +141,7 @@ def _rebuild(args, progress):
     return _save_slim(args, model, slim, chosen, None, progress)
 
 
-def _save_slim(args, model, slim, chosen, plan_out, progress):
+def _save_slim(args, model, slim, chosen, plan_out, progress, fit=None):
     from tfprune.measurement.counting import count_macs, count_params
     from tfprune.measurement.summaries import attention_heads
 
@@ -138,6 +161,13 @@ def _save_slim(args, model, slim, chosen, plan_out, progress):
              f"{pruned} channel group(s) pruned"]
     if heads:  # "heads: mha 4 → 2, gqa 8/4 → 4/2"
         lines.append("heads: " + ", ".join(f"{path} {n['before']} → {n['after']}" for path, n in heads.items()))
+    if fit is not None:  # plan_for_latency's check
+        data["latency"] = {"runtime": args.runtime, "threads": args.threads, "target": fit.target,
+                           "predicted_ratio": fit.predicted_ratio, "measured_ratio": fit.measured_ratio,
+                           "original_ms": fit.original_ms, "slim_ms": fit.slim_ms, "corrections": fit.corrections}
+        lines.append(f"latency on {args.runtime} ({args.threads} thread(s)): {fit.original_ms:.3f} ms → "
+                     f"{fit.slim_ms:.3f} ms, measured ratio {fit.measured_ratio:.3f} "
+                     f"(predicted {fit.predicted_ratio:.3f}, target {fit.target})")
     lines.append(f"wrote {args.output}" + (f" and plan {plan_out}" if plan_out else ""))
     return data, "\n".join(lines)
 
@@ -411,6 +441,19 @@ def _one_line(error):
     return text if len(text) <= 400 else text[:397] + "..."
 
 
+def _round_to(text):
+    """`--round-to`: "auto" or an integer >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
+    return value
+
+
 def _ratio(after, before):
     return f"{after / before:.3f}" if before else "n/a"
 
@@ -434,13 +477,23 @@ def _parser():
 
     sub = command("prune", _prune, "Plan and rebuild: remove a fraction of the channels and save the slim model.")
     sub.add_argument("model", metavar="MODEL.keras")
-    sub.add_argument("--ratio", type=float, required=True,
-                     help="fraction of channels to remove, in [0, 1): per group (layer scope) or overall (global)")
+    budget = sub.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--ratio", type=float,
+                        help="fraction of channels to remove, in [0, 1): per group (layer scope) or overall (global)")
+    budget.add_argument("--macs", type=float, metavar="R", help="keep this fraction of the MACs, in (0, 1]")
+    budget.add_argument("--params", type=float, metavar="R", help="keep this fraction of the params, in (0, 1]")
+    budget.add_argument("--latency", type=float, metavar="R",
+                        help="run in this fraction of the latency on --runtime, measured on this CPU, in (0, 1]")
+    sub.add_argument("--runtime", choices=("litert", "onnxruntime"), default="litert",
+                     help="the runtime of --latency (default litert)")
+    sub.add_argument("--threads", type=int, default=1, help="the runtime's CPU threads for --latency (default 1)")
     sub.add_argument("--criterion", default="l1",
                      help="l1, l2, random, lasso, or with --data: mean_activation, apoz, hrank, taylor (default l1)")
     sub.add_argument("--scope", choices=("layer", "global"), default="layer", help="default layer")
     sub.add_argument("--min-channels", type=int, default=1, help="no group keeps fewer channels (default 1)")
-    sub.add_argument("--round-to", type=int, default=1, help="round kept channel counts up to a multiple of this")
+    sub.add_argument("--round-to", type=_round_to, default=1,
+                     help="round kept channel counts up to a multiple of this, or 'auto': the runtime's channel tile "
+                          "on this CPU")
     sub.add_argument("--prune-outputs", action="store_true", help="also prune groups that reach a model output")
     sub.add_argument("--data", metavar="DATA.npz", help="examples 'x' (and labels 'y') for data-driven criteria")
     sub.add_argument("--seed", type=int, default=None, help="seed of the random and lasso criteria")

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 
 from tfprune.callbacks.pruning_callback import PruningCallback, check_non_negative
-from tfprune.pruning.planning import check_positive_int, check_ratio, global_removals, plan_removals
+from tfprune.deployment.channel_tiles import resolve_round_to
+from tfprune.pruning.planning import check_ratio, global_removals, plan_removals
 
 # Which kernel axes one group of each kind spans, for a kernel (*spatial, in, out) (Dense: (in, out)).
 KINDS = ("filter", "channel", "shape", "depth")
@@ -168,7 +169,7 @@ class GroupLasso(PruningCallback):
         Returns:
             A `tfprune.Plan` for the trained model.
         """
-        round_to = check_positive_int(round_to, "round_to")
+        round_to = resolve_round_to(round_to)
         scores = self.scores()
         if ratio is None:
             removals = {name: int((s <= self.threshold).sum()) for name, s in scores.items()}

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 
 from tfprune.callbacks.pruning_callback import PruningCallback, check_non_negative
-from tfprune.pruning.planning import check_positive_int, check_ratio, global_removals, plan_removals
+from tfprune.deployment.channel_tiles import resolve_round_to
+from tfprune.pruning.planning import check_ratio, global_removals, plan_removals
 
 
 class NetworkSlimming(PruningCallback):
@@ -110,7 +111,7 @@ class NetworkSlimming(PruningCallback):
             A `tfprune.Plan` for the trained model.
         """
         scores = self.scores()
-        round_to = check_positive_int(round_to, "round_to")
+        round_to = resolve_round_to(round_to)
         if ratio is None:
             removals = {name: int((s == 0).sum()) for name, s in scores.items()}
         else:

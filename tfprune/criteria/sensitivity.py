@@ -14,6 +14,8 @@ import numpy as np
 
 from tfprune import criteria
 from tfprune.graph import ChannelGraph
+from tfprune.measurement.cost_targets import cost_model
+from tfprune.measurement.costs import parse_target
 from tfprune.measurement.counting import count_macs
 from tfprune.measurement.macs_model import MacsModel
 from tfprune.pruning.masking import mask
@@ -60,7 +62,7 @@ class SensitivityResult:
             chosen[name] = float(self.ratios[allowed.max()]) if len(allowed) else 0.0
         return chosen
 
-    def ratios_for_macs(self, reduction, min_channels=1, round_to=1) -> dict:
+    def ratios_for_macs(self, reduction, min_channels=1, round_to=1, cost=None) -> dict:
         """Per-group ratios that remove at least `reduction` of the model's MACs with the smallest tolerated drop.
 
         Bisects over the tolerated drop (the distinct values of the curves): for each, `ratios_for_drop` gives the
@@ -69,6 +71,8 @@ class SensitivityResult:
         Args:
             reduction: fraction of MACs to remove, in (0, 1), e.g. 0.5 for half the MACs.
             min_channels, round_to: as in `tfprune.plan` (use the same when planning with the result).
+            cost: another cost model to remove `reduction` of (`tfprune.measurement.costs.CostModel`: params,
+                latency); default the MACs.
 
         Returns:
             `{group: ratio}` for `tfprune.plan(model, ratio=...)`.
@@ -78,24 +82,24 @@ class SensitivityResult:
         """
         if isinstance(reduction, bool) or not isinstance(reduction, numbers.Real) or not 0 < reduction < 1:
             raise ValueError(f"reduction must be a fraction of MACs in (0, 1); got {reduction!r}.")
-        target = (1 - reduction) * count_macs(self._model)
+        cost = cost or MacsModel(self._model, graph=self._graph)
+        target = 1 - reduction
         tolerances = np.unique(np.maximum.accumulate(self.drops, axis=1))
         lo, hi = 0, len(tolerances) - 1
-        if self.macs(self.ratios_for_drop(tolerances[hi]), min_channels, round_to) > target:
-            best = 1 - self.macs(self.ratios_for_drop(tolerances[hi]), min_channels, round_to) / count_macs(
-                self._model)
-            raise ValueError(f"Pruning every group at its largest measured ratio removes only {best:.1%} of the "
-                             f"MACs, less than the {reduction:.1%} asked; measure larger ratios.")
+        lowest = self._ratio(cost, self.ratios_for_drop(tolerances[hi]), min_channels, round_to)
+        if lowest > target:
+            raise ValueError(f"Pruning every group at its largest measured ratio removes only {1 - lowest:.1%} of the "
+                             f"{cost.unit}, less than the {reduction:.1%} asked; measure larger ratios.")
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.macs(self.ratios_for_drop(tolerances[mid]), min_channels, round_to) <= target:
+            if self._ratio(cost, self.ratios_for_drop(tolerances[mid]), min_channels, round_to) <= target:
                 hi = mid
             else:
                 lo = mid + 1
         return self.ratios_for_drop(tolerances[lo])
 
     def plan_for_macs(self, target, min_channels=1, round_to=1) -> Plan:
-        """A plan that keeps at most `target` of the MACs and uses that budget, shaped by the curves.
+        """A plan that keeps at most `target` of the MACs (or another cost) and uses that budget, shaped by the curves.
 
         `ratios_for_macs(1 - target)` meets the target but often falls well below it (the tolerated drop moves in
         steps, and each step moves several groups at once). Its ratios are therefore scaled by one common factor in
@@ -103,17 +107,20 @@ class SensitivityResult:
         groups still lose the most, and groups the curves leave whole stay whole.
 
         Args:
-            target: the MACs ratio to keep, slim over original, in (0, 1).
+            target: the ratio to keep, slim over original, in (0, 1): a number (MACs) or a dict naming the cost,
+                `{"params": 0.5}`, `{"latency": 0.5, "runtime": "litert"}` (see `tfprune.plan_for_macs`).
             min_channels, round_to: as in `tfprune.plan`.
 
         Returns:
             The `Plan` (same criterion as the analysis).
         """
-        ratios = self.ratios_for_macs(1 - target, min_channels, round_to)
-        chosen, _ = plan_for_macs(self._model, target, lambda r: make_plan(
+        parsed = parse_target(target, high=1, closed=False)
+        cost = cost_model(self._model, parsed, graph=self._graph)
+        ratios = self.ratios_for_macs(1 - parsed.ratio, min_channels, round_to, cost=cost)
+        chosen, _ = plan_for_macs(self._model, parsed, lambda r: make_plan(
             self._model, {name: min(0.999, 2 * r * ratio) for name, ratio in ratios.items()},
             criterion=self._criterion, data=self._data, graph=self._graph, min_channels=min_channels,
-            round_to=round_to), graph=self._graph)
+            round_to=round_to), graph=self._graph, cost=cost)
         return chosen
 
     def macs(self, ratios, min_channels=1, round_to=1) -> int:
@@ -124,6 +131,15 @@ class SensitivityResult:
         chosen = make_plan(self._model, ratios, criterion=self._criterion, data=self._data, graph=self._graph,
                            min_channels=min_channels, round_to=round_to)
         return MacsModel(self._model, graph=self._graph).macs(chosen)
+
+    def _ratio(self, cost, ratios, min_channels, round_to):
+        """The cost ratio of the model pruned with `ratios` by the analysis' criterion."""
+        ratios = {name: r for name, r in ratios.items() if r > 0}
+        if not ratios:
+            return 1.0
+        chosen = make_plan(self._model, ratios, criterion=self._criterion, data=self._data, graph=self._graph,
+                           min_channels=min_channels, round_to=round_to)
+        return cost.ratio(chosen)
 
     def table(self, fmt="markdown") -> str:
         """The curves as a table, a row per group and a column per ratio: "markdown" or "text"."""

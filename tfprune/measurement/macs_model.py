@@ -5,15 +5,16 @@ products of its kept channel counts (a convolution is S·k·C_in/groups·C_out; 
 attention layer's query projection is T_q·E_q·heads·key_dim and its QKᵀ is heads·T_q·T_k·key_dim), and pruning
 changes only those counts, never a spatial size or a sequence length. So the MACs of any plan follow from
 one count of the full model and the channel graph's records of which channels every layer reads and writes. The
-searches (`tfprune.search`), `plan_for_macs` and DMCP's differentiable budget all use this one model.
+searches (`tfprune.search`), `plan_for_macs` and DMCP's differentiable budget all use this one model, the MACs
+cost of the cost interface (`tfprune.measurement.costs`).
 """
 
 import keras
 import numpy as np
 
-from tfprune.graph import ChannelGraph
 from tfprune.graph.rules import Boundary
 from tfprune.graph.rules.gemma_attention import is_gemma_attention
+from tfprune.measurement.costs import PolynomialCost
 from tfprune.measurement.counting import layer_counts
 
 L = keras.layers
@@ -24,8 +25,12 @@ _BILINEAR = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose, L.Dense, L
 _ATTENTION = (L.MultiHeadAttention, L.GroupQueryAttention)
 
 
-class MacsModel:
+class MacsModel(PolynomialCost):
     """MACs of `rebuild(model, plan)` for any plan, from the channel counts alone (no model is built).
+
+    The MACs cost of the cost interface (`tfprune.measurement.costs.CostModel`): `cost`, `ratio`,
+    `cost_of_widths`, `ratio_of_widths`, `expected_cost` and `expected_ratio`, with the MACs-named `macs`,
+    `macs_of_widths` and `expected_macs` beside them.
 
     Args:
         model: a Functional or Sequential model with a fixed input size (read only).
@@ -45,94 +50,35 @@ class MacsModel:
     True
     """
 
+    kind = "macs"
+    unit = "MACs"
+
     def __init__(self, model, graph=None):
-        self.graph = graph or ChannelGraph(model)
-        groups = self.graph.groups
-        self._offset = dict(zip([g.name for g in groups], np.cumsum([0] + [g.width for g in groups[:-1]]),
-                                strict=True))
-        self._size = sum(g.width for g in groups)
-        constant = 0.0
-        position_index, position_side = [], []  # flat channel index of every recorded position, and its side
-        terms = []  # (coefficient, (side, ...)): the coefficient times the product of the sides' kept counts
-        sides = {}
-
-        def side(path, name):
-            key = (path, name)
-            if key not in sides:
-                group, channel = self.graph.channels(self.graph.recorded(path)[name])
-                flat = np.array([self._offset[groups[g].name] for g in group], np.int64) + channel
-                position_index.append(flat)
-                position_side.append(np.full(len(flat), len(sides)))
-                sides[key] = len(sides), len(flat)
-            return sides[key]
-
-        self.full = 0
+        super().__init__(model, graph)
         for path, count in layer_counts(self.graph.model).items():  # the model walked (a trace, if traced)
             self.full += count.macs
             if not count.macs:
                 continue
             layer, rule = self.graph.layers.get(path), self.graph.rules.get(path)
             if layer is None or isinstance(rule, Boundary) or not self.graph.recorded(path):
-                constant += count.macs  # its channels are fixed
+                self._constant += count.macs  # its channels are fixed
                 continue
             if getattr(rule, "macs_bilinear", False):  # a rule's layer whose MACs are ∝ (input × output channels)
-                i, o = side(path, "in"), side(path, "out")
-                terms.append((count.macs / (i[1] * o[1]), (i[0], o[0])))
+                i, o = self.side(path, "in"), self.side(path, "out")
+                self._terms.append((count.macs / (i[1] * o[1]), (i[0], o[0])))
                 continue
-            terms += _terms(layer, count.macs, lambda name, p=path: side(p, name),
-                            count.argument_shapes)
-        self._constant = constant
-        self._positions = np.concatenate(position_index) if position_index else np.zeros(0, np.int64)
-        self._position_side = np.concatenate(position_side) if position_side else np.zeros(0, np.int64)
-        self._n_sides = len(sides)
-        self._coefficient = np.array([t[0] for t in terms], np.float64)
-        degree = max([len(t[1]) for t in terms], default=1)
-        # factors[j, t]: the side of the j-th factor of term t; -1 (a factor of 1) where a term has fewer
-        self._factors = np.array([list(t[1]) + [-1] * (degree - len(t[1])) for t in terms], np.int64).reshape(
-            len(terms), degree).T
-
-    # ---- exact counts ---------------------------------------------------------------------------------------
+            self._terms += _terms(layer, count.macs, lambda name, p=path: self.side(p, name),
+                                  count.argument_shapes)
+        self._freeze_terms()
 
     def macs(self, plan) -> int:
         """MACs of `rebuild(model, plan)`, exactly."""
-        keep = np.ones(self._size, np.float64)
-        for name, kept in plan.keep.items():
-            group_keep = np.zeros(self.graph[name].width)
-            group_keep[list(kept)] = 1
-            keep[self._slice(name)] = group_keep
-        return int(round(self._evaluate(keep)))
-
-    def ratio(self, plan) -> float:
-        """`macs(plan) / full`."""
-        return self.macs(plan) / self.full
+        return int(round(self.cost(plan)))
 
     def macs_of_widths(self, widths, ranks=None) -> int:
-        """MACs when each named group keeps `widths[name]` channels: its first ones, or those of lowest `ranks`.
-
-        Args:
-            widths: `{group name: kept count}`; groups not named keep all their channels.
-            ranks: `{group name: rank of each channel}` (0 = kept first), e.g. from a criterion's order; by default
-                the channel index. With the ranks a plan keeps, the result equals `macs(plan)`.
-        """
-        keep = np.ones(self._size, np.float64)
-        for name, width in widths.items():
-            group = self.graph[name]
-            rank = np.arange(group.width) if ranks is None or name not in ranks else np.asarray(ranks[name])
-            keep[self._slice(name)] = rank < int(width)
-        return int(round(self._evaluate(keep)))
-
-    def _slice(self, name):
-        start = self._offset[self.graph[name].name]
-        return slice(start, start + self.graph[name].width)
-
-    def _evaluate(self, keep):
-        counts = np.bincount(self._position_side, weights=keep[self._positions], minlength=self._n_sides)
-        product = self._coefficient.copy()
-        for factor in self._factors:
-            product *= np.where(factor >= 0, counts[np.maximum(factor, 0)], 1.0)
-        return self._constant + float(np.sum(product))
-
-    # ---- expectation (differentiable) ---------------------------------------------------------------------
+        """MACs when each named group keeps `widths[name]` channels: its first ones, or those of lowest `ranks`
+        (see `cost_of_widths`)."""
+        return int(round(self.cost_of_widths(widths, ranks)))
 
     def expected_macs(self, keep_probability):
         """Expected MACs when each channel is kept with a given probability, as a differentiable keras tensor.
@@ -147,22 +93,7 @@ class MacsModel:
         Returns:
             A scalar float32 tensor of the backend in use.
         """
-        parts, start = [], 0
-        for group in self.graph.groups:
-            if group.name in keep_probability:
-                if start < self._offset[group.name]:
-                    parts.append(keras.ops.ones((self._offset[group.name] - start,)))
-                parts.append(keras.ops.cast(keras.ops.reshape(keep_probability[group.name], (-1,)), "float32"))
-                start = self._offset[group.name] + group.width
-        if start < self._size:
-            parts.append(keras.ops.ones((self._size - start,)))
-        keep = keras.ops.concatenate(parts) if len(parts) > 1 else parts[0]
-        counts = keras.ops.segment_sum(keras.ops.take(keep, self._positions), self._position_side,
-                                       num_segments=self._n_sides)
-        product = keras.ops.convert_to_tensor(self._coefficient, "float32")
-        for factor in self._factors:
-            product = product * keras.ops.where(factor >= 0, keras.ops.take(counts, np.maximum(factor, 0)), 1.0)
-        return self._constant + keras.ops.sum(product)
+        return self.expected_cost(keep_probability)
 
 
 def _terms(layer, macs, side, argument_shapes):

@@ -6,6 +6,7 @@ import numbers
 import numpy as np
 
 from tfprune import criteria
+from tfprune.deployment.channel_tiles import resolve_round_to
 from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
 from tfprune.pruning.plans import Plan
@@ -91,7 +92,8 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
         min_channels: no group keeps fewer channels than this. Every layer keeps at least one channel too: a
             group whose channels come from several layers (Concatenate branches that an Add ties to another
             tensor) keeps at least one channel of each, even if that is more than asked.
-        round_to: kept counts are rounded up to a multiple of this (e.g. 8 for SIMD-friendly widths).
+        round_to: kept counts are rounded up to a multiple of this (e.g. 8 for SIMD-friendly widths), or "auto":
+            LiteRT's channel tile on this CPU (`tfprune.deployment.channel_tiles`).
         data: passed to data-driven criteria: anything `model.predict` accepts, or `(x, y)` for "taylor".
         prune_outputs: also prune groups that reach a model output.
         normalize: "mean" or None: how scores are made comparable across groups in global scope.
@@ -119,7 +121,7 @@ def plan(model, ratio, criterion="l1", scope="layer", min_channels=1, round_to=1
     if normalize not in ("mean", None):
         raise ValueError(f"normalize must be 'mean' or None; got {normalize!r}.")
     min_channels = check_positive_int(min_channels, "min_channels")
-    round_to = check_positive_int(round_to, "round_to")
+    round_to = resolve_round_to(round_to)
     graph = graph or ChannelGraph(model, prune_outputs=prune_outputs)
     if isinstance(ratio, dict):
         if scope != "layer":
@@ -185,6 +187,7 @@ def plan_removals(graph, scores, removals, min_channels=1, round_to=1):
     """A `Plan` that removes `removals[name]` channels of each named group, the lowest `scores[name]` first, with
     the counts adjusted as in `plan` (the `min_channels` floor, rounding to `round_to` and equal blocks, and at
     least one channel for every layer fed by part of a group)."""
+    round_to = resolve_round_to(round_to)
     keep = {name: _choose(graph[name], scores[name], n, min_channels, round_to) for name, n in removals.items()}
     return Plan(keep=keep, widths={name: graph[name].width for name in keep}, prune_outputs=graph.prune_outputs)
 

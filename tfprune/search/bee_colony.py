@@ -38,7 +38,9 @@ def abc(model, train_data=None, val_data=None, target_macs=0.5, *, fitness=None,
         model: a Functional or Sequential model, compiled for the default fitness; never modified.
         train_data: `(x, y)` or a dataset of batches, for the default fitness's fine-tuning.
         val_data: `(x, y)` or a dataset, on which the default fitness scores each candidate.
-        target_macs: the MACs budget, slim over original, in (0, 1].
+        target_macs: the budget, slim over original, in (0, 1]: a MACs ratio, or a dict naming the cost,
+            `{"params": 0.5}` or `{"latency": 0.5, "runtime": "litert", "threads": 1}` (priced by
+            `tfprune.measurement.latency_tables.LatencyModel`); every candidate meets it.
         fitness: a callable `(slim_model) -> float`, higher is better, replacing the default; then no data.
         food_sources: the number of food sources (candidates kept at once).
         limit: unimproved trials after which a source is abandoned.

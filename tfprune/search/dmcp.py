@@ -2,8 +2,9 @@
 
 A copy of the model gets one `MarkovChannelGate` per prunable channel group; `fit` trains the supernet's weights
 with the sandwich rule, then alternates weight steps with architecture steps on the gates' logits (task loss plus a
-budget loss on the expected MACs); the gates' expected widths, repaired onto the MACs target, become a `Plan` that
-keeps each group's first channels in the order the search used.
+budget loss on the expected MACs, or on the expected params or latency: any cost of `tfprune.measurement.costs`);
+the gates' expected widths, repaired onto the target, become a `Plan` that keeps each group's first channels in the
+order the search used.
 """
 
 import math
@@ -18,6 +19,8 @@ from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
 from tfprune.layers import MarkovChannelGate
 from tfprune.layers.markov_channel_gate import check_width_range
+from tfprune.measurement.cost_targets import cost_model
+from tfprune.measurement.costs import parse_target
 from tfprune.measurement.macs_model import MacsModel
 from tfprune.pruning.planning import plan_removals
 from tfprune.pruning.plans import Plan
@@ -38,7 +41,10 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
         model: a Functional or Sequential Keras model, compiled (its loss and a fresh copy of its optimizer are
             used) or not (then pass `loss`).
         data: `(x, y)` arrays, or a dataset of `(x, y)` batches that `fit` accepts (then `batch_size` is unused).
-        target_macs: the MACs budget, slim over original, in (0, 1), at least the MACs of the smallest widths.
+        target_macs: the budget, slim over original, in (0, 1), at least the cost of the smallest widths: a MACs
+            ratio, or a dict naming the cost, `{"params": 0.5}` or `{"latency": 0.5, "runtime": "litert"}` (the
+            budget loss then works on the expected params, or on the latency tables' prediction at the expected
+            widths).
         epochs: training epochs in all; the first `round(warmup_fraction * epochs)` are the warm-up (weights only),
             the rest alternate weight and architecture steps.
         batch_size: batch size for array data.
@@ -82,7 +88,8 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
     >>> slim = result.slim_model()
     """
     start = time.perf_counter()
-    target = _check_target(target_macs)
+    spec = parse_target(target_macs, "target_macs", high=1, closed=False)
+    target = spec.ratio
     check_width_range(width_range)
     epochs = _check_int(epochs, "epochs", 1)
     subnets = _check_int(subnets, "subnets", 2)
@@ -108,11 +115,12 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
 
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    supernet, gated, gates, macs, ranks, skipped = build_supernet(model, target, width_range, channel_order)
-    graph = macs.graph
+    supernet, gated, gates, cost, ranks, skipped = build_supernet(model, spec, width_range, channel_order)
+    graph = cost.graph
+    macs = cost if cost.kind == "macs" else MacsModel(supernet, graph=graph)
     groups = [graph[name] for name in gates]
     smallest = {name: gate.min_channels for name, gate in gates.items()}
-    trainer = DMCPTrainer(gated, gates, macs, target, task_loss, from_logits,
+    trainer = DMCPTrainer(gated, gates, cost, target, task_loss, from_logits,
                           keras.optimizers.Adam(arch_learning_rate), budget_weight=budget_weight,
                           subnets=subnets, distill=distill, seed=seed)
     trainer.compile(optimizer=_weight_optimizer(model, optimizer))
@@ -139,10 +147,10 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
 
     expected = {name: float(gate.expected_width()) for name, gate in gates.items()}
     rounded = {name: min(max(round(e), smallest[name]), gates[name].channels) for name, e in expected.items()}
-    widths = repair_widths(expected, macs, ranks, target, smallest)
+    widths = repair_widths(expected, cost, ranks, target, smallest)
     scores = {name: -ranks[name].astype(np.float64) for name in widths}
     plan = plan_removals(graph, scores, {name: graph[name].width - w for name, w in widths.items()})
-    uniform = uniform_widths(macs, ranks, target, {g.name: g.width for g in groups}, smallest)
+    uniform = uniform_widths(cost, ranks, target, {g.name: g.width for g in groups}, smallest)
     history = [{"step": h["step"], "phase": h["phase"], "widths": h["expected_widths"],
                 "macs_ratio": h["expected_macs"], "fitness": None} for h in recorder.history]
     return DMCPResult(
@@ -150,16 +158,17 @@ def dmcp(model, data, target_macs=0.5, *, epochs=10, batch_size=64, width_range=
         fitness=None, evaluations=recorder.step - warmup_steps, history=history, model=supernet, method="dmcp",
         target_macs=target, uniform_widths=uniform, seconds=time.perf_counter() - start,
         expected_macs=recorder.history[-1]["expected_macs"], expected_widths=expected, marginals=recorder.marginals(),
-        expected_architecture_ratio=macs.macs_of_widths(rounded, ranks) / macs.full, skipped=skipped,
-        epochs=logs, warmup_steps=warmup_steps)
+        expected_architecture_ratio=cost.ratio_of_widths(rounded, ranks), skipped=skipped,
+        epochs=logs, warmup_steps=warmup_steps, cost=cost.kind, cost_ratio=cost.ratio(plan))
 
 
 def build_supernet(model, target, width_range, channel_order="l1"):
-    """A gated copy of `model` for the search.
+    """A gated copy of `model` for the search; `target` is a ratio or a cost target (see `parse_target`).
 
     Returns:
-        `(supernet, gated, gates, macs, ranks, skipped)`: the copy (no gates; its layers are the gated model's),
-        the gated model, `{group: MarkovChannelGate}`, the copy's `MacsModel`, `{group: rank of each channel}`
+        `(supernet, gated, gates, cost, ranks, skipped)`: the copy (no gates; its layers are the gated model's),
+        the gated model, `{group: MarkovChannelGate}`, the copy's cost model of the target (a `MacsModel` for a
+        MACs target), `{group: rank of each channel}`
         (the order the gates keep channels in) and `{group: reason}` for prunable groups that cannot be gated.
     """
     low, _, _ = check_width_range(width_range)
@@ -176,12 +185,13 @@ def build_supernet(model, target, width_range, channel_order="l1"):
     ranks = {g.name: _ranks(graph, g, supernet, channel_order) for g in groups}
     gates = {g.name: MarkovChannelGate(g.width, width_range, channel_order=np.argsort(ranks[g.name]),
                                        name=f"dmcp_gate_{g.index}") for g in groups}
-    macs = MacsModel(supernet, graph=graph)
-    lowest = macs.macs_of_widths({name: gate.min_channels for name, gate in gates.items()}, ranks) / macs.full
-    if target < lowest:
-        raise ValueError(f"target_macs={target} is below the smallest reachable MACs ratio {lowest:.4f} (every "
-                         f"group at min_width={low}); raise the target or lower width_range's min_width.")
-    return supernet, gated_model(supernet, gates, sites), gates, macs, ranks, skipped
+    spec = parse_target(target, "target_macs", high=1, closed=False)
+    cost = cost_model(supernet, spec, graph=graph)
+    lowest = cost.ratio_of_widths({name: gate.min_channels for name, gate in gates.items()}, ranks)
+    if spec.ratio < lowest:
+        raise ValueError(f"target_macs={spec.ratio} is below the smallest reachable {cost.unit} ratio {lowest:.4f} "
+                         f"(every group at min_width={low}); raise the target or lower width_range's min_width.")
+    return supernet, gated_model(supernet, gates, sites), gates, cost, ranks, skipped
 
 
 def start_at_budget(trainer, ratio):
@@ -205,8 +215,8 @@ def start_at_budget(trainer, ratio):
 
 
 def repair_widths(expected, macs, ranks, target, smallest):
-    """Integer widths close to `expected` (scaled by one common factor) whose MACs ratio is the largest one not
-    above `target`, none below `smallest` nor above the group's width.
+    """Integer widths close to `expected` (scaled by one common factor) whose cost ratio (`macs`: a `MacsModel`, or
+    any cost model) is the largest one not above `target`, none below `smallest` nor above the group's width.
 
     DMCP's reference rounds the expected widths and never checks them against the budget; the expected MACs is
     E[c_in]·E[c_out] per layer, not the MACs of the expected widths, so the two can differ by several percent.
@@ -217,7 +227,7 @@ def repair_widths(expected, macs, ranks, target, smallest):
         return {name: min(max(round(scale * e), smallest[name]), full[name]) for name, e in expected.items()}
 
     def ratio(scale):
-        return macs.macs_of_widths(widths(scale), ranks) / macs.full
+        return macs.ratio_of_widths(widths(scale), ranks)
 
     lo, hi = 0.0, max(full[name] / max(e, 1e-9) for name, e in expected.items())
     if ratio(hi) <= target:
@@ -233,9 +243,9 @@ def repair_widths(expected, macs, ranks, target, smallest):
     # budget allows — first only up to the widths of the scale just above the budget; then, if the MACs are still
     # more than 2% under it (coarse groups of few channels), to any group.
     for ceiling in (widths(hi), full):
-        chosen = _top_up(chosen, ceiling, lambda w: macs.macs_of_widths(w, ranks) / macs.full, target,
+        chosen = _top_up(chosen, ceiling, lambda w: macs.ratio_of_widths(w, ranks), target,
                          lambda name, w: w / max(lo * expected[name], 1e-9))
-        if macs.macs_of_widths(chosen, ranks) / macs.full >= 0.98 * target:
+        if macs.ratio_of_widths(chosen, ranks) >= 0.98 * target:
             break
     return chosen
 
@@ -253,7 +263,7 @@ def _top_up(chosen, ceiling, ratio, target, fill):
 
 
 def uniform_widths(macs, ranks, target, full, smallest):
-    """One common keep fraction for every group (at least `smallest`), the largest whose MACs ratio fits `target`."""
+    """One common keep fraction for every group (at least `smallest`), the largest whose cost ratio fits `target`."""
     return repair_widths({name: float(w) for name, w in full.items()}, macs, ranks, target, smallest)
 
 
@@ -275,12 +285,6 @@ def _ranks(graph, group, model, channel_order):
             raise ValueError(f"channel_order='bn_scale' needs a BatchNormalization with a scale on every channel of "
                              f"group '{group.name}'; use channel_order='l1'.")
     return np.argsort(np.argsort(-np.asarray(scores), kind="stable"), kind="stable")
-
-
-def _check_target(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ValueError(f"target_macs must be a MACs ratio in (0, 1) (slim over original); got {value!r}.")
-    return float(value)
 
 
 def _check_int(value, what, least):

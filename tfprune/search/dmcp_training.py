@@ -55,7 +55,8 @@ class DMCPTrainer(keras.Model):
     Args:
         gated: the gated Functional model (from `dmcp_gating.gated_model`).
         gates: `{group name: MarkovChannelGate}` inside `gated`.
-        macs_model: a `MacsModel` of the ungated model.
+        macs_model: the cost model of the budget (a `MacsModel`, or any `tfprune.measurement.costs.CostModel`) of
+            the ungated model.
         target: the MACs ratio the budget loss pulls the expected MACs to.
         task_loss: `(y_true, y_pred) -> loss`, a Keras loss or loss function.
         distill_from_logits: whether the model's outputs are logits (else probabilities) for distillation.
@@ -127,9 +128,10 @@ class DMCPTrainer(keras.Model):
     # ---- the step -----------------------------------------------------------------------------------------
 
     def expected_macs_ratio(self):
-        """Expected MACs of the gated model over the full model's, differentiable in the alphas."""
+        """Expected cost (MACs, or the budget's cost) of the gated model over the full model's, differentiable in the
+        alphas."""
         keep = {name: gate.keep_probability() for name, gate in zip(self.gate_names, self.gates, strict=True)}
-        return self.macs_model.expected_macs(keep) / float(self.macs_model.full)
+        return self.macs_model.expected_ratio(keep)
 
     def _set_subnet(self, kind):
         for gate in self.gates:

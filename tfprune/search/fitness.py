@@ -191,4 +191,5 @@ class Evaluations:
                             macs_ratio=space.macs.ratio(plan), fitness=fitness, evaluations=len(self.history),
                             history=self.history, model=self.model, method=method, target_macs=space.target,
                             uniform_widths=uniform, curve=curve,
-                            seconds=time.perf_counter() - self.start, cache_hits=self.hits)
+                            seconds=time.perf_counter() - self.start, cache_hits=self.hits,
+                            cost=space.cost.kind, cost_ratio=space.cost.ratio(plan))

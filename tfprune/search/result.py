@@ -22,10 +22,12 @@ class SearchResult:
         history: one record per evaluation, in order: `{"widths", "macs_ratio", "fitness", "step", "phase"}`.
         model: the model that was searched (read only; `slim_model` rebuilds it).
         method: "abc", "random" or "dmcp".
-        target_macs: the MACs budget of the search.
+        target_macs: the budget of the search, a ratio of `cost` (the MACs unless the target named another).
         uniform_widths: the widths of one common keep ratio under the same budget, for comparison.
         curve: progress per step (a cycle, or an evaluation for random search): `{"step", "best", "mean"}`.
         seconds: wall time of the search.
+        cost: the cost of the budget: "macs", "params" or "latency".
+        cost_ratio: the plan's ratio on that cost, by its cost model (`macs_ratio` for MACs).
     """
 
     plan: Plan
@@ -41,6 +43,8 @@ class SearchResult:
     curve: list = dataclasses.field(default_factory=list, repr=False)
     seconds: float = 0.0
     cache_hits: int = 0
+    cost: str = "macs"
+    cost_ratio: float | None = None
 
     def slim_model(self, reinit="keep", initial_weights=None, seed=None):
         """`tfprune.rebuild(model, plan, reinit, initial_weights, seed)`: the slim model with these widths.

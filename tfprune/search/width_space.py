@@ -1,8 +1,9 @@
-"""WidthSpace: the per-group widths a structure search may choose, and the MACs budget every candidate meets.
+"""WidthSpace: the per-group widths a structure search may choose, and the budget every candidate meets (MACs, or
+params or latency: any cost of `tfprune.measurement.costs`).
 
 A candidate is one keep ratio per searched group. Its widths are the ratios times the group widths (at least one
 channel, rounded up to `round_to` and to equal blocks), and its plan keeps each group's best channels by a
-criterion, so the slim model inherits the trained weights. MACs come from `MacsModel`, without rebuilding.
+criterion, so the slim model inherits the trained weights. Costs come from the cost model, without rebuilding.
 
 A candidate is settled onto the budget in two passes: on the grid (steps of 10% of a group by default), then by
 the finest step a group can take (one channel, or the multiple `round_to` and equal blocks ask for), which uses
@@ -10,25 +11,28 @@ the rest of the budget a grid step is too coarse for.
 """
 
 import math
-import numbers
 
 import numpy as np
 
 from tfprune import criteria
+from tfprune.deployment.channel_tiles import resolve_round_to
 from tfprune.errors import PlanError
 from tfprune.graph import ChannelGraph
+from tfprune.measurement.cost_targets import cost_model
+from tfprune.measurement.costs import parse_target
 from tfprune.measurement.macs_model import MacsModel
-from tfprune.pruning.planning import check_positive_int, keep_count, plan_removals
+from tfprune.pruning.planning import keep_count, plan_removals
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class WidthSpace:
-    """Keep ratios per group on a grid, under a MACs budget.
+    """Keep ratios per group on a grid, under a budget.
 
     Args:
         model: the model searched (read only).
-        target_macs: the budget, a MACs ratio (slim / original) in (0, 1].
+        target_macs: the budget, slim over original, in (0, 1]: a MACs ratio, or a dict naming the cost
+            (`{"params": 0.5}`, `{"latency": 0.5, "runtime": "litert"}`; see `tfprune.measurement.costs.parse_target`).
         grid: the keep ratios a group may take, increasing, in (0, 1].
         groups: names of the groups to search (default: every prunable group).
         criterion: which channels a group keeps for a width (a `tfprune.plan` criterion name or callable).
@@ -39,13 +43,13 @@ class WidthSpace:
 
     def __init__(self, model, target_macs, grid=DEFAULT_GRID, groups=None, criterion="l1", criterion_data=None,
                  round_to=1, seed=None):
-        if isinstance(target_macs, bool) or not isinstance(target_macs, numbers.Real) or not 0 < target_macs <= 1:
-            raise ValueError(f"target_macs must be a MACs ratio in (0, 1] (slim over original); got {target_macs!r}.")
-        self.target = float(target_macs)
+        self.target_spec = parse_target(target_macs, "target_macs")
+        self.target = self.target_spec.ratio
         self.grid = _check_grid(grid)
-        self.round_to = check_positive_int(round_to, "round_to")
+        self.round_to = resolve_round_to(round_to)
         self.graph = ChannelGraph(model)
         self.macs = MacsModel(model, graph=self.graph)
+        self.cost = self.macs if self.target_spec.kind == "macs" else cost_model(model, self.target_spec, self.graph)
         self.groups = self._searched(groups)
         score_fn = criteria.get(criterion, seed=seed)
         if getattr(score_fn, "uses_plan_so_far", False) or hasattr(score_fn, "scores_for_keep"):
@@ -91,8 +95,8 @@ class WidthSpace:
                 for g, r in zip(self.groups, ratios, strict=True)}
 
     def estimate(self, ratios) -> float:
-        """The MACs ratio of a candidate, by the criterion's channel order (the plan's, up to blocks and parts)."""
-        return self.macs.macs_of_widths(self.widths(ratios), self.ranks) / self.macs.full
+        """The cost ratio of a candidate, by the criterion's channel order (the plan's, up to blocks and parts)."""
+        return self.cost.ratio_of_widths(self.widths(ratios), self.ranks)
 
     def plan(self, ratios):
         """The `Plan` keeping each group's best channels at the candidate's widths."""
@@ -124,7 +128,7 @@ class WidthSpace:
         """`(ratios, plan)` of `uniform()`, within the budget but not repaired, so that it stays uniform."""
         x = self.uniform()
         plan = self.plan(x)
-        while self.macs.ratio(plan) > self.target:  # blocks or parts kept more than the estimate
+        while self.cost.ratio(plan) > self.target:  # blocks or parts kept more than the estimate
             x = np.full(len(x), self.step(x[0], -1) or self.grid[0])
             plan = self.plan(x)
         return x, plan
@@ -204,7 +208,7 @@ class WidthSpace:
         return math.lcm(self.round_to, group.n_blocks)
 
     def _fits_widths(self, widths):
-        return self.macs.macs_of_widths(widths, self.ranks) / self.macs.full <= self.target
+        return self.cost.ratio_of_widths(widths, self.ranks) <= self.target
 
     def settle(self, ratios, rng, moved=()):
         """`(ratios, plan)`: the candidate repaired onto the budget on the grid (`repair`), grown by finest steps
@@ -213,13 +217,13 @@ class WidthSpace:
         x = self.fill(self.repair(ratios, rng, moved), rng, moved)
         plan = self.plan(x)
         narrowest = self.widths(np.full(len(x), self.grid[0]))
-        while self.macs.ratio(plan) > self.target:
+        while self.cost.ratio(plan) > self.target:
             widths = self.widths(x)
             down = [d for d, g in enumerate(self.groups) if widths[g.name] > narrowest[g.name]]
             if not down:
                 raise PlanError(f"target_macs={self.target} cannot be met: at the smallest grid ratio the plan keeps "
-                                f"{self.macs.ratio(plan):.3f} of the MACs (layers fed by part of a group need a "
-                                "channel each).")
+                                f"{self.cost.ratio(plan):.3f} of the {self.cost.unit} (layers fed by part of a "
+                                "group need a channel each).")
             d = down[rng.integers(len(down))]
             group = self.groups[d]
             x[d] = (widths[group.name] - self.finest_step(group)) / group.width
@@ -232,19 +236,19 @@ class WidthSpace:
         if floor <= self.target:
             return
         prunable = {g.name: 1 for g in self.graph.prunable_groups}
-        fixed = self.macs.macs_of_widths(prunable) / self.macs.full
+        fixed = self.cost.ratio_of_widths(prunable)
         at_min = self.widths(lowest)
         cost = {}  # what each group not searched would save by keeping one channel
         for g in self.graph.prunable_groups:
             if g.name not in at_min:
-                cost[g.name] = floor - self.macs.macs_of_widths({**at_min, g.name: 1}, self.ranks) / self.macs.full
+                cost[g.name] = floor - self.cost.ratio_of_widths({**at_min, g.name: 1}, self.ranks)
         biggest = sorted(cost, key=cost.get, reverse=True)[:3]
-        hint = (f" Groups not searched that hold the most MACs: "
+        hint = (f" Groups not searched that hold the most {self.cost.unit}: "
                 f"{', '.join(f'{n} ({cost[n]:.3f})' for n in biggest)}; add them to groups=." if biggest else "")
         raise PlanError(
             f"target_macs={self.target} cannot be reached: with every searched group at the smallest grid ratio "
-            f"({self.grid[0]}) the slim model keeps {floor:.3f} of the MACs. Layers no plan can shrink (fixed "
-            f"groups, boundaries) hold {fixed:.3f}.{hint} Allowed targets: at least {floor:.3f}, or lower the "
+            f"({self.grid[0]}) the slim model keeps {floor:.3f} of the {self.cost.unit}. Layers no plan can shrink "
+            f"(fixed groups, boundaries) hold {fixed:.3f}.{hint} Allowed targets: at least {floor:.3f}, or lower the "
             "grid's smallest ratio.")
 
 

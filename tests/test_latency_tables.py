@@ -1,0 +1,188 @@
+"""Latency tables: interpolation (exact where it should be, monotone), the model's prediction from synthetic
+tables, its differentiable expectation, the cache (hit and miss), and round_to="auto"'s tile decision.
+
+Nothing here asserts a measured time: the machine running the suite may be busy. The one test that measures builds
+tiny tables and checks their structure and the cache."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tfprune
+from tfprune.deployment.channel_tiles import channel_tile, resolve_round_to
+from tfprune.measurement.latency_tables import (
+    LatencyModel,
+    LatencyTables,
+    LayerTable,
+    grid_counts,
+    synthetic_tables,
+    tabled_layers,
+)
+
+L = keras.layers
+
+
+def tiny_cnn():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = L.Conv2D(8, 1, name="pw")(x)
+    outputs = L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs, name="latency_tiny")
+
+
+def test_bilinear_interpolation_is_exact_on_a_bilinear_function_and_monotone():
+    inputs, outputs = (8, 16, 32, 64), (4, 8, 16)
+
+    def f(i, o):  # the form of a convolution's time: a·C_in·C_out + b·C_in + c·C_out + d
+        return 0.01 * i * o + 0.1 * i + 0.2 * o + 1.0
+
+    table = LayerTable(inputs, outputs, [[f(i, o) for o in outputs] for i in inputs])
+    for i, o in ((8, 4), (12, 5), (40, 10), (64, 16), (20, 16)):
+        assert table.at(i, o) == pytest.approx(f(i, o), rel=1e-12)  # float64 arithmetic on exact corners
+    # below the grid: the first point scaled in proportion to the kept counts
+    assert table.at(4, 2) == pytest.approx(f(8, 4) * 4 / 8 * 2 / 4, rel=1e-12)
+    assert table.at(0, 0) == 0
+    # a noisy table (a dip at a wider point) is made non-decreasing before use
+    noisy = LayerTable((8, 16, 32), (8, 16), [[1.0, 2.0], [3.0, 2.5], [2.0, 4.0]])
+    values = np.array([[noisy.at(i, o) for o in range(1, 17)] for i in range(1, 33)])
+    assert np.all(np.diff(values, axis=0) >= 0) and np.all(np.diff(values, axis=1) >= 0)
+    one_d = LayerTable((8, 16), None, [1.0, 0.5])  # a depthwise table
+    assert one_d.at(16) == one_d.at(8) == 1.0
+
+
+def test_tables_refuse_a_bad_grid():
+    with pytest.raises(ValueError, match="increasing, distinct counts and one time per grid point"):
+        LayerTable((8, 8), (4,), [[1.0], [2.0]])
+    with pytest.raises(ValueError, match=r"grid must list increasing fractions in \(0, 1\]"):
+        LatencyModel(tiny_cnn(), grid=(0.5, 0.25), cache_dir=False)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        LatencyModel(tiny_cnn(), runtime="tflite", cache_dir=False)
+
+
+def test_grid_counts():
+    assert grid_counts(64, (0.25, 0.5, 0.75, 1.0)) == (16, 32, 48, 64)
+    assert grid_counts(3, (0.25, 0.5)) == (1, 2, 3)
+    assert grid_counts(24, (0.1, 0.5), unit=8) == (8, 16, 24)
+
+
+def test_latency_model_predicts_from_the_tables():
+    model = tiny_cnn()
+    tables = synthetic_tables(model, ms_per_mac=1e-6, rest_ms=0.2)
+    latency = LatencyModel(model, tables=tables, cache_dir=False)
+    assert {t.path for t in tabled_layers(latency.graph)} == {"conv", "dw", "pw", "head"}
+    # at full width the prediction is the whole model's time: the tables plus the rest
+    assert latency.full == pytest.approx(tables.whole_ms, rel=1e-12)
+    assert latency.rest_ms == pytest.approx(0.2, rel=1e-9)
+    # the synthetic tables are time ∝ MACs, and the rest follows the tabled layers' output elements
+    macs = tfprune.macs_model.MacsModel(model, graph=latency.graph)
+    previous = latency.full
+    for ratio in (0.25, 0.5, 0.75):
+        plan = tfprune.plan(model, ratio, graph=latency.graph)
+        assert latency.cost(plan) < previous  # fewer channels, less time
+        previous = latency.cost(plan)
+        tabled = latency.cost(plan) - latency.rest_ms * latency._weights @ np.bincount(
+            latency._position_side, weights=_keep(latency, plan)[latency._positions],
+            minlength=latency._n_sides) / latency._weights_full
+        assert tabled == pytest.approx(1e-6 * macs.macs(plan), rel=1e-9)
+    # the expectation at 0/1 probabilities is the exact prediction (float32: relative error far below 1e-5)
+    plan = tfprune.plan(model, 0.5, graph=latency.graph)
+    probability = {name: np.isin(np.arange(latency.graph[name].width), kept).astype("float32")
+                   for name, kept in plan.keep.items()}
+    expected = float(keras.ops.convert_to_numpy(latency.expected_cost(probability)))
+    assert expected == pytest.approx(latency.cost(plan), rel=1e-5)
+
+
+def _keep(cost, plan):
+    keep = np.ones(cost._size)
+    for name, kept in plan.keep.items():
+        group = np.zeros(cost.graph[name].width)
+        group[list(kept)] = 1
+        keep[cost._slice(name)] = group
+    return keep
+
+
+def test_tables_of_another_model_are_refused():
+    other = tfprune.models.small_vgg(widths=(8, 16), convs_per_stage=1)
+    with pytest.raises(ValueError, match="no table for layer"):
+        LatencyModel(tiny_cnn(), tables=synthetic_tables(other, 1e-6), cache_dir=False)
+
+
+def test_tables_round_trip_through_json():
+    model = tiny_cnn()
+    tables = synthetic_tables(model, 1e-6, 0.1)
+    again = LatencyTables.from_json(json.loads(json.dumps(tables.to_json())))
+    plan = tfprune.plan(model, 0.5)
+    assert LatencyModel(model, tables=again, cache_dir=False).cost(plan) == \
+        LatencyModel(model, tables=tables, cache_dir=False).cost(plan)
+
+
+@pytest.mark.tensorflow_only
+def test_measured_tables_are_cached_per_model_runtime_and_threads(tmp_path):
+    model = tiny_cnn()
+    built = LatencyModel(model, grid=(0.5, 1.0), runs=3, warmup=1, cache_dir=tmp_path)
+    assert not built.cache_hit and built.cache_path.startswith(str(tmp_path))
+    tables = built.tables
+    assert tables.runtime == "litert" and tables.threads == 1 and tables.cpu and tables.runtime_version
+    assert tables.whole_ms > 0 and all(np.all(t.ms > 0) for t in tables.tables.values())
+    # conv: 3 input channels (fixed, 1 point) × 8 outputs at 4 and 8; dw: 4 and 8 channels (one axis)
+    shapes = {path: tables.tables[key].ms.shape for path, key in tables.layers.items()}
+    assert shapes == {"conv": (1, 2), "dw": (2,), "pw": (2, 2), "head": (2, 1)}
+    again = LatencyModel(model, grid=(0.5, 1.0), cache_dir=tmp_path)
+    assert again.cache_hit and again.cache_path == built.cache_path
+    assert again.full == built.full
+    other_threads = LatencyModel(model, grid=(0.5, 1.0), threads=2, runs=3, warmup=1, cache_dir=tmp_path)
+    assert not other_threads.cache_hit and other_threads.cache_path != built.cache_path
+
+
+def test_channel_tile_follows_the_cpu():
+    avx2 = "fpu sse sse2 sse4_1 sse4_2 avx fma avx2"
+    assert channel_tile("litert", "aarch64", "fp asimd") == 8
+    assert channel_tile("litert", "x86_64", avx2) == 16
+    assert channel_tile("litert", "x86_64", avx2 + " avx512f avx512bw") == 32
+    assert channel_tile("litert", "x86_64", "sse sse2") == 8
+    assert channel_tile("onnxruntime", "x86_64", avx2) == 8
+    assert channel_tile("onnxruntime", "x86_64", avx2 + " avx512f") == 16
+    assert channel_tile("onnxruntime", "arm64", "asimd") == 4
+    assert channel_tile("litert", "riscv64", "") == 4
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        channel_tile("tflite", "x86_64", avx2)
+    assert resolve_round_to("auto", "onnxruntime") == channel_tile("onnxruntime")
+    for bad in (0, "8", 1.5, True):
+        with pytest.raises(ValueError, match="round_to must be an integer >= 1 or 'auto'"):
+            resolve_round_to(bad)
+
+
+def test_round_to_auto_is_taken_wherever_round_to_is():
+    model = tfprune.models.small_vgg(widths=(64, 64), convs_per_stage=1)
+    tile = channel_tile("litert")
+    plan = tfprune.plan(model, 0.4, round_to="auto")
+    assert all(len(kept) % tile == 0 or len(kept) == tfprune.ChannelGraph(model)[name].width
+               for name, kept in plan.keep.items())
+    assert plan == tfprune.plan(model, 0.4, round_to=tile)
+
+
+def test_dmcp_trains_its_budget_on_the_latency_tables():
+    """The latency model's expectation runs inside DMCP's compiled architecture step and moves the gates."""
+    from tfprune.search.dmcp import build_supernet
+    from tfprune.search.dmcp_training import DMCPTrainer
+
+    model = tfprune.models.small_vgg(input_shape=(12, 12, 1), widths=(8, 16), convs_per_stage=1, dense=16)
+    supernet, gated, gates, _, ranks, _ = build_supernet(model, 0.5, (0.1, 1.0, 0.1))
+    latency = LatencyModel(supernet, tables=synthetic_tables(supernet, 1e-6, rest_ms=0.001), cache_dir=False)
+    trainer = DMCPTrainer(gated, gates, latency, 0.3, keras.losses.get("sparse_categorical_crossentropy"), False,
+                          keras.optimizers.Adam(0.05), budget_weight=10.0, seed=0)  # the budget leads
+    trainer.compile(optimizer="sgd")
+    trainer.build(gated.inputs[0].shape)
+    trainer.set_phase(train_weights=True, train_arch=True)
+    for gate in gates.values():
+        gate.alpha.assign(np.full(gate.n_groups, 3.0, "float32"))  # transitions kept with probability 0.95
+    start = float(keras.ops.convert_to_numpy(trainer.expected_macs_ratio()))
+    assert start > 0.5
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 12, 12, 1), "float32"), rng.integers(0, 10, 32)
+    trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    after = float(keras.ops.convert_to_numpy(trainer.expected_macs_ratio()))
+    assert after < start  # the budget loss pulled the expected latency towards 0.3

@@ -1,0 +1,549 @@
+"""LatencyModel: the latency of a slim model on a runtime, predicted from per-layer latency tables.
+
+What is measured. Every layer whose cost depends on the widths a plan chooses — a Conv, DepthwiseConv,
+SeparableConv, ConvTranspose or Dense (EinsumDense as Dense) that computes MACs and whose channels the channel
+graph can change — is written alone as a one-layer model at its real input shape (batch 1) and timed on the runtime
+at a grid of kept input × kept output channel counts (kept channels only, for a depthwise layer). Layers with the
+same configuration and input shape share one table, so ResNet50's 53 convolutions need about 20 tables.
+
+What is not. Everything else — element-wise layers (activations, BatchNormalization that the converter folds, adds,
+multiplies, padding, pooling), layers a plan cannot change, and the runtime's own overhead — is one *rest* term:
+the whole model's measured latency minus the tables' sum at full width (at least 0), scaled by the fraction of the
+tabled layers' output elements a plan keeps, because element-wise work follows the size of the activations.
+
+Interpolation. Between grid points a table is interpolated bilinearly in (kept inputs, kept outputs): a
+convolution's time is close to a·C_in·C_out + b·C_in + c·C_out + d (its MACs, its input and output traffic, a fixed
+cost), which bilinear interpolation reproduces exactly, while the runtime's channel tiles make the true curve a
+staircase between points that no smooth fit would follow either. Below its smallest point (under a quarter of the
+layer's width with the default grid) a table is scaled in proportion to the kept counts, which keeps it monotone
+where a linear extrapolation of the cross term would not be. Each table is made non-decreasing along both axes
+before use (a wider layer is never faster; a measured dip is noise), so that a prediction never grows when channels
+are removed.
+
+Cache. A model's tables are written to one JSON file per (model architecture, runtime and its version, thread
+count, CPU model, grid) under `cache_dir` (default `$TFPRUNE_LATENCY_CACHE`, else `~/.cache/tfprune/latency`), and
+read from there the next time: building them again is only needed on another machine, runtime or thread count.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from tfprune.backends import require_backend
+from tfprune.graph.keras_nodes import call_nodes, is_graph_model
+from tfprune.graph.rules import Boundary
+from tfprune.graph.rules import einsum as einsum_rules
+from tfprune.graph.rules import producers as producer_rules
+from tfprune.measurement.costs import CostModel
+from tfprune.measurement.counting import layer_counts
+from tfprune.measurement.runtime_latency import check_runtime, runtime_file, time_files
+
+DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
+TABLES_VERSION = 2
+
+
+@dataclasses.dataclass
+class LayerTable:
+    """Measured latency (ms) of one layer configuration at a grid of kept channel counts.
+
+    Attributes:
+        inputs: kept input counts (increasing).
+        outputs: kept output counts (increasing), or None for a layer timed by its kept channels alone (depthwise).
+        ms: median milliseconds, shape `(len(inputs), len(outputs))`, or `(len(inputs),)`; as measured.
+    """
+
+    inputs: tuple
+    outputs: tuple | None
+    ms: np.ndarray
+
+    def __post_init__(self):
+        self.inputs = tuple(int(n) for n in self.inputs)
+        self.outputs = None if self.outputs is None else tuple(int(n) for n in self.outputs)
+        self.ms = np.asarray(self.ms, np.float64)
+        expected = (len(self.inputs),) if self.outputs is None else (len(self.inputs), len(self.outputs))
+        if self.ms.shape != expected or list(self.inputs) != sorted(set(self.inputs)) or (
+                self.outputs is not None and list(self.outputs) != sorted(set(self.outputs))):
+            raise ValueError(f"A latency table needs increasing, distinct counts and one time per grid point; got "
+                             f"inputs {self.inputs}, outputs {self.outputs} and times of shape {self.ms.shape}.")
+        monotone = np.maximum.accumulate(np.maximum(self.ms, 0.0), axis=0)
+        self.monotone = monotone if self.outputs is None else np.maximum.accumulate(monotone, axis=1)
+
+    def at(self, n_in, n_out=None) -> float:
+        """The interpolated latency (ms) at these kept counts (see the module docstring)."""
+        i, t, scale = _cell(self.inputs, float(n_in))
+        m = self.monotone
+        rows = m[i] if t is None else (1 - t) * m[i] + t * m[i + 1]
+        if self.outputs is None:
+            return float(rows) * scale
+        j, u, scale_out = _cell(self.outputs, float(n_out))
+        value = rows[j] if u is None else (1 - u) * rows[j] + u * rows[j + 1]
+        return float(value) * scale * scale_out
+
+    def at_tensor(self, n_in, n_out=None):
+        """`at` on keras tensors (scalar counts), differentiable in the counts between grid points."""
+        ops = keras.ops
+        m = ops.convert_to_tensor(self.monotone, "float32")
+        i, t, scale = _cell_tensor(self.inputs, n_in)
+        rows = m[0] if t is None else (1 - t) * ops.take(m, i, axis=0) + t * ops.take(m, i + 1, axis=0)
+        if self.outputs is None:
+            return rows * scale
+        j, u, scale_out = _cell_tensor(self.outputs, n_out)
+        value = rows[0] if u is None else (1 - u) * ops.take(rows, j) + u * ops.take(rows, j + 1)
+        return value * scale * scale_out
+
+    def to_json(self):
+        return {"inputs": list(self.inputs), "outputs": None if self.outputs is None else list(self.outputs),
+                "ms": self.ms.tolist()}
+
+
+def _cell(grid, x):
+    """`(cell index, position in the cell in [0, 1], scale)`: below the first point, the first point's value scaled
+    by `x / grid[0]`; `(0, None, scale)` for a one-point grid."""
+    scale = min(1.0, x / grid[0])
+    if len(grid) == 1:
+        return 0, None, scale
+    i = int(np.clip(np.searchsorted(grid, x, side="right") - 1, 0, len(grid) - 2))
+    return i, float(np.clip((x - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)), scale
+
+
+def _cell_tensor(grid, x):
+    ops = keras.ops
+    x = ops.cast(x, "float32")
+    scale = ops.minimum(x / float(grid[0]), 1.0)
+    if len(grid) == 1:
+        return 0, None, scale
+    points = ops.convert_to_tensor(np.asarray(grid, np.float32))
+    i = (ops.sum(ops.cast(x >= ops.convert_to_tensor(np.asarray(grid[1:-1], np.float32)), "int32"))
+         if len(grid) > 2 else ops.convert_to_tensor(0, "int32"))
+    lo, hi = ops.take(points, i), ops.take(points, i + 1)
+    return i, ops.clip((x - lo) / (hi - lo), 0.0, 1.0), scale
+
+
+@dataclasses.dataclass
+class LatencyTables:
+    """Everything measured for one model on one runtime: its layers' tables and the whole model's latency.
+
+    Attributes:
+        runtime, threads: where it was measured ("litert" or "onnxruntime"; CPU threads).
+        runtime_version: e.g. "LiteRT 2.3.0".
+        cpu: the CPU model string of the machine.
+        grid: the fractions of each layer's width the grid was made of.
+        whole_ms: the whole model's median latency (ms).
+        tables: `{configuration key: LayerTable}`.
+        layers: `{layer path: configuration key}` for every tabled layer.
+        build_seconds: how long measuring took.
+    """
+
+    runtime: str
+    threads: int
+    runtime_version: str
+    cpu: str
+    grid: tuple
+    whole_ms: float
+    tables: dict
+    layers: dict
+    build_seconds: float = 0.0
+
+    def to_json(self):
+        return {"version": TABLES_VERSION, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                              if f.name != "tables"},
+                "grid": list(self.grid), "tables": {k: t.to_json() for k, t in self.tables.items()}}
+
+    @classmethod
+    def from_json(cls, data):
+        if data.get("version") != TABLES_VERSION:
+            raise ValueError(f"latency tables of version {data.get('version')!r}; this tfprune reads version "
+                             f"{TABLES_VERSION}.")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["tables"] = {k: LayerTable(t["inputs"], t["outputs"], t["ms"]) for k, t in data["tables"].items()}
+        values["grid"] = tuple(values["grid"])
+        return cls(**values)
+
+
+# ---- the machine, the cache -------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name ("model name" in /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def default_cache_dir() -> str:
+    """`$TFPRUNE_LATENCY_CACHE`, else `$XDG_CACHE_HOME/tfprune/latency` (`~/.cache/tfprune/latency`)."""
+    if os.environ.get("TFPRUNE_LATENCY_CACHE"):
+        return os.environ["TFPRUNE_LATENCY_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tfprune", "latency")
+
+
+def model_fingerprint(model) -> str:
+    """A digest of the model's architecture (its config and input shapes; not its weights)."""
+    config = json.dumps(model.get_config(), sort_keys=True, default=str)
+    shapes = json.dumps([list(t.shape) for t in model.inputs], default=str)
+    return hashlib.sha256((config + shapes).encode()).hexdigest()
+
+
+# ---- the model --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Tabled:
+    """One tabled layer: its path, layer, rule, input shape (batch 1), calls and kind ("2d" or "1d")."""
+
+    path: str
+    layer: object
+    rule: object
+    input_shape: tuple
+    output_positions: int
+    calls: int
+    kind: str
+    unit: int  # kept counts are multiples of this (a grouped convolution's groups)
+    fixed: tuple  # (inputs fixed, outputs fixed): a side no plan can change is timed at its full width only
+
+    def counts(self, grid, n_in, n_out):
+        """The grid's kept input and output counts (None for the outputs of a "1d" layer)."""
+        inputs = (n_in,) if self.fixed[0] else grid_counts(n_in, grid, self.unit)
+        if self.kind == "1d":
+            return inputs, None
+        return inputs, (n_out,) if self.fixed[1] else grid_counts(n_out, grid, self.unit)
+
+
+class LatencyModel(CostModel):
+    """Latency (ms) of `rebuild(model, plan)` on a runtime, for any plan, from per-layer latency tables.
+
+    The latency cost of the cost interface (`tfprune.measurement.costs.CostModel`). Building the tables times
+    every tabled layer at `len(grid)²` width pairs on the runtime (minutes for an ImageNet CNN, see
+    docs/guides/latency.md); they are cached on disk and read back on the next build for the same model, runtime,
+    thread count and CPU.
+
+    Args:
+        model: a Functional or Sequential model with a fixed input size (read only).
+        runtime: "litert" (LiteRT, XNNPACK) or "onnxruntime" (ONNX Runtime, CPU).
+        threads: the runtime's CPU threads (the measuring process is also bound to as many CPUs with `pin`).
+        graph: the model's `ChannelGraph`, if already built.
+        grid: fractions of each layer's input and output widths to time it at (the full width is always one).
+        cache_dir: where tables are cached (default `default_cache_dir()`); None for the default, False for no cache.
+        tables: `LatencyTables` to use instead of measuring (e.g. read from a file; they must be for this model).
+        runs, warmup: timed and untimed calls per grid point.
+        pin: bind the measuring subprocess to `threads` CPUs.
+        progress: optionally called with a one-line description of each step of a build.
+
+    Attributes:
+        full: the predicted latency (ms) of the unpruned model (the measured one, unless the tables sum to more).
+        tables: the `LatencyTables`.
+        cache_path: the cache file read or written (None without a cache).
+        cache_hit: whether the tables came from the cache.
+        build_seconds: how long this build took (reading the cache, or measuring).
+
+    Example:
+
+    >>> import numpy as np, tfprune
+    >>> from tfprune.measurement.latency_tables import LatencyModel, LatencyTables, synthetic_tables
+    >>> model = tfprune.models.small_vgg(widths=(8, 16), convs_per_stage=1)
+    >>> tables = synthetic_tables(model, ms_per_mac=1e-6, rest_ms=0.1)  # made-up times: no runtime needed
+    >>> latency = LatencyModel(model, tables=tables, cache_dir=False)
+    >>> plan = tfprune.plan(model, 0.5)
+    >>> bool(0.2 < latency.ratio(plan) < 0.6)
+    True
+    """
+
+    kind = "latency"
+    unit = "latency"
+
+    def __init__(self, model, runtime="litert", threads=1, graph=None, grid=DEFAULT_GRID, cache_dir=None,
+                 tables=None, runs=20, warmup=3, pin=True, progress=None):
+        super().__init__(model, graph)
+        self.runtime = check_runtime(runtime)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1; got {threads!r}.")
+        self.threads = threads
+        self.grid = _check_grid(grid)
+        start = time.perf_counter()
+        self.layers = tabled_layers(self.graph)
+        self.cache_path, self.cache_hit = None, False
+        if tables is None:
+            tables = self._cached_or_measured(model, cache_dir, runs, warmup, pin, progress)
+        missing = [t.path for t in self.layers if t.path not in tables.layers]
+        if missing:
+            raise ValueError(f"The latency tables have no table for layer(s) {missing[:3]} of model "
+                             f"'{model.name}': they were measured for another model.")
+        self.tables = tables
+        self.build_seconds = time.perf_counter() - start
+        self._entries = []  # (table, in side, out side, calls, output positions)
+        for t in self.layers:
+            in_side = self.side(t.path, "in")[0]
+            out_side = self.side(t.path, "out")[0]
+            self._entries.append((tables.tables[tables.layers[t.path]], in_side, out_side, t.calls,
+                                  t.output_positions))
+        self._freeze_sides()
+        counts = np.asarray(self.full_counts, np.float64)
+        self._weights = np.zeros(self._n_sides)
+        for _, _, out_side, calls, positions in self._entries:
+            self._weights[out_side] += calls * positions
+        self._weights_full = float(self._weights @ counts) or 1.0
+        tabled = sum(calls * self._table_at(table, counts[i], counts[o]) for table, i, o, calls, _ in self._entries)
+        self.rest_ms = max(0.0, tables.whole_ms - tabled)
+        self.full = self._value(counts)
+
+    @staticmethod
+    def _table_at(table, n_in, n_out):
+        return table.at(n_in) if table.outputs is None else table.at(n_in, n_out)
+
+    def _value(self, counts):
+        total = sum(calls * self._table_at(table, counts[i], counts[o]) for table, i, o, calls, _ in self._entries)
+        return total + self.rest_ms * float(self._weights @ counts) / self._weights_full
+
+    def _expected_value(self, counts):
+        ops = keras.ops
+        total = self.rest_ms * ops.sum(counts * ops.convert_to_tensor(self._weights, "float32")) / self._weights_full
+        for table, i, o, calls, _ in self._entries:
+            value = table.at_tensor(counts[i]) if table.outputs is None else table.at_tensor(counts[i], counts[o])
+            total = total + calls * value
+        return total
+
+    def latency_ms(self, plan) -> float:
+        """The predicted latency (ms) of `rebuild(model, plan)` (the same as `cost(plan)`)."""
+        return self.cost(plan)
+
+    # ---- building ---------------------------------------------------------------------------------------------
+
+    def _cached_or_measured(self, model, cache_dir, runs, warmup, pin, progress):
+        from tfprune.deployment.runtimes import LITERT, ONNX_RUNTIME, runtime_version
+
+        version = runtime_version(LITERT if self.runtime == "litert" else ONNX_RUNTIME)
+        cpu = cpu_model()
+        if cache_dir is not False:
+            key = json.dumps([model_fingerprint(self.graph.model), self.runtime, version, self.threads, cpu,
+                              list(self.grid), TABLES_VERSION])
+            name = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.name)
+            self.cache_path = os.path.join(cache_dir or default_cache_dir(),
+                                           f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json")
+            if os.path.exists(self.cache_path):
+                with open(self.cache_path) as f:
+                    self.cache_hit = True
+                    return LatencyTables.from_json(json.load(f))
+        tables = measure_tables(self.graph.model, self.layers, self.runtime, self.threads, self.grid, runs, warmup,
+                                pin, progress)
+        tables = dataclasses.replace(tables, runtime_version=version, cpu=cpu)
+        if self.cache_path is not None:
+            os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+            partial = self.cache_path + f".{os.getpid()}.tmp"
+            with open(partial, "w") as f:
+                json.dump(tables.to_json(), f)
+            os.replace(partial, self.cache_path)
+        return tables
+
+
+def _check_grid(grid):
+    try:
+        values = tuple(float(g) for g in grid)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or any(not 0 < g <= 1 for g in values) or list(values) != sorted(set(values)):
+        raise ValueError(f"grid must list increasing fractions in (0, 1], e.g. {DEFAULT_GRID}; got {grid!r}.")
+    return values if values[-1] == 1.0 else (*values, 1.0)
+
+
+def _input_shapes(model, prefix=""):
+    """`{layer path: input shape}` of the first call of every layer (nested models entered)."""
+    shapes = {}
+    for node in call_nodes(model):
+        path = prefix + node.operation.name
+        if is_graph_model(node.operation):
+            shapes.update(_input_shapes(node.operation, path + "/"))
+        elif node.arguments.keras_tensors and path not in shapes:
+            shapes[path] = tuple(node.arguments.keras_tensors[0].shape)
+    return shapes
+
+
+def tabled_layers(graph) -> list:
+    """The layers of `graph`'s model that get a latency table (see the module docstring), in execution order.
+
+    Raises:
+        NotImplementedError: for a layer whose cost depends on the widths but that has no table kind (attention).
+    """
+    shapes = _input_shapes(graph.model)
+    tabled = []
+    for path, count in layer_counts(graph.model).items():
+        if not count.macs:
+            continue
+        layer, rule = graph.layers.get(path), graph.rules.get(path)
+        if layer is None or isinstance(rule, Boundary) or not graph.recorded(path):
+            continue  # its channels are fixed: part of the rest
+        shape = shapes.get(path)
+        if shape is None or any(d is None for d in shape[1:]):
+            raise ValueError(f"Cannot time layer '{path}' ({type(layer).__name__}) alone: its input shape {shape} is "
+                             "not fixed. Latency tables need a model built for a fixed input size.")
+        n_in = len(graph.recorded(path)["in"])
+        groups = getattr(layer, "groups", 1)
+        if isinstance(rule, producer_rules.DepthwiseConv) or (
+                isinstance(rule, producer_rules.Conv) and groups > 1 and groups == n_in):
+            kind, unit = "1d", 1
+        elif isinstance(rule, producer_rules.Conv | producer_rules.ConvTranspose | producer_rules.SeparableConv
+                        | producer_rules.Dense | einsum_rules.EinsumDense):
+            kind, unit = "2d", groups
+        else:
+            raise NotImplementedError(f"LatencyModel has no latency table for layer '{path}' ({type(layer).__name__}); "
+                                      "it tables Conv, DepthwiseConv, SeparableConv, ConvTranspose and Dense layers.")
+        positions = count.macs // max(1, _macs_per_position(layer, rule, n_in, len(graph.recorded(path)["out"])))
+        fixed = tuple(not any(graph.groups[g].prunable for g in set(graph.channels(graph.recorded(path)[side])[0]))
+                      for side in ("in", "out"))
+        tabled.append(_Tabled(path, layer, rule, (1, *shape[1:]), int(positions), count.calls, kind, unit, fixed))
+    return tabled
+
+
+def _macs_per_position(layer, rule, n_in, n_out):
+    """MACs per output position (so that MACs / this = output positions × calls) of a tabled layer."""
+    k = math.prod(getattr(layer, "kernel_size", (1,)))
+    if isinstance(rule, producer_rules.SeparableConv):
+        return n_in * layer.depth_multiplier * (k + layer.filters)
+    if isinstance(rule, producer_rules.DepthwiseConv):
+        return k * n_in * layer.depth_multiplier
+    if isinstance(rule, producer_rules.ConvTranspose):
+        return k * n_in * n_out  # per input position: a scatter of one kernel
+    if isinstance(rule, producer_rules.Conv):
+        return k * n_in // getattr(layer, "groups", 1) * n_out
+    return n_in * n_out
+
+
+def grid_counts(width, grid, unit=1) -> tuple:
+    """The kept counts a table is measured at: each fraction of `width`, rounded up to a multiple of `unit`.
+
+    Example:
+
+    >>> from tfprune.measurement.latency_tables import grid_counts
+    >>> grid_counts(64, (0.25, 0.5, 0.75, 1.0)), grid_counts(6, (0.25, 0.5, 1.0)), grid_counts(12, (0.1, 1.0), unit=4)
+    ((16, 32, 48, 64), (2, 3, 6), (4, 12))
+    """
+    counts = {min(width, max(unit, math.ceil(f * width / unit) * unit)) for f in grid}
+    return tuple(sorted(counts | {width}))
+
+
+def one_layer_model(tabled, n_in, n_out=None):
+    """A model of the layer alone, keeping its first `n_in` input and `n_out` output channels (its own kept
+    outputs for a "1d" layer), at its input shape with batch 1."""
+    layer, rule = tabled.layer, tabled.rule
+    keep_in = np.arange(tabled.input_shape[-1]) < n_in
+    if tabled.kind == "1d":
+        multiplier = getattr(layer, "depth_multiplier", None) or layer.filters // layer.groups
+        keep = {"in": keep_in, "out": np.repeat(keep_in, multiplier)}
+    else:
+        width_out = _output_width(layer)
+        keep = {"in": keep_in, "out": np.arange(width_out) < n_out}
+    config = {**rule.updated_config(layer, rule.config(layer), keep), "name": "tabled"}
+    new = rule.new_layer(layer, config)
+    inputs = keras.Input(batch_shape=(1, *tabled.input_shape[1:-1], int(keep_in.sum())))
+    return keras.Model(inputs, new(inputs))
+
+
+def _output_width(layer):
+    for attribute in ("filters", "units"):
+        if getattr(layer, attribute, None):
+            return int(getattr(layer, attribute))
+    return int(layer.kernel.shape[-1])  # EinsumDense
+
+
+def _key(tabled):
+    config = {k: v for k, v in tabled.rule.config(tabled.layer).items() if k not in ("name", "trainable")}
+    text = json.dumps([type(tabled.layer).__name__, config, list(tabled.input_shape), tabled.fixed], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20, warmup=3, pin=True,
+                   progress=None) -> LatencyTables:
+    """Measure the latency tables of `layers` (from `tabled_layers`) and the whole model on the runtime.
+
+    Every distinct layer configuration is written as one-layer models at the grid's kept counts, and all are
+    timed in one subprocess (`tfprune.measurement.runtime_latency.time_files`), a configuration's grid points in
+    turn with the whole model, whose time in each batch against its median over all batches undoes the changes of
+    the machine's load between batches. TensorFlow backend (the converters need it).
+
+    Returns:
+        `LatencyTables` (its `runtime_version` and `cpu` left for the caller to fill in).
+    """
+    require_backend("tensorflow", "measuring latency tables")
+    notify = progress or (lambda message: None)
+    start = time.perf_counter()
+    grid = _check_grid(grid)
+    by_key, points = {}, {}
+    for t in layers:
+        by_key.setdefault(_key(t), t)
+    with tempfile.TemporaryDirectory() as workdir:
+        batches = []
+        notify(f"writing the whole model and {len(by_key)} layer configuration(s) for {runtime}")
+        whole = runtime_file(model, workdir, "whole", runtime)
+        for n, (key, t) in enumerate(by_key.items()):
+            inputs, outputs = t.counts(grid, t.input_shape[-1], _output_width(t.layer))
+            batch = []
+            for i in inputs:
+                for o in (outputs or (None,)):
+                    label = f"{key}:{i}:{o}"
+                    batch.append((label, runtime_file(one_layer_model(t, i, o), workdir, label.replace(":", "_"),
+                                                      runtime, frozen=True)))
+            batches.append(batch)
+            points[key] = (inputs, outputs)
+            notify(f"layer configuration {n + 1}/{len(by_key)} ({t.path}): {len(batch)} grid point(s) written")
+        notify(f"timing {sum(len(b) for b in batches)} one-layer models and the whole model on {runtime}")
+        # The whole model is timed in every batch, in turn with its one-layer models: the load of the machine
+        # changes between batches, and each batch's times are scaled by how much slower or faster the whole model
+        # ran then than over all batches (its median).
+        timed = [[(f"whole:{b}", whole), *batch] for b, batch in enumerate(batches)] or [[("whole:0", whole)]]
+        seconds = time_files(timed, runtime, threads, runs, warmup, pin)
+    per_batch = [float(np.median(seconds[f"whole:{b}"])) * 1000 for b in range(len(timed))]
+    whole_ms = float(np.median(per_batch))
+    tables = {}
+    for b, (key, (inputs, outputs)) in enumerate(points.items()):
+        ms = [[float(np.median(seconds[f"{key}:{i}:{o}"])) * 1000 * whole_ms / per_batch[b]
+               for o in (outputs or (None,))] for i in inputs]
+        tables[key] = LayerTable(inputs, outputs, np.asarray(ms)[:, 0] if outputs is None else ms)
+    return LatencyTables(runtime=runtime, threads=threads, runtime_version="", cpu="", grid=grid,
+                         whole_ms=whole_ms, tables=tables,
+                         layers={t.path: _key(t) for t in layers}, build_seconds=time.perf_counter() - start)
+
+
+def synthetic_tables(model, ms_per_mac, rest_ms=0.0, grid=DEFAULT_GRID, graph=None) -> LatencyTables:
+    """Tables in which every layer takes `ms_per_mac` per MAC at each grid point, and the rest `rest_ms`: a
+    stand-in with known answers for tests and examples (nothing is measured).
+
+    Args:
+        model: the model the tables are for.
+        ms_per_mac: milliseconds per MAC of every tabled layer.
+        rest_ms: the whole model's latency beyond its tabled layers.
+        grid: the grid's fractions.
+        graph: the model's `ChannelGraph`, if already built.
+    """
+    from tfprune.graph import ChannelGraph
+
+    graph = graph or ChannelGraph(model)
+    grid = _check_grid(grid)
+    tables, layers, total = {}, {}, 0.0
+    for t in tabled_layers(graph):
+        n_in, n_out = len(graph.recorded(t.path)["in"]), len(graph.recorded(t.path)["out"])
+        inputs, outputs = t.counts(grid, n_in, n_out)
+        macs_full = t.calls * t.output_positions * _macs_per_position(t.layer, t.rule, n_in, n_out)
+        if t.kind == "1d":
+            ms = [ms_per_mac * macs_full * i / n_in for i in inputs]
+            table = LayerTable(inputs, None, ms)
+        else:
+            ms = [[ms_per_mac * macs_full * i * o / (n_in * n_out) for o in outputs] for i in inputs]
+            table = LayerTable(inputs, outputs, ms)
+        key = f"synthetic:{t.path}"
+        tables[key], layers[t.path] = table, key
+        total += table.at(n_in) if t.kind == "1d" else table.at(n_in, n_out)
+    return LatencyTables(runtime="litert", threads=1, runtime_version="synthetic", cpu="synthetic", grid=grid,
+                         whole_ms=total + rest_ms, tables=tables, layers=layers)
