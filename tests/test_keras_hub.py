@@ -1,5 +1,6 @@
-"""KerasHub's transformers prune: ViT and BERT by heads and MLP width, Gemma and Llama by MLP width; the rebuilt
-model computes what the masked one does, saves and loads, and costs what MacsModel says.
+"""KerasHub's transformers prune: ViT and BERT by heads and MLP width (Llama and Mistral: see
+test_keras_hub_decoders.py); the rebuilt model computes what the masked one does, saves and loads, and costs what
+MacsModel says.
 
 Tiny configurations, built offline from constructor arguments. KerasHub's backbones take any sequence length, so
 the text models are called on fixed-length Inputs (counting needs fixed sizes)."""
@@ -186,42 +187,13 @@ def test_a_refused_value_that_is_not_derived_is_refused():
         tfprune.rebuild(model, tfprune.plan(model, 0.5))
 
 
-# ---- decoders: Llama and Gemma -----------------------------------------------------------------------------------
-
-
-def llama():
-    return sequence_model(keras_hub.models.LlamaBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
-                                                         num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
-                                                         name="llama_backbone"))  # not llama_backbone_1 if built twice
+# ---- decoders: Gemma --------------------------------------------------------------------------------------------
 
 
 def gemma():
     return sequence_model(keras_hub.models.GemmaBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
                                                          num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
                                                          head_dim=8, name="gemma_backbone"))
-
-
-def test_llama_prunes_its_gated_mlp_gate_and_up_together():
-    """The decoder blocks open at the sequence length they are called with (their causal mask needs it, and a
-    batch of one); the attention's projections have two channel axes and stay closed."""
-    model = random_weights(llama())
-    graph = tfprune.ChannelGraph(model)
-    prefix = "llama_backbone/transformer_layer_0/"
-    rotary = [path for path in graph.closed if path.startswith(prefix + "self_attention/llama_rotary_embedding")]
-    assert len(rotary) == 1 and "could not be traced" in graph.closed[rotary[0]], graph.closed  # its name may be _1
-    group = graph[prefix + "feedforward_gate_dense"]
-    assert {m.layer for m in group.members} >= {prefix + n for n in ("feedforward_gate_dense",
-                                                                     "feedforward_intermediate_dense",
-                                                                     "feedforward_output_dense")}
-    plan = tfprune.plan(model, 0.5, graph=graph)
-    assert sorted(plan.keep) == [f"llama_backbone/transformer_layer_{i}/feedforward_gate_dense" for i in (0, 1)]
-    x = inputs_for(model)
-    assert check_equivalence(model, plan, inputs=x) < TOLERANCE
-    slim = tfprune.rebuild(model, plan, graph=graph)
-    slim_graph = tfprune.ChannelGraph(slim)
-    assert slim_graph.layers[prefix + "feedforward_gate_dense"].units == 32
-    assert slim_graph.layers[prefix + "feedforward_intermediate_dense"].units == 32
-    assert not np.allclose(np.asarray(slim(x)), np.asarray(model(x)))  # the plan changes what it computes
 
 
 def test_gemma_prunes_without_crashing_its_blocks_closed_with_the_reason():

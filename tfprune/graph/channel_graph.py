@@ -200,7 +200,7 @@ class _Builder:
                 for (p, _), elems in self.records.items():
                     if p == path:
                         self.fixed.append((elems, f"'{path}' is shared and one of its calls is not understood"))
-            rule = Boundary(str(why))
+            rule = rule.closed(str(why))
             outs = rule.propagate(ctx, op, ins)
         self.layers[path], self.rules[path] = op, rule
         return outs

@@ -12,7 +12,16 @@ from keras.src.ops import core as core_ops
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
-from tfprune.graph.rules import attention, einsum, merging, normalization, passthrough, producers, reshaping
+from tfprune.graph.rules import (
+    attention,
+    einsum,
+    keras_hub_attention,
+    merging,
+    normalization,
+    passthrough,
+    producers,
+    reshaping,
+)
 from tfprune.graph.rules.base import Boundary, LambdaBoundary, LayerRule, NotUnderstood
 
 L = keras.layers
@@ -74,10 +83,14 @@ def rule_for(operation) -> LayerRule:
     """The rule for a Keras layer or keras.ops operation, or a `Boundary` for anything else.
 
     Only classes defined by Keras itself match: a user's subclass of, say, `Conv2D` may compute something else in
-    `call`, so it is a boundary until it gets a rule of its own.
+    `call`, so it is a boundary until it gets a rule of its own. KerasHub's decoder attention classes (and the
+    slim layers tfprune makes of them) match by their exact class (`keras_hub_attention`).
     """
     if isinstance(operation, keras.layers.Lambda):
         return LambdaBoundary()
+    keras_hub_rule = keras_hub_attention.rule_for_keras_hub(operation)
+    if keras_hub_rule is not None:
+        return keras_hub_rule
     if type(operation).__module__.startswith("keras."):
         for types, rule in _RULES:
             if isinstance(operation, types):

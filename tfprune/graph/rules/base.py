@@ -60,6 +60,12 @@ class LayerRule:
         """A fresh layer of the same kind from `config` (weights are assigned later)."""
         return type(layer).from_config(config)
 
+    def closed(self, why):
+        """The rule of a layer this rule does not understand (its `propagate` raised `NotUnderstood(why)`): a
+        `Boundary` saying why. A rule whose layers cannot be copied from their own `get_config` returns one that
+        copies them as the rule does."""
+        return Boundary(why)
+
 
 class Boundary(LayerRule):
     """A layer tfprune does not prune through: every channel it touches is kept, and it is copied unchanged."""
