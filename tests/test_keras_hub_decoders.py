@@ -6,6 +6,7 @@ Tiny configurations built offline from constructor arguments (vocabulary 64, 2 l
 heads of 8 slots), called on token inputs of a fixed length (counting needs fixed sizes)."""
 
 import os
+import warnings
 
 import keras
 import keras_hub
@@ -213,6 +214,41 @@ def test_an_attention_called_with_a_cache_stays_closed_and_is_copied():
               .astype("float32")]
     for a, b in zip(slim(values), model(values), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["lora", "int8"])
+def test_lora_or_quantized_attention_stays_closed_and_is_copied(change):
+    """KerasHub's enable_lora adds LoRA kernels to the query and value projections, quantize("int8") quantizes
+    every projection and Dense: those are not pruned (the reason says why) and are copied as they are (the
+    attention as a LlamaAttentionWithHeadDim with the same LoRA or quantization); the rest prunes."""
+    backbone = keras_hub.models.LlamaBackbone(vocabulary_size=VOCABULARY, num_layers=1, num_query_heads=QUERY_HEADS,
+                                              num_key_value_heads=2, hidden_dim=HIDDEN, intermediate_dim=64,
+                                              name="llama_backbone")
+    if change == "lora":
+        backbone.enable_lora(2)
+    else:
+        with warnings.catch_warnings():  # "Layer LlamaRotaryEmbedding does not have a `quantize` method", ...
+            warnings.simplefilter("ignore", UserWarning)
+            backbone.quantize("int8")
+    inputs = {t.name: keras.Input((LENGTH,), dtype=t.dtype, name=t.name) for t in backbone.inputs}
+    model = keras.Model(inputs, backbone(inputs), name=change)
+    if change == "lora":  # every weight random, the LoRA kernels too (b starts at zero)
+        rng = np.random.default_rng(0)
+        model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
+    graph = tfprune.ChannelGraph(model)
+    path = "llama_backbone/transformer_layer_0/self_attention"
+    assert f"{path}:kv_heads" not in graph
+    assert any("quantized or LoRA-enabled" in why and path in why for g in graph.groups for why in g.reasons)
+    plan = tfprune.plan(model, 0.5, graph=graph)
+    mlp = ["llama_backbone/transformer_layer_0/feedforward_gate_dense"]
+    assert list(plan.keep) == (mlp if change == "lora" else [])  # quantized Dense layers are not pruned either
+    assert check_equivalence(model, plan, inputs=tokens()) < TOLERANCE
+    copy = tfprune.ChannelGraph(tfprune.rebuild(model, plan, graph=graph)).layers[path]
+    assert type(copy) is LlamaAttentionWithHeadDim
+    original = graph.layers[path]
+    for name in ("_query_dense", "_key_dense", "_value_dense", "_output_dense"):
+        a, b = getattr(original, name), getattr(copy, name)
+        assert (a.lora_enabled, a.quantization_mode) == (b.lora_enabled, b.quantization_mode)
 
 
 # ---- the slim Llama attention layer -------------------------------------------------------------------------------

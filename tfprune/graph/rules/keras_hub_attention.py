@@ -333,14 +333,28 @@ class LlamaAttention(DecoderAttention):
 
 
 class ClosedLlamaAttention(Boundary):
-    """A Llama attention layer that is not pruned (called with a cache, or with quantized projections): a boundary,
-    copied as a `LlamaAttentionWithHeadDim` of the same heads (its own config cannot recreate it)."""
+    """A Llama attention layer that is not pruned (called with a cache, or with quantized or LoRA-enabled
+    projections): a boundary, copied as a `LlamaAttentionWithHeadDim` of the same heads (its own config cannot
+    recreate it) whose projections are quantized in the same mode and have LoRA at the same rank as the original's
+    (KerasHub's `backbone.quantize`, `backbone.enable_lora`), so that every weight has its copy."""
 
     def config(self, layer):
         return _llama_config(layer)
 
     def new_layer(self, layer, config):
-        return _new_llama(layer, config)
+        new = _new_llama(layer, config)
+        olds = [getattr(layer, name) for name in ("_query_dense", "_key_dense", "_value_dense", "_output_dense")]
+        if not any(old.quantization_mode or old.lora_enabled for old in olds):
+            return new
+        # Quantization and LoRA apply to built layers only: build the copy for the original's input width.
+        new.build((None, None, int(layer._query_dense.kernel.shape[0])))
+        for old, copy in zip(olds, (new._query_dense, new._key_dense, new._value_dense, new._output_dense),
+                             strict=True):
+            if old.quantization_mode:
+                copy.quantize(old.quantization_mode)
+            if old.lora_enabled:
+                copy.enable_lora(old.lora_rank, lora_alpha=old.lora_alpha)
+        return new
 
 
 class MistralAttention(DecoderAttention):
