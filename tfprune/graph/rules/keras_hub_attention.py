@@ -29,8 +29,14 @@ widen every head: a slim Llama attention is a `tfprune.layers.LlamaAttentionWith
 in its config and saves and loads (registered with Keras). `CachedMistralAttention` accepts `head_dim` itself, so a
 slim Mistral attention is the same class with `head_dim` given.
 
-`kernel_index`, `split_heads_letters`, `merge_heads_letters`, `projection_index` and `kept_query_heads` slice any
-head projection read from its equation, for rules of other KerasHub attention classes.
+For rules of other KerasHub attention classes: `split_heads_letters`, `merge_heads_letters`, `kernel_index` and
+`projection_index` slice any head projection read from its equation, `kept_query_heads` gives the query heads a
+plan keeps, `Projections` checks a layer's four projections, and `DecoderAttention` reads any layer of this
+structure once told where its projections are and what its call's input is called (`projection_attributes`,
+`input_argument`) and how to copy it (`config`, `updated_config`, `new_layer`).
+
+For the data-driven criteria, the heads are measured on the output projection's input, (batch, positions, query
+heads, head width), as for `GroupQueryAttention` (`inner_taps`).
 """
 
 import inspect
@@ -163,13 +169,22 @@ def rotary_reason(path, head_dim):
 
 
 class Projections:
-    """The four projections of a decoder attention layer, checked: query and key/value heads, head width."""
+    """The four projections of a grouped-query attention layer, checked: query and key/value heads, head width.
 
-    def __init__(self, layer):
-        self.query, self.key, self.value, self.output = (layer._query_dense, layer._key_dense, layer._value_dense,
-                                                         layer._output_dense)
-        for dense, read in ((self.query, split_heads_letters), (self.key, split_heads_letters),
-                            (self.value, split_heads_letters), (self.output, merge_heads_letters)):
+    Args:
+        query, key, value: `EinsumDense` projections to heads × head width (`split_heads_letters`).
+        output: the `EinsumDense` projection from heads × head width (`merge_heads_letters`).
+        weights: all the weights of the attention layer: they must be the four kernels.
+
+    Raises:
+        NotUnderstood: for other equations, biases, LoRA or quantization, key and value heads unlike each other or
+            of another width than the query's, query heads not a multiple of key/value heads, other weights.
+    """
+
+    def __init__(self, query, key, value, output, weights):
+        self.query, self.key, self.value, self.output = query, key, value, output
+        for dense, read in ((query, split_heads_letters), (key, split_heads_letters), (value, split_heads_letters),
+                            (output, merge_heads_letters)):
             if read(dense.equation) is None:
                 raise NotUnderstood(f"its projection '{dense.name}' has equation '{dense.equation}', not a projection "
                                     "to or from heads × head width")
@@ -177,15 +192,15 @@ class Projections:
                 raise NotUnderstood(f"its projection '{dense.name}' is quantized or LoRA-enabled")
             if dense.bias is not None:
                 raise NotUnderstood(f"its projection '{dense.name}' has a bias, which this rule does not slice")
-        self.query_heads, self.head_dim = self._sizes(self.query)
-        self.kv_heads, kv_width = self._sizes(self.key)
-        if self._sizes(self.value) != (self.kv_heads, kv_width) or kv_width != self.head_dim:
+        self.query_heads, self.head_dim = self._sizes(query)
+        self.kv_heads, kv_width = self._sizes(key)
+        if self._sizes(value) != (self.kv_heads, kv_width) or kv_width != self.head_dim:
             raise NotUnderstood("its key and value heads differ in number or width from each other or the query's")
         if self.query_heads % self.kv_heads:
             raise NotUnderstood(f"{self.query_heads} query heads are not a multiple of {self.kv_heads} key/value heads")
         self.repeats = self.query_heads // self.kv_heads
-        expected = {id(d.kernel) for d in (self.query, self.key, self.value, self.output)}
-        others = [v.path for v in layer.weights if id(v) not in expected]
+        expected = {id(d.kernel) for d in (query, key, value, output)}
+        others = [v.path for v in weights if id(v) not in expected]
         if others:
             raise NotUnderstood(f"holds weights other than its projections' kernels ({others[:3]})")
 
@@ -196,23 +211,6 @@ class Projections:
         kernel = _operands(dense.equation)[1]
         shape = dict(zip(kernel, dense.kernel.shape, strict=True))
         return int(shape[heads]), int(shape[width])
-
-
-def _call_input(ctx, layer):
-    """Element ids of the hidden states of one call, refusing calls with a key/value cache."""
-    args = ctx.arguments(layer)
-    if args.get("cache") is not None or args.get("cache_update_index") is not None:
-        raise NotUnderstood("called with a key/value cache (cached generation); only a call without one is pruned")
-    given = args.get("hidden_states")
-    if not isinstance(given, tuple) or given[0] is None:
-        raise NotUnderstood("its hidden_states have no known channel axis")
-    return given[0]
-
-
-def read_inputs(layer, args, kwargs):
-    """`{"in": hidden states}` of one call, for the data-driven criteria."""
-    bound = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
-    return {"in": bound["hidden_states"]}
 
 
 class DecoderAttention(LayerRule):
@@ -230,11 +228,33 @@ class DecoderAttention(LayerRule):
     """
 
     filter_sides = ("kv_heads", "query_heads")
-    read_inputs = staticmethod(read_inputs)
+    # Where the layer keeps its projections, and the name of its call's input: a rule of another KerasHub class of
+    # the same structure (KerasHub's Gemma attention holds `query_dense`, ... and calls its input `x`) changes these.
+    projection_attributes = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+    input_argument = "hidden_states"
+
+    def projections(self, layer):
+        """The layer's checked `Projections` (NotUnderstood for a layer this rule does not read)."""
+        return Projections(*(getattr(layer, name) for name in self.projection_attributes), weights=layer.weights)
+
+    def call_input(self, ctx, layer):
+        """Element ids of the input of one call, refusing calls with a key/value cache."""
+        args = ctx.arguments(layer)
+        if args.get("cache") is not None or args.get("cache_update_index") is not None:
+            raise NotUnderstood("called with a key/value cache (cached generation); only a call without one is pruned")
+        given = args.get(self.input_argument)
+        if not isinstance(given, tuple) or given[0] is None:
+            raise NotUnderstood(f"its {self.input_argument} has no known channel axis")
+        return given[0]
+
+    def read_inputs(self, layer, args, kwargs):
+        """`{"in": the input}` of one call, for the data-driven criteria."""
+        bound = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
+        return {"in": bound[self.input_argument]}
 
     def propagate(self, ctx, layer, inputs):
-        parts = Projections(layer)
-        elems = _call_input(ctx, layer)
+        parts = self.projections(layer)
+        elems = self.call_input(ctx, layer)
         ctx.record("in", elems)
         if parts.repeats == 1:
             kv_heads = ctx.new_space(parts.kv_heads, name=f"{ctx.path}:heads")
@@ -259,7 +279,7 @@ class DecoderAttention(LayerRule):
         return kept_query_heads(keep["query_heads"], keep["kv_heads"])
 
     def weight_index(self, layer, keep):
-        parts, keys = Projections(layer), weight_keys(layer)
+        parts, keys = self.projections(layer), weight_keys(layer)
         channels, width = _kept(keep["in"]), _kept(keep["head_dim"])
         query, kv = _kept(self.query_keep(keep)), _kept(keep["kv_heads"])
         index = {}
@@ -273,7 +293,7 @@ class DecoderAttention(LayerRule):
                 "num_key_value_heads": int(keep["kv_heads"].sum()), "head_dim": int(keep["head_dim"].sum())}
 
     def filter_weights(self, layer):
-        parts = Projections(layer)
+        parts = self.projections(layer)
 
         def heads_last(dense):
             kernel = _operands(dense.equation)[1]
@@ -294,7 +314,7 @@ class DecoderAttention(LayerRule):
 
     def inner_taps(self, layer):
         """The output projection's input, (batch, positions, query heads, head width), measures the heads."""
-        parts = Projections(layer)
+        parts = self.projections(layer)
         if parts.repeats == 1:
             return (InnerTap(parts.output, "input", "kv_heads", _heads_last),)
         return (InnerTap(parts.output, "input", "query_heads", _heads_last),
