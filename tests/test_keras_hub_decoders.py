@@ -5,6 +5,7 @@ says.
 Tiny configurations built offline from constructor arguments (vocabulary 64, 2 layers, hidden width 32, 4 query
 heads of 8 slots), called on token inputs of a fixed length (counting needs fixed sizes)."""
 
+import json
 import os
 import warnings
 
@@ -12,6 +13,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from test_cli import run as run_command_line
 
 import tfprune
 from tfprune.deployment.verification import check_equivalence
@@ -194,10 +196,22 @@ def test_activations_score_the_heads_on_their_own_outputs(llama):
     assert check_equivalence(model, plan, inputs=x) < TOLERANCE
 
 
-def test_prune_in_one_call(llama):
+def test_prune_in_one_call_and_the_command_line_loads_the_slim_llama_in_a_new_process(llama, tmp_path):
+    """Keras finds the classes of its own modules and keras-hub's; the command line imports the tfprune layers a
+    file names, so that a slim Llama's LlamaAttentionWithHeadDim loads in a process that never made one."""
     model, _ = llama
     slim = tfprune.prune(model, 0.5)
     assert {v[:2] for v in attentions(slim).values()} == {(1, 1)}  # 4/2 heads -> 1/1: half the groups, half each
+    rows = tfprune.summary(model, slim, print_fn=lambda line: None).splitlines()
+    for path in attention_paths("llama"):
+        row = next(r for r in rows if r.startswith(path + " "))
+        assert row.endswith("4/2 → 1/1 heads"), row
+    slim.save(os.path.join(tmp_path, "slim.keras"))
+    done = run_command_line("summary", "slim.keras", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert {summary["heads"][path] for path in attention_paths("llama")} == {"1/1"}
+    assert summary["macs"] == tfprune.count_macs(slim)
 
 
 # ---- what is not understood stays closed -------------------------------------------------------------------------
