@@ -21,7 +21,8 @@ Channel spaces of such a layer at path `p`:
 The output projection writes the layer's input width (both classes derive it from their input), so the output
 carries the input's channels, as `GroupQueryAttention`'s does. The layer is understood only when called without a
 key/value cache (a model's forward pass, not cached generation), and with plain kernels (no bias, LoRA or
-quantization); otherwise it is a boundary.
+quantization); otherwise it is a boundary (a Llama one is copied as a `LlamaAttentionWithHeadDim` with the same
+LoRA and quantization, `ClosedLlamaAttention`).
 
 The slim layer keeps the head width and the attention scale 1/sqrt(head_dim), so it computes what the masked one
 does. `LlamaAttention` derives its head width from `hidden_dim // num_query_heads`, so fewer query heads would
