@@ -1,5 +1,6 @@
-"""KerasHub's transformers prune: ViT and BERT by heads and MLP width, Llama by MLP width (Gemma and Gemma3:
-test_keras_hub_gemma.py); the rebuilt model computes what the masked one does, saves and loads, and costs what
+"""KerasHub's transformers prune: ViT and BERT by heads and MLP width (Llama and Mistral:
+test_keras_hub_decoders.py; Gemma and Gemma3: test_keras_hub_gemma.py); the rebuilt model computes what the masked
+one does, saves and loads, and costs what
 MacsModel says.
 
 Tiny configurations, built offline from constructor arguments. KerasHub's backbones take any sequence length, so
@@ -187,33 +188,3 @@ def test_a_refused_value_that_is_not_derived_is_refused():
         tfprune.rebuild(model, tfprune.plan(model, 0.5))
 
 
-# ---- decoders: Llama (Gemma: test_keras_hub_gemma.py) ----------------------------------------------------------------
-
-
-def llama():
-    return sequence_model(keras_hub.models.LlamaBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
-                                                         num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
-                                                         name="llama_backbone"))  # not llama_backbone_1 if built twice
-
-
-def test_llama_prunes_its_gated_mlp_gate_and_up_together():
-    """The decoder blocks open at the sequence length they are called with (their causal mask needs it, and a
-    batch of one); the attention's projections have two channel axes and stay closed."""
-    model = random_weights(llama())
-    graph = tfprune.ChannelGraph(model)
-    prefix = "llama_backbone/transformer_layer_0/"
-    rotary = [path for path in graph.closed if path.startswith(prefix + "self_attention/llama_rotary_embedding")]
-    assert len(rotary) == 1 and "could not be traced" in graph.closed[rotary[0]], graph.closed  # its name may be _1
-    group = graph[prefix + "feedforward_gate_dense"]
-    assert {m.layer for m in group.members} >= {prefix + n for n in ("feedforward_gate_dense",
-                                                                     "feedforward_intermediate_dense",
-                                                                     "feedforward_output_dense")}
-    plan = tfprune.plan(model, 0.5, graph=graph)
-    assert sorted(plan.keep) == [f"llama_backbone/transformer_layer_{i}/feedforward_gate_dense" for i in (0, 1)]
-    x = inputs_for(model)
-    assert check_equivalence(model, plan, inputs=x) < TOLERANCE
-    slim = tfprune.rebuild(model, plan, graph=graph)
-    slim_graph = tfprune.ChannelGraph(slim)
-    assert slim_graph.layers[prefix + "feedforward_gate_dense"].units == 32
-    assert slim_graph.layers[prefix + "feedforward_intermediate_dense"].units == 32
-    assert not np.allclose(np.asarray(slim(x)), np.asarray(model(x)))  # the plan changes what it computes

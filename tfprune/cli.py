@@ -233,6 +233,7 @@ def _load_model(path, progress):
     progress(f"loading {path}")
     import keras
 
+    _register_tfprune_layers(path, config)
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as error:
@@ -249,6 +250,33 @@ def _load_model(path, progress):
     if not isinstance(model, keras.Model):
         raise CommandError(f"{path}: holds a {type(model).__name__}, not a keras.Model.")
     return model
+
+
+def _register_tfprune_layers(path, config):
+    """Import the modules of the tfprune layers a saved config names (a slim Llama's `LlamaAttentionWithHeadDim`),
+    which registers them with Keras: Keras imports the modules of its own classes only."""
+    import importlib
+
+    modules = set()
+
+    def visit(node):
+        if isinstance(node, dict):
+            module = node.get("module")
+            if isinstance(module, str) and module.startswith("tfprune.layers."):
+                modules.add(module)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    for module in sorted(modules):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise CommandError(f"{path}: holds layers of {module}, which cannot be imported "
+                               f"({_one_line(error)}); install what it needs (keras-hub for a slim Llama).") from None
 
 
 def _check_model_file(path):

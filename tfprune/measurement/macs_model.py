@@ -14,6 +14,7 @@ import numpy as np
 
 from tfprune.graph.rules import Boundary
 from tfprune.graph.rules.gemma_attention import is_gemma_attention
+from tfprune.graph.rules.keras_hub_attention import DecoderAttention
 from tfprune.measurement.costs import PolynomialCost
 from tfprune.measurement.counting import layer_counts
 
@@ -67,7 +68,7 @@ class MacsModel(PolynomialCost):
                 i, o = self.side(path, "in"), self.side(path, "out")
                 self._terms.append((count.macs / (i[1] * o[1]), (i[0], o[0])))
                 continue
-            self._terms += _terms(layer, count.macs, lambda name, p=path: self.side(p, name),
+            self._terms += _terms(layer, rule, count.macs, lambda name, p=path: self.side(p, name),
                                   count.argument_shapes)
         self._freeze_terms()
 
@@ -96,13 +97,15 @@ class MacsModel(PolynomialCost):
         return self.expected_cost(keep_probability)
 
 
-def _terms(layer, macs, side, argument_shapes):
+def _terms(layer, rule, macs, side, argument_shapes):
     """`(coefficient, (side, ...))` terms whose sum, over the sides' kept counts, is the layer's MACs."""
     def n(s):
         return s[1]
 
     if isinstance(layer, _ATTENTION) or is_gemma_attention(layer):
         return _attention_terms(layer, macs, side, argument_shapes)
+    if isinstance(rule, DecoderAttention):
+        return _decoder_attention_terms(layer, macs, side, argument_shapes)
     if isinstance(layer, _SEPARABLE):  # S·m·C_in·(k + C_out)
         i, o = side("in"), side("out")
         k = int(np.prod(layer.kernel_size))
@@ -158,6 +161,35 @@ def _attention_terms(layer, macs, side, argument_shapes):
         except KeyError:
             continue
         width[index] = count
+    full = sum(c * np.prod([width[s] for s in sides]) for c, sides in terms)
+    if round(full) != macs:
+        raise NotImplementedError(
+            f"count_macs counts {macs} MACs for '{layer.name}' ({type(layer).__name__}) but MacsModel's attention "
+            f"formula gives {round(full)}: the two must count attention alike (projections, QKᵀ and AV).")
+    return terms
+
+
+def _decoder_attention_terms(layer, macs, side, argument_shapes):
+    """KerasHub's decoder attention (`tfprune.graph.rules.keras_hub_attention`), per call on T positions (self-
+    attention, no cache): the query projection T·E·H·D, key and value 2·T·E·H_kv·D, output T·H·D·E, QKᵀ and AV
+    2·H·T·T·D, where H is the query heads kept with their key/value head (as for `GroupQueryAttention`), H_kv the
+    key/value heads, D the head width (never pruned: a rotary embedding ties it) and E the hidden width. Causal
+    attention counts as full."""
+    hidden, kv_heads, head_dim, out = (side(name)[0] for name in ("in", "kv_heads", "head_dim", "out"))
+    names = ["in", "kv_heads", "head_dim", "out"]
+    try:
+        heads, scale = (side("query_heads")[0], kv_heads), 1.0 / side("kv_heads")[1]
+        names.append("query_heads")
+    except KeyError:  # as many query heads as key/value heads: one group of heads
+        heads, scale = (kv_heads,), 1.0
+    terms = []
+    for shapes in argument_shapes:
+        t = _positions(layer, shapes["hidden_states"])
+        terms += [(t * scale, (hidden, *heads, head_dim)), (2 * t, (hidden, kv_heads, head_dim)),
+                  (t * scale, (*heads, head_dim, out)), (2 * t * t * scale, (*heads, head_dim))]
+    if not argument_shapes:
+        raise NotImplementedError(f"MacsModel does not know the sequence lengths of '{layer.name}'.")
+    width = dict(side(name) for name in names)
     full = sum(c * np.prod([width[s] for s in sides]) for c, sides in terms)
     if round(full) != macs:
         raise NotImplementedError(

@@ -4,6 +4,7 @@ import keras
 
 from tfprune.graph.keras_nodes import call_nodes, is_graph_model
 from tfprune.graph.rules.gemma_attention import is_gemma_attention
+from tfprune.graph.rules.keras_hub_attention import rule_for_keras_hub
 from tfprune.graph.tracing import open_model
 from tfprune.measurement.counting import count_macs, count_params, layer_counts
 
@@ -18,9 +19,10 @@ def summary(model, slim=None, print_fn=None):
     One row per layer with weights or MACs (weightless layers such as activations and pooling are left out):
     its path ("submodel/layer" inside nested models), type, output channels, parameters and MACs for one input
     example (see `tfprune.count_macs`). Models with attention layers get a "Heads" column: "12 → 6 heads" for a
-    `MultiHeadAttention`, "8/4 → 4/2 heads" (query/key-value heads) for a `GroupQueryAttention`. With `slim`,
-    every column reads "before → after"; layers are matched by path, which `tfprune.rebuild` keeps, and the last
-    lines give the totals and their ratio after/before.
+    `MultiHeadAttention`, "8/4 → 4/2 heads" (query/key-value heads) for a `GroupQueryAttention` or KerasHub's
+    Llama and Mistral attention (inside custom layers too, read from the model's trace). With `slim`, every column
+    reads "before → after"; layers are matched by path, which `tfprune.rebuild` keeps, and the last lines give the
+    totals and their ratio after/before.
 
     Args:
         model: a built Functional or Sequential `keras.Model` with a fixed input size.
@@ -58,7 +60,9 @@ def summary(model, slim=None, print_fn=None):
 def _table(model, slim):
     before = layer_counts(model)
     after = layer_counts(slim) if slim is not None else None
-    heads_before, heads_after = attention_heads(model), attention_heads(slim) if slim is not None else {}
+    # Heads are read from the graph models (custom layers opened, as counting does): KerasHub's blocks hold theirs.
+    heads_before = attention_heads(open_model(model).model)
+    heads_after = attention_heads(open_model(slim).model) if slim is not None else {}
     headers = _HEADERS + ((_HEADS,) if heads_before or heads_after else ())
     paths = list(before) + [p for p in (after or {}) if p not in before]
     rows = []
@@ -105,9 +109,9 @@ def _totals(model, slim):
 
 def attention_heads(model, prefix=""):
     """`{path: heads}` of the attention layers of a graph model (nested models included): "12" for a
-    `MultiHeadAttention`, "8/4" (query/key-value heads) for a `GroupQueryAttention` and KerasHub's Gemma attention.
-    Custom layers are read through (`tfprune.trace`), as `count_macs` reads them: a KerasHub backbone's decoder
-    blocks hold its attention layers.
+    `MultiHeadAttention`, "8/4" (query/key-value heads) for a `GroupQueryAttention` and KerasHub's Gemma, Llama
+    and Mistral attention. Custom layers are read through (`tfprune.trace`), as `count_macs` reads them: a KerasHub
+    backbone's decoder blocks hold its attention layers.
 
     Args:
         model: a Functional or Sequential `keras.Model` (anything else has none: `{}`).
@@ -135,6 +139,9 @@ def attention_heads(model, prefix=""):
             found[path] = str(op.num_heads)
         elif isinstance(op, keras.layers.GroupQueryAttention) or is_gemma_attention(op):
             found[path] = f"{op.num_query_heads}/{op.num_key_value_heads}"
+        elif rule_for_keras_hub(op) is not None:  # KerasHub's decoder attention: query/key-value heads
+            query, key = op._query_dense.kernel.shape[1], op._key_dense.kernel.shape[1]
+            found[path] = f"{query}/{key}"
     return found
 
 

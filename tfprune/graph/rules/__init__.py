@@ -17,6 +17,7 @@ from tfprune.graph.rules import (
     einsum,
     embeddings,
     gemma_attention,
+    keras_hub_attention,
     merging,
     normalization,
     passthrough,
@@ -82,7 +83,7 @@ _RULES = (
 
 
 # KerasHub's layers with rules of their own, by exact class ("module.Class"), so that keras-hub is not imported.
-_KERAS_HUB_RULES = {**embeddings.KERAS_HUB_RULES, **gemma_attention.RULES}
+_KERAS_HUB_RULES = {**embeddings.KERAS_HUB_RULES, **gemma_attention.RULES, **keras_hub_attention.RULES}
 
 
 def rule_for(operation) -> LayerRule:
@@ -94,7 +95,7 @@ def rule_for(operation) -> LayerRule:
     """
     if isinstance(operation, keras.layers.Lambda):
         return LambdaBoundary()
-    keras_hub_rule = _KERAS_HUB_RULES.get(f"{type(operation).__module__}.{type(operation).__qualname__}")
+    keras_hub_rule = _KERAS_HUB_RULES.get(keras_hub_attention.class_path(operation))
     if keras_hub_rule is not None:
         return keras_hub_rule
     if type(operation).__module__.startswith("keras."):

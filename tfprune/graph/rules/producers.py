@@ -22,6 +22,9 @@ class Dense(LayerRule):
     filter_sides = ("out",)
 
     def propagate(self, ctx, layer, inputs):
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            raise NotUnderstood("a quantized or LoRA-enabled Dense is not pruned (its scales and LoRA kernels are "
+                                "not sliced)")
         elems = single_input(inputs)
         ctx.record("in", elems)
         out = ctx.new_space(getattr(layer, self.width_attribute))
