@@ -86,6 +86,25 @@ def test_plan_for_macs_prices_the_hidden_width():
     assert "patches" not in without.keep
 
 
+@pytest.mark.parametrize("criterion", ["l2", "mean_activation", "taylor"])
+def test_data_criteria_score_the_hidden_channels(criterion):
+    """The weight, activation and Taylor criteria score hidden channels too (measured on the tensors of the group),
+    and their plans keep mask == rebuild. (APoZ and HRank run but see no zeros and full ranks in this ReLU-free
+    residual stream: constant scores, so they are not asserted here.)"""
+    model = functional_vit()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    data = (x, rng.integers(0, 3, 16)) if criterion == "taylor" else x
+    if criterion == "taylor":
+        criterion = tfprune.criteria.Taylor(loss="sparse_categorical_crossentropy", verbose=0)
+    scores = tfprune.criteria.get(criterion)(tfprune.ChannelGraph(model), tfprune.ChannelGraph(model)["patches"],
+                                             model, data)
+    assert scores.shape == (16,) and np.isfinite(scores).all() and np.ptp(scores) > 0  # measured, not constant
+    plan = tfprune.plan(model, 0.5, criterion=criterion, data=data, prune_spanning=True)
+    assert len(plan.keep["patches"]) == 8
+    assert check_equivalence(model, plan, inputs=x[:4]) < TOLERANCE
+
+
 @pytest.mark.parametrize("norm", [L.LayerNormalization, L.RMSNormalization,
                                   lambda **kw: L.LayerNormalization(rms_scaling=True, **kw)],
                          ids=["layer_norm", "rms_norm", "layer_norm_rms_scaling"])

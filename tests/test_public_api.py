@@ -8,8 +8,11 @@ imports TensorFlow or Keras.
 """
 
 import ast
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -135,3 +138,12 @@ def test_api_reference_uses_public_paths_only():
     assert not internal, (
         f"docs/api documents names by paths that are not public (modules behind them move): {internal}. "
         "Use `tfprune.<name>` or `tfprune.<callbacks|criteria|layers|search>.<name>`.")
+
+
+@pytest.mark.parametrize("subpackage", SUBPACKAGES)
+def test_each_public_subpackage_is_an_attribute_of_a_fresh_import(subpackage):
+    """`tfprune.criteria.Taylor` works right after `import tfprune`, before anything imported the subpackage."""
+    code = f"import tfprune; print(tfprune.{subpackage}.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.stdout.split()[-1] == f"tfprune.{subpackage}"

@@ -42,6 +42,7 @@ _PUBLIC = {
 # Public modules: `tfprune.callbacks` is the module `tfprune.callbacks`, `tfprune.models` is `tfprune.training.models`.
 _MODULES = {
     "callbacks": "tfprune.callbacks",
+    "criteria": "tfprune.criteria",
     "datasets": "tfprune.training.datasets",
     "layers": "tfprune.layers",
     "macs_model": "tfprune.measurement.macs_model",

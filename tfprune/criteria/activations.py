@@ -343,9 +343,10 @@ def _per_example_loss(loss, model):
     if loss is None:
         loss = getattr(model, "loss", None)
         if loss is None:
-            raise ValueError("The 'taylor' statistic needs a loss: compile the model with one or pass loss=... "
-                             "(a name such as 'sparse_categorical_crossentropy', a keras.losses.Loss, or a "
-                             "callable (y_true, y_pred)).")
+            raise ValueError("The 'taylor' statistic needs a loss: compile the model with one, or give it as "
+                             "criterion=tfprune.criteria.Taylor(loss=...) to tfprune.plan (loss=... to "
+                             "channel_statistics): a name such as 'sparse_categorical_crossentropy', a "
+                             "keras.losses.Loss, or a callable (y_true, y_pred).")
     if isinstance(loss, dict | list | tuple):
         raise ValueError("The 'taylor' statistic takes one loss; for a model with several outputs pass "
                          "loss=callable(y_true, y_pred) that combines them.")
