@@ -78,6 +78,10 @@ def test_help_is_quick_and_complete(files):
         sub = run(command, "--help", cwd=folder)
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: tfprune {command}"), sub.stderr
         assert "--json" in sub.stdout
+    for method in ("abc", "random", "dmcp"):
+        sub = run("search", method, "--help", cwd=folder)
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: tfprune search {method}"), sub.stderr
+        assert "--data" in sub.stdout and "fashion_mnist" in sub.stdout and "--latency" in sub.stdout
     usage = run("prune", "model.keras", cwd=folder)  # required options missing: argparse's usage error
     assert usage.returncode == 2 and "--ratio" in usage.stderr
     imported = subprocess.run([sys.executable, "-c", "import sys, tfprune.cli; print('tensorflow' in sys.modules)"],
@@ -225,3 +229,104 @@ def test_prune_to_a_latency_budget_reports_the_measured_ratio(files, tmp_path, m
     assert latency["runtime"] == "litert" and latency["target"] == 0.6
     assert latency["measured_ratio"] == pytest.approx(latency["slim_ms"] / latency["original_ms"])
     assert list((tmp_path / "cache").glob("*.json"))  # the tables were cached where the user said
+
+
+# ---- tfprune search ------------------------------------------------------------------------------------------------
+
+def test_search_abc_and_dmcp_meet_a_macs_or_params_budget(files, tmp_path):
+    folder, model = files
+    macs, params = tfprune.count_macs(model), tfprune.count_params(model)
+    done = run("search", "abc", "model.keras", "--data", "data.npz", "--val-split", "0.25", "--macs", "0.5",
+               "--food-sources", "2", "--cycles", "1", "--fine-tune-steps", "2", "--batch-size", "4", "--seed", "0",
+               "--plan-out", tmp_path / "abc.json", "-o", tmp_path / "abc.keras", "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    search = result["search"]
+    assert search["method"] == "abc" and search["cost"] == "macs" and search["target"] == 0.5
+    assert (search["train_examples"], search["val_examples"]) == (9, 3)  # 12 examples, a quarter held out
+    assert result["after"]["macs"] <= 0.5 * macs
+    assert search["macs_ratio"] == pytest.approx(result["after"]["macs"] / macs, rel=1e-9)  # exact counts
+    slim = keras.models.load_model(tmp_path / "abc.keras")
+    assert tfprune.count_macs(slim) == result["after"]["macs"]
+    assert tfprune.rebuild(model, tfprune.Plan.load(tmp_path / "abc.json")).count_params() == slim.count_params()
+    assert set(search["val_accuracy"]) == {"original", "slim"}
+
+    done = run("search", "dmcp", "model.keras", "--data", "data.npz", "--val-data", "data.npz", "--params", "0.6",
+               "--epochs", "2", "--batch-size", "4", "--fine-tune-epochs", "1", "--seed", "0",
+               "-o", tmp_path / "dmcp.keras", "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["search"]["method"] == "dmcp" and result["search"]["cost"] == "params"
+    assert result["after"]["params"] <= 0.6 * params
+    assert result["search"]["train_examples"] == result["search"]["val_examples"] == 12
+    assert set(result["search"]["val_accuracy"]) == {"original", "slim", "fine_tuned"}
+
+
+def test_search_for_a_latency_budget_uses_the_cached_tables(files, tmp_path, monkeypatch):
+    """The tables are pre-filled with synthetic times (nothing measured, either backend): the search's latency ratio
+    is theirs, so the budget reached the search and the cache was read."""
+    from tfprune.measurement.latency_tables import LatencyModel, cache_file, synthetic_tables
+
+    folder, _ = files
+    model = keras.models.load_model(folder / "model.keras")  # as the command loads it
+    tables = synthetic_tables(model, 1e-6, rest_ms=0.01)
+    path = Path(cache_file(model, "litert", 1, cache_dir=tmp_path / "cache"))
+    path.parent.mkdir()
+    path.write_text(json.dumps(tables.to_json()))
+    monkeypatch.setenv("TFPRUNE_LATENCY_CACHE", str(tmp_path / "cache"))
+    done = run("search", "random", "model.keras", "--data", "data.npz", "--val-split", "0.25", "--latency", "0.5",
+               "--runtime", "litert", "--evaluations", "3", "--fine-tune-steps", "1", "--batch-size", "4",
+               "--seed", "0", "--plan-out", tmp_path / "plan.json", "-o", tmp_path / "slim.keras", "--json",
+               cwd=folder)
+    assert done.returncode == 0, done.stderr
+    search = json.loads(done.stdout)["search"]
+    assert search["method"] == "random" and search["cost"] == "latency"
+    expected = LatencyModel(model, tables=tables, cache_dir=False).ratio(tfprune.Plan.load(tmp_path / "plan.json"))
+    assert search["cost_ratio"] == pytest.approx(expected, rel=1e-9) and expected <= 0.5
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [path.name]  # read, not measured again
+
+
+def test_search_reads_a_folder_of_images(files, tmp_path):
+    folder, _ = files
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog", "fox"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):  # 16x16 files: read at the model's 12x12
+            keras.utils.save_img(tmp_path / "images" / label / f"{i}.png", rng.integers(0, 256, (16, 16, 3)))
+    done = run("search", "random", "model.keras", "--data", tmp_path / "images", "--val-split", "0.34",
+               "--rescale", "1/255", "--macs", "0.5", "--evaluations", "2", "--fine-tune-steps", "1",
+               "--batch-size", "4", "-o", tmp_path / "slim.keras", "--json", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    search = json.loads(done.stdout)["search"]
+    assert (search["train_examples"], search["val_examples"]) == (6, 3)
+    (tmp_path / "flat").mkdir()
+    keras.utils.save_img(tmp_path / "flat" / "0.png", rng.integers(0, 256, (16, 16, 3)))
+    one_error_line(run("search", "dmcp", "model.keras", "--data", tmp_path / "flat", "--macs", "0.5",
+                       "-o", tmp_path / "x.keras", cwd=folder), "search",
+                   "flat: --data is not a folder of images in one sub-folder per class")
+
+
+def test_search_data_errors_give_one_line(files, tmp_path):
+    folder, _ = files
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "unlabelled.npz", x=rng.random((6, 12, 12, 3), dtype=np.float32))
+    np.savez(tmp_path / "keys.npz", images=rng.random((6, 12, 12, 3)), labels=np.zeros(6, int))
+    np.savez(tmp_path / "shape.npz", x=rng.random((6, 10, 10, 3)), y=np.zeros(6, int))
+    np.savez(tmp_path / "classes.npz", x=rng.random((6, 12, 12, 3)), y=np.arange(6))
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+
+    def search(data, *more):
+        return run("search", "random", "model.keras", "--data", data, "--macs", "0.5", *more,
+                   "-o", tmp_path / "x.keras", cwd=folder)
+
+    one_error_line(search(tmp_path / "missing.npz"), "search", "missing.npz: no such file (--data)")
+    one_error_line(search(tmp_path / "corrupt.npz"), "search", "--data must be an .npz file of arrays")
+    one_error_line(search(tmp_path / "unlabelled.npz"), "search", "--data needs labels: an array 'y'")
+    one_error_line(search(tmp_path / "keys.npz"), "search", "needs an array named 'x'", "['images', 'labels']")
+    one_error_line(search(tmp_path / "shape.npz"), "search", "examples have shape (10, 10, 3)",
+                   "the model takes (12, 12, 3)")
+    one_error_line(search(tmp_path / "classes.npz", "--val-split", "0.5"), "search",
+                   "labels range over", "the model has 3 classes")
+    one_error_line(search("fashion_mnist"), "search", "fashion_mnist: --data examples have shape (28, 28, 1)")
+    usage = run("search", "abc", "model.keras", "--data", "data.npz", "-o", tmp_path / "x.keras", cwd=folder)
+    assert usage.returncode == 2 and "one of the arguments --macs --params --latency is required" in usage.stderr

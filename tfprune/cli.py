@@ -3,6 +3,8 @@
     tfprune summary MODEL.keras
     tfprune prune MODEL.keras --ratio 0.5 [--criterion l1] [--scope global] [--plan-out PLAN.json] -o SLIM.keras
     tfprune prune MODEL.keras --macs 0.5 | --params 0.5 | --latency 0.5 [--runtime litert] [--round-to auto] -o ...
+    tfprune search abc|random|dmcp MODEL.keras --data DATA.npz|FOLDER|fashion_mnist --macs 0.5 | --params 0.5
+        | --latency 0.5 [--runtime litert] [--fine-tune-epochs 2] -o SLIM.keras
     tfprune rebuild MODEL.keras PLAN.json -o SLIM.keras
     tfprune export SLIM.keras --format tflite|onnx|saved_model|keras [--quantize int8 --calibration DATA.npz]
     tfprune bench MODEL.keras SLIM.keras|SLIM.tflite|SLIM.onnx ... [--engines tensorflow,tflite,onnxruntime]
@@ -112,7 +114,7 @@ def _prune(args, progress):
     else:
         from tfprune.pruning.targets import plan_for_macs
 
-        kind, value = ("macs", args.macs) if args.macs is not None else ("params", args.params)
+        kind, value = _budget(args)
         progress(f"planning ({args.criterion}, {args.scope} scope) for {value} of the {kind}")
         chosen, reached = plan_for_macs(model, {kind: value}, make_plan, graph=graph)
         if reached > value:
@@ -141,7 +143,99 @@ def _rebuild(args, progress):
     return _save_slim(args, model, slim, chosen, None, progress)
 
 
-def _save_slim(args, model, slim, chosen, plan_out, progress, fit=None):
+def _search(args, progress):
+    _check_output(args.output, ".keras")
+    if args.plan_out is not None:
+        _check_output(args.plan_out, ".json")
+    _check_model_file(args.model)
+    progress(f"reading {args.data}")  # arrays are read and checked before the model is loaded, which is slower
+    sources = [(args.data, "--data")] + ([(args.val_data, "--val-data")] if args.val_data is not None else [])
+    read = [_labelled_arrays(source, flag) for source, flag in sources]
+    model = _load_model(args.model, progress)
+    train, *val = (_labelled(source, flag, model, args.rescale, arrays)
+                   for (source, flag), arrays in zip(sources, read, strict=True))
+    if val:
+        val = val[0]
+    else:
+        train, val = _split(train, args.val_split, args.data)
+    loss, default_loss = _search_loss(model)
+    if default_loss:
+        for flag, (_, y) in (("--data", train), ("--val-data" if args.val_data else "--data", val)):
+            _check_class_labels(y, model, flag)
+    import keras
+
+    model.compile(keras.optimizers.SGD(args.learning_rate, momentum=0.9), loss, metrics=["accuracy"])
+    kind, value = _budget(args)
+    target = {kind: value, "runtime": args.runtime, "threads": args.threads} if kind == "latency" else {kind: value}
+    if kind == "latency":
+        progress(f"latency tables for {args.runtime}, {args.threads} thread(s) (cached after the first build)")
+    progress(f"{args.method} search for {value} of the {kind}")
+    result = _run_search(args, model, train, val, target)
+    progress("rebuilding")
+    slim = result.slim_model()
+    accuracy = {"original": _accuracy(model, val, args.batch_size), "slim": _accuracy(slim, val, args.batch_size)}
+    if args.fine_tune_epochs:
+        from tfprune.training.fine_tuning import fine_tune
+
+        progress(f"fine-tuning {args.fine_tune_epochs} epoch(s)")
+        fine_tune(slim, train, args.fine_tune_epochs, optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+                  loss=loss, metrics=["accuracy"], batch_size=args.batch_size, verbose=0)
+        accuracy["fine_tuned"] = _accuracy(slim, val, args.batch_size)
+    search = {"method": result.method, "cost": result.cost, "target": value, "cost_ratio": result.cost_ratio,
+              "macs_ratio": result.macs_ratio, "widths": result.widths, "evaluations": result.evaluations,
+              "fitness": result.fitness, "seconds": result.seconds, "train_examples": len(train[0]),
+              "val_examples": len(val[0]), "val_accuracy": accuracy}
+    macs = "" if result.cost == "macs" else f", MACs ratio {result.macs_ratio:.3f}"
+    lines = [f"{args.method} search: {result.cost} ratio {result.cost_ratio:.3f} (target {value}){macs}, "
+             f"{result.evaluations} evaluation(s) in {result.seconds:.0f} s",
+             f"validation accuracy ({len(val[0])} examples): original {accuracy['original']:.4f}, slim "
+             f"{accuracy['slim']:.4f}" + (f", fine-tuned {args.fine_tune_epochs} epoch(s) "
+                                          f"{accuracy['fine_tuned']:.4f}" if "fine_tuned" in accuracy else "")]
+    return _save_slim(args, model, slim, result.plan, args.plan_out, progress, more=({"search": search}, lines))
+
+
+def _run_search(args, model, train, val, target):
+    """The `SearchResult` of `args.method` on the compiled `model`."""
+    from tfprune.deployment.channel_tiles import resolve_round_to
+    from tfprune.search import abc, dmcp, random_search
+
+    if args.method == "dmcp":
+        return dmcp(model, train, target, epochs=args.epochs, batch_size=args.batch_size,
+                    warmup_fraction=args.warmup_fraction, seed=args.seed, verbose=0)
+    common = dict(fine_tune_steps=args.fine_tune_steps, batch_size=args.batch_size, criterion=args.criterion,
+                  round_to=resolve_round_to(args.round_to, args.runtime), seed=args.seed, verbose=0)
+    if args.method == "abc":
+        return abc(model, train, val, target, food_sources=args.food_sources, cycles=args.cycles, limit=args.limit,
+                   **common)
+    return random_search(model, train, val, target, evaluations=args.evaluations, **common)
+
+
+def _search_loss(model):
+    """(the loss the search trains with, whether it is the default): the model's compiled loss if it was saved
+    with one, else sparse categorical cross-entropy (on logits unless the model ends in a softmax)."""
+    import keras
+
+    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
+        return model.loss, False
+    from tfprune.training.fine_tuning import _ends_in_softmax
+
+    if len(model.outputs) != 1:
+        raise CommandError(f"the model has {len(model.outputs)} outputs and was saved without a loss: the search's "
+                           "default loss (sparse categorical cross-entropy) needs one output; save the model "
+                           "compiled with its loss.")
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not _ends_in_softmax(model)), True
+
+
+def _accuracy(model, data, batch_size):
+    """Top-1 accuracy of `model` on `(x, y)`, with class labels or one-hot labels (the model is not compiled)."""
+    import numpy as np
+
+    x, y = data
+    predicted = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
+    return float(np.mean(predicted == (y if y.ndim == 1 else np.argmax(y, axis=-1))))
+
+
+def _save_slim(args, model, slim, chosen, plan_out, progress, fit=None, more=None):
     from tfprune.measurement.counting import count_macs, count_params
     from tfprune.measurement.summaries import attention_heads
 
@@ -168,6 +262,9 @@ def _save_slim(args, model, slim, chosen, plan_out, progress, fit=None):
         lines.append(f"latency on {args.runtime} ({args.threads} thread(s)): {fit.original_ms:.3f} ms → "
                      f"{fit.slim_ms:.3f} ms, measured ratio {fit.measured_ratio:.3f} "
                      f"(predicted {fit.predicted_ratio:.3f}, target {fit.target})")
+    if more is not None:  # the search's own result
+        data.update(more[0])
+        lines += more[1]
     lines.append(f"wrote {args.output}" + (f" and plan {plan_out}" if plan_out else ""))
     return data, "\n".join(lines)
 
@@ -394,6 +491,95 @@ def _arrays(path, flag, labels_as_pair=False):
     return x, y
 
 
+def _labelled_arrays(source, flag):
+    """`(x, y)` from an .npz with arrays "x" and "y" or from the name "fashion_mnist" (its training split, read
+    offline); None for a folder of images, which is read at the model's input size (`_labelled`)."""
+    if source == "fashion_mnist":
+        from tfprune.training.datasets import fashion_mnist
+
+        (x, y), _ = fashion_mnist()  # the test split is never searched on
+        return x, y
+    if os.path.isdir(source):
+        return None
+    x, y = _arrays(source, flag)
+    if y is None:
+        raise CommandError(f"{source}: {flag} needs labels: an array 'y' beside the examples 'x' "
+                           "(numpy.savez(path, x=examples, y=labels)).")
+    return x, y
+
+
+def _labelled(source, flag, model, rescale, arrays):
+    """Examples and labels `(x, y)` for a search: `arrays` (from `_labelled_arrays`) or, for a folder of images in
+    one sub-folder per class, the images read at the model's input size; checked against the model's input."""
+    import numpy as np
+
+    x, y = arrays if arrays is not None else _image_folder(source, flag, model, rescale)
+    if len(x) != len(y):
+        raise CommandError(f"{source}: {flag} has {len(x)} examples in 'x' but {len(y)} labels in 'y'.")
+    expected = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
+    if expected is not None and (len(x.shape) != 1 + len(expected)
+                                 or any(e is not None and e != n for e, n in zip(expected, x.shape[1:], strict=True))):
+        raise CommandError(f"{source}: {flag} examples have shape {tuple(x.shape[1:])}, but the model takes "
+                           f"{tuple(None if e is None else int(e) for e in expected)}.")
+    if len(x) < 2:
+        raise CommandError(f"{source}: {flag} has {len(x)} example(s); a search needs at least 2.")
+    return x, np.asarray(y)
+
+
+def _image_folder(path, flag, model, rescale):
+    """`keras.utils.image_dataset_from_directory` at the model's input size, read into arrays (pixel values as
+    Keras reads them, 0-255, times `--rescale`)."""
+    import contextlib
+    import io
+
+    import keras
+    import numpy as np
+
+    shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else ()
+    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[-1] if len(shape) == 4 else None)
+    if mode is None or None in shape[1:3]:
+        raise CommandError(f"{path}: {flag} is a folder of images, which needs a model with one image input of "
+                           f"fixed height and width and 1, 3 or 4 channels; this one takes {shape or 'several'}.")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # "Found N files belonging to K classes."
+            images = keras.utils.image_dataset_from_directory(path, label_mode="int", color_mode=mode,
+                                                              image_size=shape[1:3], batch_size=256, shuffle=False)
+    except ValueError as error:
+        raise CommandError(f"{path}: {flag} is not a folder of images in one sub-folder per class "
+                           f"({_one_line(error)}).") from None
+    batches = list(images.as_numpy_iterator())
+    if not batches:
+        raise CommandError(f"{path}: {flag} holds no images (.jpeg, .png, .bmp or .gif in one sub-folder per class).")
+    return rescale * np.concatenate([b[0] for b in batches]).astype("float32"), np.concatenate([b[1] for b in batches])
+
+
+def _check_class_labels(y, model, flag):
+    """Integer class labels in [0, classes) for the default sparse categorical cross-entropy."""
+    import numpy as np
+
+    classes = model.outputs[0].shape[-1]
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise CommandError(f"{flag}: the labels must be integer class indices of shape (N,) for the default loss "
+                           f"(sparse categorical cross-entropy); got {y.dtype} of shape {y.shape}. Save the model "
+                           "compiled with another loss to use other labels.")
+    if len(y) and (y.min() < 0 or (classes is not None and y.max() >= classes)):
+        raise CommandError(f"{flag}: labels range over [{y.min()}, {y.max()}], but the model has {classes} "
+                           f"classes: labels must be in [0, {classes}).")
+
+
+def _split(data, fraction, source):
+    """(train, validation) of `data`: a random `fraction` of the examples (seed 0) held out for validation."""
+    import numpy as np
+
+    x, y = data
+    held = round(fraction * len(x))
+    if not 1 <= held < len(x):
+        raise CommandError(f"{source}: --val-split {fraction} of {len(x)} examples leaves {held} for validation and "
+                           f"{len(x) - held} for training; both need at least 1 (or give --val-data).")
+    order = np.random.default_rng(0).permutation(len(x))
+    return (x[order[held:]], y[order[held:]]), (x[order[:held]], y[order[:held]])
+
+
 def _default_export_path(model_path, format, quantize):
     stem = model_path[: -len(".keras")] if model_path.endswith(".keras") else model_path
     suffix = f"_{quantize}" if quantize else ""
@@ -482,8 +668,117 @@ def _round_to(text):
     return value
 
 
+def _add_budget(sub, ratio):
+    """The budget options of `prune` (with `--ratio`) and `search`: one of --macs, --params, --latency (with
+    --runtime and --threads)."""
+    budget = sub.add_mutually_exclusive_group(required=True)
+    if ratio:
+        budget.add_argument("--ratio", type=float, help="fraction of channels to remove, in [0, 1): per group (layer "
+                            "scope) or overall (global)")
+    budget.add_argument("--macs", type=float, metavar="R", help="keep this fraction of the MACs, in (0, 1]")
+    budget.add_argument("--params", type=float, metavar="R", help="keep this fraction of the params, in (0, 1]")
+    budget.add_argument("--latency", type=float, metavar="R",
+                        help="run in this fraction of the latency on --runtime, measured on this CPU, in (0, 1]")
+    sub.add_argument("--runtime", choices=("litert", "onnxruntime"), default="litert",
+                     help="the runtime of --latency and of --round-to auto (default litert)")
+    sub.add_argument("--threads", type=int, default=1, help="the runtime's CPU threads for --latency (default 1)")
+
+
+def _budget(args):
+    """(cost, ratio) of the budget given: ("macs", 0.5), ("params", ...) or ("latency", ...)."""
+    return next((kind, getattr(args, kind)) for kind in ("macs", "params", "latency")
+                if getattr(args, kind) is not None)
+
+
+def _fraction(text):
+    """A number such as 0.5 or a fraction such as 1/255."""
+    import fractions
+
+    try:
+        return float(fractions.Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 1/255, got {text!r}") from None
+
+
 def _ratio(after, before):
     return f"{after / before:.3f}" if before else "n/a"
+
+
+SEARCH_HELP = {
+    "abc": "ABCPruner (tfprune.search.abc): a bee colony searches per-group widths under the budget, each candidate "
+           "fine-tuned briefly on --data and scored on the validation split.",
+    "random": "Random search (tfprune.search.random_search): random per-group widths under the budget, the fittest "
+              "on the validation split kept.",
+    "dmcp": "DMCP (tfprune.search.dmcp): per-group widths learned by gradient descent on Markov channel gates "
+            "while training on --data, under the budget."}
+DATA_HELP = ("training examples for the search: an .npz file with arrays 'x' (examples, shaped as the model's "
+             "input) and 'y' (labels: integer classes for the default loss); a folder of images with one "
+             "sub-folder per class (read with keras.utils.image_dataset_from_directory at the model's input size, "
+             "into memory); or 'fashion_mnist' (the training split of the local Debian copy, "
+             "/usr/share/datasets/fashion-mnist)")
+
+
+def _add_search_commands(commands, command):
+    """`tfprune search abc|random|dmcp`: one sub-command per search, with the options they share defined once."""
+    search = commands.add_parser("search", help="Search per-group widths under a MACs, params or latency budget "
+                                 "(abc, random, dmcp) on data and save the slim model.",
+                                 description="Search per-group widths under a budget on --data and save the slim "
+                                 "model. The model is trained with SGD (momentum 0.9, --learning-rate) on its saved "
+                                 "loss, or on sparse categorical cross-entropy if it was saved without one; the "
+                                 "accuracy on the validation split is reported. Run `tfprune search METHOD --help`.")
+    methods = search.add_subparsers(dest="method", required=True, metavar="METHOD")
+
+    def method(name):
+        sub = methods.add_parser(name, help=SEARCH_HELP[name], description=SEARCH_HELP[name])
+        sub.set_defaults(run=_search)
+        for flags, options in _common_options():
+            sub.add_argument(*flags, **options)
+        sub.add_argument("model", metavar="MODEL.keras")
+        sub.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
+        sub.add_argument("--val-data", metavar="DATA", help="validation examples in the same forms as --data "
+                         "(default: --val-split of --data; never the test set)")
+        sub.add_argument("--val-split", type=float, default=0.1,
+                         help="fraction of --data held out (at random, seed 0) for validation without --val-data "
+                              "(default 0.1)")
+        sub.add_argument("--rescale", type=_fraction, default=1.0,
+                         help="multiply the pixel values of a folder of images by this, e.g. 1/255 for a model "
+                              "trained on [0, 1] (default 1: 0-255)")
+        _add_budget(sub, ratio=False)
+        sub.add_argument("--learning-rate", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+        sub.add_argument("--batch-size", type=int, default=64, help="default 64")
+        sub.add_argument("--fine-tune-epochs", type=int, default=0,
+                         help="fine-tune the slim model this many epochs on --data before saving (default 0)")
+        sub.add_argument("--seed", type=int, default=None, help="seeds the search: same seed, same result")
+        sub.add_argument("--plan-out", metavar="PLAN.json", help="also write the plan as JSON")
+        sub.add_argument("-o", "--output", metavar="SLIM.keras", required=True, help="where the slim model goes")
+        return sub
+
+    for name in ("abc", "random"):
+        sub = method(name)
+        sub.add_argument("--fine-tune-steps", type=int, default=50,
+                         help="batches each candidate is fine-tuned before it is scored (default 50)")
+        sub.add_argument("--criterion", default="l1", help="which channels a width keeps: l1, l2, random (default l1)")
+        sub.add_argument("--round-to", type=_round_to, default=1,
+                         help="widths are multiples of this, or 'auto': the runtime's channel tile on this CPU")
+        if name == "abc":
+            sub.add_argument("--food-sources", type=int, default=10, help="default 10")
+            sub.add_argument("--cycles", type=int, default=10, help="default 10")
+            sub.add_argument("--limit", type=int, default=5, help="unimproved trials before a source is abandoned "
+                             "(default 5)")
+        else:
+            sub.add_argument("--evaluations", type=int, default=20, help="candidates scored (default 20)")
+    sub = method("dmcp")
+    sub.add_argument("--epochs", type=int, default=10, help="training epochs on --data in all (default 10)")
+    sub.add_argument("--warmup-fraction", type=float, default=0.5,
+                     help="fraction of the epochs that train the weights only, in [0, 1) (default 0.5)")
+
+
+def _common_options():
+    """The options of every subcommand: (flags, keyword arguments) of `add_argument`."""
+    return ((("--json",), dict(action="store_true", help="print the result as JSON on stdout")),
+            (("-q", "--quiet"), dict(action="store_true", help="no progress line on stderr")),
+            (("-v", "--verbose"), dict(action="store_true",
+                                       help="let TensorFlow's own log through to stderr (hidden by default)")))
 
 
 def _parser():
@@ -494,10 +789,8 @@ def _parser():
     def command(name, run, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(run=run)
-        sub.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-        sub.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
-        sub.add_argument("-v", "--verbose", action="store_true",
-                         help="let TensorFlow's own log through to stderr (hidden by default)")
+        for flags, options in _common_options():
+            sub.add_argument(*flags, **options)
         return sub
 
     sub = command("summary", _summary, "Per-layer channels, parameters and MACs of a model.")
@@ -505,16 +798,7 @@ def _parser():
 
     sub = command("prune", _prune, "Plan and rebuild: remove a fraction of the channels and save the slim model.")
     sub.add_argument("model", metavar="MODEL.keras")
-    budget = sub.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--ratio", type=float,
-                        help="fraction of channels to remove, in [0, 1): per group (layer scope) or overall (global)")
-    budget.add_argument("--macs", type=float, metavar="R", help="keep this fraction of the MACs, in (0, 1]")
-    budget.add_argument("--params", type=float, metavar="R", help="keep this fraction of the params, in (0, 1]")
-    budget.add_argument("--latency", type=float, metavar="R",
-                        help="run in this fraction of the latency on --runtime, measured on this CPU, in (0, 1]")
-    sub.add_argument("--runtime", choices=("litert", "onnxruntime"), default="litert",
-                     help="the runtime of --latency (default litert)")
-    sub.add_argument("--threads", type=int, default=1, help="the runtime's CPU threads for --latency (default 1)")
+    _add_budget(sub, ratio=True)
     sub.add_argument("--criterion", default="l1",
                      help="l1, l2, random, lasso, or with --data: mean_activation, apoz, hrank, taylor (default l1)")
     sub.add_argument("--scope", choices=("layer", "global"), default="layer", help="default layer")
@@ -527,6 +811,8 @@ def _parser():
     sub.add_argument("--seed", type=int, default=None, help="seed of the random and lasso criteria")
     sub.add_argument("--plan-out", metavar="PLAN.json", help="also write the plan as JSON")
     sub.add_argument("-o", "--output", metavar="SLIM.keras", required=True, help="where the slim model goes")
+
+    _add_search_commands(commands, command)
 
     sub = command("rebuild", _rebuild, "Rebuild a model with the channels a saved plan keeps.")
     sub.add_argument("model", metavar="MODEL.keras")

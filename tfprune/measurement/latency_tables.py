@@ -198,6 +198,40 @@ def model_fingerprint(model) -> str:
     return hashlib.sha256((config + shapes).encode()).hexdigest()
 
 
+def cache_file(model, runtime="litert", threads=1, grid=DEFAULT_GRID, cache_dir=None) -> str:
+    """The file in which `LatencyModel` caches the tables of `model` on `runtime` with `threads` and `grid`, on this
+    CPU and runtime version (it need not exist).
+
+    Args:
+        model: the model (its architecture names the file; its weights do not matter); for a model that the
+            channel graph traces, its trace, `ChannelGraph(model).model`.
+        runtime: "litert" or "onnxruntime".
+        threads: the runtime's CPU threads.
+        grid: the tables' grid.
+        cache_dir: the cache folder (default `default_cache_dir()`).
+
+    Example:
+
+    >>> import tfprune
+    >>> from tfprune.measurement.latency_tables import cache_file
+    >>> path = cache_file(tfprune.models.small_vgg(widths=(8, 16), convs_per_stage=1), cache_dir="/tmp/tables")
+    >>> path.startswith("/tmp/tables/small_vgg-") and path.endswith(".json")
+    True
+    """
+    runtime = check_runtime(runtime)
+    key = json.dumps([model_fingerprint(model), runtime, _runtime_version(runtime), threads, cpu_model(),
+                      list(_check_grid(grid)), TABLES_VERSION])
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.name)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(cache_dir or default_cache_dir(), f"{name}-{digest}.json")
+
+
+def _runtime_version(runtime):
+    from tfprune.deployment.runtimes import LITERT, ONNX_RUNTIME, runtime_version
+
+    return runtime_version(LITERT if runtime == "litert" else ONNX_RUNTIME)
+
+
 # ---- the model --------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -322,16 +356,9 @@ class LatencyModel(CostModel):
     # ---- building ---------------------------------------------------------------------------------------------
 
     def _cached_or_measured(self, model, cache_dir, runs, warmup, pin, progress):
-        from tfprune.deployment.runtimes import LITERT, ONNX_RUNTIME, runtime_version
-
-        version = runtime_version(LITERT if self.runtime == "litert" else ONNX_RUNTIME)
-        cpu = cpu_model()
+        version, cpu = _runtime_version(self.runtime), cpu_model()
         if cache_dir is not False:
-            key = json.dumps([model_fingerprint(self.graph.model), self.runtime, version, self.threads, cpu,
-                              list(self.grid), TABLES_VERSION])
-            name = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.name)
-            self.cache_path = os.path.join(cache_dir or default_cache_dir(),
-                                           f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json")
+            self.cache_path = cache_file(self.graph.model, self.runtime, self.threads, self.grid, cache_dir)
             if os.path.exists(self.cache_path):
                 with open(self.cache_path) as f:
                     self.cache_hit = True
