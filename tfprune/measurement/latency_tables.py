@@ -397,40 +397,76 @@ def _input_shapes(model, prefix=""):
     return shapes
 
 
+# The rules of the layers a table times (EinsumDense as Dense).
+_TABLED_RULES = (producer_rules.DepthwiseConv, producer_rules.Conv, producer_rules.ConvTranspose,
+                 producer_rules.SeparableConv, producer_rules.Dense, einsum_rules.EinsumDense)
+
+
 def tabled_layers(graph) -> list:
     """The layers of `graph`'s model that get a latency table (see the module docstring), in execution order.
 
     Raises:
-        NotImplementedError: for a layer whose cost depends on the widths but that has no table kind (attention).
+        NotImplementedError: for layers whose cost depends on the widths but that have no table kind (attention
+            layers, a patch embedding, a tied output projection), naming them and the targets that price them.
+        ValueError: for a tabled layer whose input shape is not fixed.
     """
     shapes = _input_shapes(graph.model)
-    tabled = []
+    tabled, untabled, unshaped = [], [], None
     for path, count in layer_counts(graph.model).items():
         if not count.macs:
             continue
         layer, rule = graph.layers.get(path), graph.rules.get(path)
         if layer is None or isinstance(rule, Boundary) or not graph.recorded(path):
             continue  # its channels are fixed: part of the rest
+        if not isinstance(rule, _TABLED_RULES):
+            untabled.append((path, layer, graph.recorded(path)))
+            continue
         shape = shapes.get(path)
         if shape is None or any(d is None for d in shape[1:]):
-            raise ValueError(f"Cannot time layer '{path}' ({type(layer).__name__}) alone: its input shape {shape} is "
-                             "not fixed. Latency tables need a model built for a fixed input size.")
+            unshaped = unshaped or (f"Cannot time layer '{path}' ({type(layer).__name__}) alone: its input shape "
+                                    f"{shape} is not fixed. Latency tables need a model built for a fixed input size.")
+            continue
         n_in = len(graph.recorded(path)["in"])
         groups = getattr(layer, "groups", 1)
         if isinstance(rule, producer_rules.DepthwiseConv) or (
                 isinstance(rule, producer_rules.Conv) and groups > 1 and groups == n_in):
             kind, unit = "1d", 1
-        elif isinstance(rule, producer_rules.Conv | producer_rules.ConvTranspose | producer_rules.SeparableConv
-                        | producer_rules.Dense | einsum_rules.EinsumDense):
-            kind, unit = "2d", groups
         else:
-            raise NotImplementedError(f"LatencyModel has no latency table for layer '{path}' ({type(layer).__name__}); "
-                                      "it tables Conv, DepthwiseConv, SeparableConv, ConvTranspose and Dense layers.")
+            kind, unit = "2d", groups
         positions = count.macs // max(1, _macs_per_position(layer, rule, n_in, len(graph.recorded(path)["out"])))
         fixed = tuple(not any(graph.groups[g].prunable for g in set(graph.channels(graph.recorded(path)[side])[0]))
                       for side in ("in", "out"))
         tabled.append(_Tabled(path, layer, rule, (1, *shape[1:]), int(positions), count.calls, kind, unit, fixed))
+    if untabled:  # first: a model with a layer no table measures has no latency model at any input size
+        raise NotImplementedError(_untabled_message(untabled))
+    if unshaped:
+        raise ValueError(unshaped)
     return tabled
+
+
+def _untabled_message(untabled):
+    """Why a model with layers no table measures has no latency model, and what prices it instead."""
+    attention = [(path, layer) for path, layer, sides in untabled if {"heads", "kv_heads", "query_heads"} & set(sides)]
+    others = [(path, layer) for path, layer, sides in untabled
+              if not {"heads", "kv_heads", "query_heads"} & set(sides)]
+
+    def named(layers):
+        text = ", ".join(f"'{path}' ({type(layer).__name__})" for path, layer in layers[:3])
+        return text + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+
+    parts = []
+    if attention:
+        parts.append(f"no latency table for the attention layer(s) {named(attention)}: latency tables time a "
+                     "layer alone at kept input × kept output channels, while an attention layer's time depends on "
+                     "its heads, head width and sequence length together, which no table measures yet")
+    if others:
+        parts.append(f"no latency table for layer(s) {named(others)}, whose cost depends on the widths a plan "
+                     "chooses")
+    return ("LatencyModel has " + "; and ".join(parts) + ". It tables Conv, DepthwiseConv, SeparableConv, "
+            "ConvTranspose, Dense and EinsumDense layers only. Use a MACs or params target for this model instead: "
+            '{"macs": r} or {"params": r} (tfprune.plan_for_macs, the searches and DMCP take them; MACs count '
+            "attention's projections, QKᵀ and AV exactly), and measure the slim model's latency with "
+            "tfprune.measurement.runtime_latency.measure_ratio.")
 
 
 def _macs_per_position(layer, rule, n_in, n_out):

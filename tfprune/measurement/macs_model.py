@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from tfprune.graph.rules import Boundary
+from tfprune.graph.rules.embeddings import Embedding
 from tfprune.graph.rules.gemma_attention import is_gemma_attention
 from tfprune.graph.rules.keras_hub_attention import DecoderAttention
 from tfprune.measurement.costs import PolynomialCost
@@ -111,6 +112,9 @@ def _terms(layer, rule, macs, side, argument_shapes):
         k = int(np.prod(layer.kernel_size))
         scale = macs / (n(i) * (k + n(o)))
         return [(scale * k, (i[0],)), (scale, (i[0], o[0]))]
+    if isinstance(rule, Embedding):  # a reverse call (tied output projection): T·E·V, the vocabulary V fixed
+        o = side("out")
+        return [(macs / n(o), (o[0],))]
     if isinstance(layer, _DEPTHWISE):  # S·k·m·C_in
         i = side("in")
         return [(macs / n(i), (i[0],))]

@@ -13,6 +13,9 @@ import numpy as np
 from tfprune.graph.rules import Boundary
 from tfprune.graph.rules import attention as attention_rules
 from tfprune.graph.rules import einsum as einsum_rules
+from tfprune.graph.rules import embeddings as embedding_rules
+from tfprune.graph.rules import gemma_attention as gemma_rules
+from tfprune.graph.rules import keras_hub_attention as decoder_rules
 from tfprune.graph.rules import normalization as normalization_rules
 from tfprune.graph.rules import producers as producer_rules
 from tfprune.measurement.costs import PolynomialCost
@@ -54,7 +57,7 @@ class ParamsModel(PolynomialCost):
             if layer is None or isinstance(rule, Boundary) or not self.graph.recorded(path):
                 self._constant += params  # its channels are fixed
                 continue
-            terms, constant = _terms(layer, rule, lambda name, p=path: self.side(p, name))
+            terms, constant = _terms(layer, rule, lambda name, p=path: self.side(p, name), self.graph.recorded(path))
             full = constant + sum(c * math.prod(self.full_counts[s] for s in sides) for c, sides in terms)
             if round(full) != params:
                 raise NotImplementedError(
@@ -70,8 +73,13 @@ class ParamsModel(PolynomialCost):
         return int(round(self.cost(plan)))
 
 
-def _terms(layer, rule, side):
-    """`([(coefficient, (side, ...))], constant)` whose sum over the sides' kept counts is the layer's params."""
+def _terms(layer, rule, side, recorded):
+    """`([(coefficient, (side, ...))], constant)` whose sum over the sides' kept counts is the layer's params.
+
+    `side(name)` registers a recorded side of the layer and gives `(index, full count)`; `recorded` names them all.
+    Under grouped-query attention, the kept query heads are the kept query heads per key/value group × the kept
+    key/value groups / all of them (the groups keep equal numbers), which the coefficient's 1/groups carries.
+    """
     def has_bias():
         return getattr(layer, "bias", None) is not None
 
@@ -109,8 +117,37 @@ def _terms(layer, rule, side):
         # kept query heads = kept query heads per block × kept key/value heads (the blocks being equal)
         return _attention(q, k, v, o, (qh, kv), (kv,), d, d, 1.0 / layer.num_key_value_heads, layer.use_gate,
                           layer.use_bias), 0
+    if isinstance(rule, embedding_rules.Embedding):  # (vocabulary, width), and an untied (width, vocabulary)
+        return [_scaled(w, side, "out") for w in layer.weights], 0
+    if isinstance(rule, embedding_rules.PositionEmbedding):  # (positions, width)
+        return [_scaled(w, side, "in") for w in layer.weights], 0
+    if isinstance(rule, embedding_rules.ViTPatchingAndEmbedding):  # class token, patch Conv2D, position table
+        patches = layer.patch_embedding
+        return [_scaled(w, side, "in", "out") if w is patches.kernel else _scaled(w, side, "out")
+                for w in layer.weights], 0
+    if isinstance(rule, decoder_rules.DecoderAttention):  # Llama, Mistral: four kernels, no bias
+        parts = rule.projections(layer)
+        query = ("query_heads", "kv_heads") if "query_heads" in recorded else ("kv_heads",)
+        return [_scaled(parts.query.kernel, side, "in", *query, "head_dim"),
+                _scaled(parts.key.kernel, side, "in", "kv_heads", "head_dim"),
+                _scaled(parts.value.kernel, side, "in", "kv_heads", "head_dim"),
+                _scaled(parts.output.kernel, side, *query, "head_dim", "out")], 0
+    if isinstance(rule, gemma_rules.GemmaAttention):  # Gemma, Gemma3: four kernels, the query/key norms of head_dim
+        query = ("query_heads", "kv_heads") if "query_heads" in recorded else ("kv_heads",)
+        kernels = {id(layer.query_dense.kernel): ("query", *query, "head_dim"),
+                   id(layer.key_dense.kernel): ("query", "kv_heads", "head_dim"),
+                   id(layer.value_dense.kernel): ("query", "kv_heads", "head_dim"),
+                   id(layer.output_dense.kernel): (*query, "head_dim", "out")}
+        return ([_scaled(w, side, *kernels[id(w)]) for w in layer.weights if id(w) in kernels],
+                sum(math.prod(w.shape) for w in layer.weights if id(w) not in kernels))
     raise NotImplementedError(f"ParamsModel has no formula for layer '{layer.name}' ({type(layer).__name__}), "
                               "whose weights lose channels; add its terms in tfprune/measurement/params_model.py.")
+
+
+def _scaled(weight, side, *names):
+    """The term of a weight whose size is a fixed multiple of the named sides' product (its other axes unpruned)."""
+    sides = [side(name) for name in names]
+    return math.prod(weight.shape) / math.prod(n for _, n in sides), tuple(i for i, _ in sides)
 
 
 def _attention(q, k, v, o, heads, kv_heads, dk, dv, scale, gate, bias):
