@@ -1,6 +1,6 @@
-"""KerasHub's decoder attention (Llama, Mistral): key/value groups and query heads, each layer read as a whole.
+"""KerasHub's decoder attention (Llama, Mistral, Qwen): key/value groups and query heads, each layer read whole.
 
-KerasHub's `LlamaAttention` and `CachedMistralAttention` hold four `EinsumDense` projections — query
+KerasHub's `LlamaAttention`, `CachedMistralAttention` and `QwenAttention` hold four `EinsumDense` projections — query
 `bqm,muh->bquh`, key and value `bkm,mvh->bkvh`, output `bquh,uhm->bqm` — a rotary embedding applied to the query
 and key, and grouped-query attention: query head i reads key/value head i // (query heads / key/value heads). As for
 Keras's own attention layers (`tfprune.graph.rules.attention`), the rule reads the layer whole: the projections'
@@ -18,16 +18,18 @@ Channel spaces of such a layer at path `p`:
 * `p:head_dim`, never pruned: the rotary embedding rotates slot j of every query and key head with slot
   j + head_dim / 2, so removing a slot would change what every kept slot computes. The group says so.
 
-The output projection writes the layer's input width (both classes derive it from their input), so the output
+The output projection writes the layer's input width (these classes derive it from their input), so the output
 carries the input's channels, as `GroupQueryAttention`'s does. The layer is understood only when called without a
-key/value cache or rotary offset (a model's forward pass, not cached generation), and with plain kernels (no bias,
-LoRA or quantization); otherwise it is a boundary (a Llama one is copied as a `LlamaAttentionWithHeadDim` with the same
-LoRA and quantization, `ClosedLlamaAttention`).
+key/value cache or rotary offset (a model's forward pass, not cached generation), and with plain kernels (Qwen's
+query, key and value biases are sliced with their kernels; no LoRA or quantization); otherwise it is a boundary
+(a Llama one is copied as a `LlamaAttentionWithHeadDim` with the same LoRA and quantization,
+`ClosedLlamaAttention`).
 
 The slim layer keeps the head width and the attention scale 1/sqrt(head_dim), so it computes what the masked one
 does. `LlamaAttention` derives its head width from `hidden_dim // num_query_heads`, so fewer query heads would
 widen every head: a slim Llama attention is a `tfprune.layers.LlamaAttentionWithHeadDim`, which takes `head_dim`
-in its config and saves and loads (registered with Keras). `CachedMistralAttention` accepts `head_dim` itself, so a
+in its config and saves and loads (registered with Keras); a slim Qwen one, for the same reason, a
+`tfprune.layers.QwenAttentionWithHeadDim`. `CachedMistralAttention` accepts `head_dim` itself, so a
 slim Mistral attention is the same class with `head_dim` given.
 
 For rules of other KerasHub attention classes: `split_heads_letters`, `merge_heads_letters`, `kernel_index` and
@@ -50,12 +52,15 @@ import numpy as np
 
 from tfprune.backends import variable_view
 from tfprune.graph.keras_nodes import weight_keys
+from tfprune.graph.layer_configs import layer_config
 from tfprune.graph.rules.attention import InnerTap, heads_last, key_value_heads_last
 from tfprune.graph.rules.base import Boundary, LayerRule, NotUnderstood
 
 LLAMA = "keras_hub.src.models.llama.llama_attention.LlamaAttention"
 SLIM_LLAMA = "tfprune.layers.llama_attention.LlamaAttentionWithHeadDim"
 MISTRAL = "keras_hub.src.models.mistral.mistral_attention.CachedMistralAttention"
+QWEN = "keras_hub.src.models.qwen.qwen_attention.QwenAttention"
+SLIM_QWEN = "tfprune.layers.qwen_attention.QwenAttentionWithHeadDim"
 
 
 def class_path(operation):
@@ -178,10 +183,11 @@ class Projections:
     Args:
         query, key, value: `EinsumDense` projections to heads × head width (`split_heads_letters`).
         output: the `EinsumDense` projection from heads × head width (`merge_heads_letters`).
-        weights: the weights of the attention layer that its rule slices: they must be the four kernels.
+        weights: the weights of the attention layer that its rule slices: they must be the four kernels and the
+            projections' biases, if any (Qwen's query, key and value have some; they are sliced with the kernels).
 
     Raises:
-        NotUnderstood: for other equations, biases, LoRA or quantization, key and value heads unlike each other or
+        NotUnderstood: for other equations, LoRA or quantization, key and value heads unlike each other or
             of another width than the query's, query heads not a multiple of key/value heads, other weights.
     """
 
@@ -194,8 +200,6 @@ class Projections:
                                     "to or from heads × head width")
             if getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None):
                 raise NotUnderstood(f"its projection '{dense.name}' is quantized or LoRA-enabled")
-            if dense.bias is not None:
-                raise NotUnderstood(f"its projection '{dense.name}' has a bias, which this rule does not slice")
         self.query_heads, self.head_dim = self.sizes(query)
         self.kv_heads, kv_width = self.sizes(key)
         if self.sizes(value) != (self.kv_heads, kv_width) or kv_width != self.head_dim:
@@ -203,10 +207,10 @@ class Projections:
         if self.query_heads % self.kv_heads:
             raise NotUnderstood(f"{self.query_heads} query heads are not a multiple of {self.kv_heads} key/value heads")
         self.repeats = self.query_heads // self.kv_heads
-        expected = {id(d.kernel) for d in (query, key, value, output)}
+        expected = {id(w) for d in (query, key, value, output) for w in (d.kernel, d.bias) if w is not None}
         others = [v.path for v in weights if id(v) not in expected]
         if others:
-            raise NotUnderstood(f"holds weights other than its projections' kernels ({others[:3]})")
+            raise NotUnderstood(f"holds weights other than its projections' kernels and biases ({others[:3]})")
 
     @staticmethod
     def sizes(dense):
@@ -399,5 +403,21 @@ class MistralAttention(DecoderAttention):
     """KerasHub's `CachedMistralAttention`, whose config takes `head_dim` (the slim layer is the same class)."""
 
 
-RULES = {LLAMA: LlamaAttention(), SLIM_LLAMA: LlamaAttention(), MISTRAL: MistralAttention()}
+class QwenAttention(DecoderAttention):
+    """KerasHub's `QwenAttention` (biases on its query, key and value projections, sliced with their kernels), and
+    tfprune's `QwenAttentionWithHeadDim` that its slim copies are (it derives its head width from
+    `hidden_dim // num_query_heads`, as Llama's does)."""
+
+    def config(self, layer):
+        # Its own config, and its head width, its query kernel's last axis ("bqm,muh->bquh").
+        return {**layer_config(layer), "head_dim": int(layer._query_dense.kernel.shape[-1])}
+
+    def new_layer(self, layer, config):
+        from tfprune.layers.qwen_attention import QwenAttentionWithHeadDim
+
+        return QwenAttentionWithHeadDim.from_config(config)
+
+
+RULES = {LLAMA: LlamaAttention(), SLIM_LLAMA: LlamaAttention(), MISTRAL: MistralAttention(), QWEN: QwenAttention(),
+         SLIM_QWEN: QwenAttention()}
 
