@@ -1,4 +1,4 @@
-"""KerasHub's decoder LLMs (Llama, Mistral) prune their key/value groups and query heads, never their head width;
+"""KerasHub's decoder LLMs (Llama, Mistral, Qwen) prune their key/value groups and query heads, never their head width;
 the rebuilt model computes what the masked one does, saves and loads with its head counts, and costs what MacsModel
 says.
 
@@ -18,13 +18,14 @@ from test_cli import run as run_command_line
 import tfprune
 from tfprune.deployment.verification import check_equivalence
 from tfprune.graph.rules.keras_hub_attention import DecoderAttention
-from tfprune.layers import LlamaAttentionWithHeadDim
+from tfprune.layers import LlamaAttentionWithHeadDim, QwenAttentionWithHeadDim
 from tfprune.measurement.macs_model import MacsModel
 
 # Relative difference between mask and rebuild: float32 rounding of the same sums in another order.
 TOLERANCE = 1e-5
 LENGTH, VOCABULARY, HIDDEN, QUERY_HEADS, HEAD_DIM = 8, 64, 32, 4, 8
-BACKBONES = {"llama": keras_hub.models.LlamaBackbone, "mistral": keras_hub.models.MistralBackbone}
+BACKBONES = {"llama": keras_hub.models.LlamaBackbone, "mistral": keras_hub.models.MistralBackbone,
+             "qwen": keras_hub.models.QwenBackbone}
 
 
 def decoder(family, kv_heads):
@@ -59,7 +60,7 @@ def attentions(model):
             for path, layer in graph.layers.items() if isinstance(graph.rules[path], DecoderAttention)}
 
 
-CASES = {"llama_gqa": ("llama", 2), "llama_mha": ("llama", 4), "mistral_gqa": ("mistral", 2)}
+CASES = {"llama_gqa": ("llama", 2), "llama_mha": ("llama", 4), "mistral_gqa": ("mistral", 2), "qwen_gqa": ("qwen", 2)}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -116,7 +117,8 @@ def test_slim_attention_has_fewer_heads_of_the_same_width(pruned):
     family, kv_heads, model, _, plan, slim = pruned
     before, after = attentions(model), attentions(slim)
     kind, slim_kind = {"llama": ("LlamaAttention", "LlamaAttentionWithHeadDim"),
-                       "mistral": ("CachedMistralAttention", "CachedMistralAttention")}[family]
+                       "mistral": ("CachedMistralAttention", "CachedMistralAttention"),
+                       "qwen": ("QwenAttention", "QwenAttentionWithHeadDim")}[family]
     # half the heads (MHA: 4 -> 2), or half the groups (2 -> 1) keeping half their query heads (2 -> 1 each)
     heads = (2, 2) if kv_heads == QUERY_HEADS else (1, 1)
     for path in attention_paths(family):
@@ -309,3 +311,29 @@ def test_llama_attention_with_head_dim_computes_what_llama_attention_computes_an
 def test_llama_attention_with_head_dim_refuses_what_it_cannot_compute(arguments, message):
     with pytest.raises(ValueError, match=message):
         LlamaAttentionWithHeadDim(*arguments)
+
+
+def test_qwen_attention_with_head_dim_computes_what_qwen_attention_computes_and_round_trips():
+    """Qwen's query, key and value have biases: the subclass makes them, of `head_dim` slots per head."""
+    from keras_hub.src.models.qwen.qwen_attention import QwenAttention
+
+    x = np.random.default_rng(0).normal(size=(2, 5, HIDDEN)).astype("float32")
+    original = QwenAttention(QUERY_HEADS, 2, rope_max_wavelength=500, name="original")
+    original(x)
+    rng = np.random.default_rng(1)  # random biases too (they start at zero)
+    original.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in original.get_weights()])
+    same = QwenAttentionWithHeadDim(QUERY_HEADS, 2, head_dim=HIDDEN // QUERY_HEADS, rope_max_wavelength=500)
+    same(x)
+    same.set_weights(original.get_weights())
+    np.testing.assert_allclose(np.asarray(same(x)), np.asarray(original(x)), rtol=1e-6, atol=1e-6)
+    narrow = QwenAttentionWithHeadDim(2, 1, head_dim=HEAD_DIM, rope_max_wavelength=500, name="narrow")
+    narrow(x)
+    assert tuple(narrow._query_dense.kernel.shape) == (HIDDEN, 2, HEAD_DIM)  # not hidden // 2 = 16 slots
+    assert tuple(narrow._key_dense.bias.shape) == (1, HEAD_DIM)
+    copy = QwenAttentionWithHeadDim.from_config(narrow.get_config())
+    copy(x)
+    copy.set_weights(narrow.get_weights())
+    assert copy.get_config() == narrow.get_config() and copy.rope_max_wavelength == 500
+    np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(narrow(x)), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        QwenAttentionWithHeadDim(4, 2, 7)

@@ -93,7 +93,7 @@ def test_blocks_open_into_groups_of_heads_and_mlp_width(pruned):
         assert graph[f"{attention}:kv_heads"].width == KV_HEADS and graph[f"{attention}:kv_heads"].prunable
         assert graph[f"{attention}:query_heads"].width == QUERY_HEADS and graph[f"{attention}:query_heads"].prunable
         head_dim = graph[f"{attention}:head_dim"]
-        assert not head_dim.prunable and "rotary embedding" in head_dim.reasons[0]
+        assert not head_dim.prunable and "rotary position embedding" in head_dim.reasons[0]
         mlp = graph[f"{block}/ffw_gating"]
         assert mlp.width == MLP_WIDTH[family]
         assert {m.layer for m in mlp.members} == {f"{block}/{n}" for n in ("ffw_gating", "ffw_gating_2", "ffw_linear")}

@@ -35,6 +35,7 @@ MODELS = {
     "llama": (lambda: decoder("llama", 2), False),
     "llama_mha": (lambda: decoder("llama", 4), False),
     "mistral": (lambda: decoder("mistral", 2), False),
+    "qwen": (lambda: decoder("qwen", 2), False),  # biased query, key and value projections
     "gemma": (gemma, False),
     "gemma3": (gemma3, False),
     "dinov2": (dinov2, False),

@@ -8,12 +8,14 @@ from tfprune.layers.markov_channel_gate import MarkovChannelGate
 
 # Layers built on keras-hub (an optional dependency) are imported on first use, so that `import tfprune.layers`
 # does not load keras-hub.
-_ON_KERAS_HUB = {"LlamaAttentionWithHeadDim": "tfprune.layers.llama_attention"}
+_ON_KERAS_HUB = {"LlamaAttentionWithHeadDim": "tfprune.layers.llama_attention",
+                 "QwenAttentionWithHeadDim": "tfprune.layers.qwen_attention"}
 
-__all__ = ["KeptChannelNormalization", "LlamaAttentionWithHeadDim", "MarkovChannelGate"]
+__all__ = ["KeptChannelNormalization", "LlamaAttentionWithHeadDim", "MarkovChannelGate", "QwenAttentionWithHeadDim"]
 
 if typing.TYPE_CHECKING:  # for static readers (the API reference's griffe), which cannot run __getattr__
     from tfprune.layers.llama_attention import LlamaAttentionWithHeadDim as LlamaAttentionWithHeadDim
+    from tfprune.layers.qwen_attention import QwenAttentionWithHeadDim as QwenAttentionWithHeadDim
 
 
 def __getattr__(name):

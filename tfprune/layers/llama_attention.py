@@ -31,6 +31,18 @@ def _positive_int(name, value):
     return value
 
 
+def check_heads(num_query_heads, num_key_value_heads, head_dim):
+    """Refuse head counts and a head width that a rotary grouped-query attention cannot have (ValueError)."""
+    _positive_int("num_query_heads", num_query_heads)
+    _positive_int("num_key_value_heads", num_key_value_heads)
+    _positive_int("head_dim", head_dim)
+    if num_query_heads % num_key_value_heads:
+        raise ValueError(f"num_query_heads ({num_query_heads}) must be a multiple of num_key_value_heads "
+                         f"({num_key_value_heads}): every key/value head is read by as many query heads.")
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even (the rotary embedding rotates pairs of slots); got {head_dim}.")
+
+
 @keras.saving.register_keras_serializable(package="tfprune")
 class LlamaAttentionWithHeadDim(LlamaAttention):
     """KerasHub's `LlamaAttention` with an explicit head width (see the module docstring).
@@ -57,15 +69,7 @@ class LlamaAttentionWithHeadDim(LlamaAttention):
     """
 
     def __init__(self, num_query_heads, num_key_value_heads, head_dim, **kwargs):
-        _positive_int("num_query_heads", num_query_heads)
-        _positive_int("num_key_value_heads", num_key_value_heads)
-        _positive_int("head_dim", head_dim)
-        if num_query_heads % num_key_value_heads:
-            raise ValueError(f"num_query_heads ({num_query_heads}) must be a multiple of num_key_value_heads "
-                             f"({num_key_value_heads}): every key/value head is read by as many query heads.")
-        if head_dim % 2:
-            raise ValueError(f"head_dim must be even (the rotary embedding rotates pairs of slots); got "
-                             f"{head_dim}.")
+        check_heads(num_query_heads, num_key_value_heads, head_dim)
         super().__init__(num_query_heads=num_query_heads, num_key_value_heads=num_key_value_heads, **kwargs)
         self.head_dim = head_dim
 

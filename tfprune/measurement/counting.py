@@ -30,8 +30,8 @@ from keras.src.ops import numpy as numpy_ops
 
 from tfprune.errors import UnknownMACsError
 from tfprune.graph.keras_nodes import is_graph_model, model_inputs, run_nodes
-from tfprune.graph.rules import gemma_attention
-from tfprune.graph.rules.keras_hub_attention import rule_for_keras_hub
+from tfprune.graph.rules import rule_for
+from tfprune.graph.rules.keras_hub_attention import DecoderAttention
 from tfprune.graph.tracing import ConstantOutputError, first_line, open_model, trace_call
 from tfprune.measurement.attention_macs import (
     UnknownCostError,
@@ -73,9 +73,8 @@ class LayerCount:
         channels: the channel count of its first call's (first) output, or None for a scalar output.
         calls: how many times the layer is called in the model.
         argument_shapes: for an attention layer (`MultiHeadAttention`, `GroupQueryAttention`, KerasHub's decoder
-            attention read by `tfprune.graph.rules.keras_hub_attention` and `gemma_attention`), `{parameter name:
-            shape}` of the tensor arguments of each call (KerasHub's Gemma attention: its input as "query" and
-            "value"), with the sizes it was counted for (a sub-model built for
+            attention read by a `tfprune.graph.rules.keras_hub_attention.DecoderAttention`), `{parameter name:
+            shape}` of the tensor arguments of each call, with the sizes it was counted for (a sub-model built for
             any sequence length and called on a fixed one has them fixed here, not in its own graph); empty for
             other layers and when MACs are not counted.
     """
@@ -331,13 +330,11 @@ class _Counter:
         count.calls += 1
         if self.macs:
             count.macs += self.call_macs(op, node, path, in_shapes, [tuple(t.shape) for t in outputs])
-            if (isinstance(op, L.MultiHeadAttention | L.GroupQueryAttention) or rule_for_keras_hub(op) is not None
-                    or gemma_attention.is_gemma_attention(op)):
-                shapes = {name: tuple(value.shape) for name, value in _call_arguments(op, node, in_shapes).items()
-                          if isinstance(value, keras.KerasTensor)}
-                if gemma_attention.is_gemma_attention(op):
-                    shapes = gemma_attention.attention_arguments(op, shapes)
-                count.argument_shapes.append(shapes)
+            if isinstance(op, L.MultiHeadAttention | L.GroupQueryAttention) or isinstance(rule_for(op),
+                                                                                          DecoderAttention):
+                count.argument_shapes.append({name: tuple(value.shape) for name, value
+                                              in _call_arguments(op, node, in_shapes).items()
+                                              if isinstance(value, keras.KerasTensor)})
 
     def call_macs(self, op, node, path, in_shapes, out_shapes):
         """MACs of one call: by formula, else through a trace of the call for a layer with weights."""

@@ -14,7 +14,6 @@ import numpy as np
 
 from tfprune.graph.rules import Boundary
 from tfprune.graph.rules.embeddings import Embedding
-from tfprune.graph.rules.gemma_attention import is_gemma_attention
 from tfprune.graph.rules.keras_hub_attention import DecoderAttention
 from tfprune.measurement.costs import PolynomialCost
 from tfprune.measurement.counting import layer_counts
@@ -103,10 +102,10 @@ def _terms(layer, rule, macs, side, argument_shapes):
     def n(s):
         return s[1]
 
-    if isinstance(layer, _ATTENTION) or is_gemma_attention(layer):
+    if isinstance(layer, _ATTENTION):
         return _attention_terms(layer, macs, side, argument_shapes)
     if isinstance(rule, DecoderAttention):
-        return _decoder_attention_terms(layer, macs, side, argument_shapes)
+        return _decoder_attention_terms(layer, rule, macs, side, argument_shapes)
     if isinstance(layer, _SEPARABLE):  # S·m·C_in·(k + C_out)
         i, o = side("in"), side("out")
         k = int(np.prod(layer.kernel_size))
@@ -135,18 +134,14 @@ def _attention_terms(layer, macs, side, argument_shapes):
     (kept query heads × kept key/value heads / key/value heads, the blocks being equal) and H_kv the key/value heads.
     """
     q_in, k_in, v_in, out = (side(name)[0] for name in ("query", "key", "value", "out"))
-    width = {}
     if isinstance(layer, L.MultiHeadAttention):
         heads, key_dim, value_dim = ((side("heads")[0],), (side("key_dim")[0],), (side("value_dim")[0],))
         kv_heads, scale, gate = heads, 1.0, layer._use_gate
-    else:  # GroupQueryAttention (and KerasHub's Gemma attention): one head width for query, key and value
+    else:  # GroupQueryAttention: one head width for query, key and value
         key_dim = value_dim = (side("head_dim")[0],)
         kv_heads = (side("kv_heads")[0],)
-        try:
-            heads, scale = (side("query_heads")[0], *kv_heads), 1.0 / layer.num_key_value_heads
-        except KeyError:  # a Gemma attention with as many query heads as key/value heads: one group of heads
-            heads, scale = kv_heads, 1.0
-        gate = getattr(layer, "use_gate", False)
+        heads, scale = (side("query_heads")[0], *kv_heads), 1.0 / layer.num_key_value_heads
+        gate = layer.use_gate
     terms = []
     for shapes in argument_shapes:
         t_q = _positions(layer, shapes["query"])
@@ -156,44 +151,41 @@ def _attention_terms(layer, macs, side, argument_shapes):
                   (t_q * t_k * scale, (*heads, *key_dim)), (t_q * t_k * scale, (*heads, *value_dim))]
         if gate:
             terms.append((t_q * scale, (q_in, *heads, *value_dim)))
-    if not argument_shapes:
-        raise NotImplementedError(f"MacsModel does not know the sequence lengths of '{layer.name}'.")
     names = ("query", "key", "value", "out", "heads", "key_dim", "value_dim", "query_heads", "kv_heads", "head_dim")
+    return _checked(layer, macs, terms, side, names)
+
+
+def _decoder_attention_terms(layer, rule, macs, side, argument_shapes):
+    """KerasHub's decoder attention (a `tfprune.graph.rules.keras_hub_attention.DecoderAttention`: Llama, Mistral,
+    Gemma), per call on T positions (self-attention, no cache): the query projection T·E·H·D, key and value
+    2·T·E·H_kv·D, output T·H·D·E, QKᵀ and AV 2·H·T·T·D, where H is the query heads kept with their key/value head
+    (as for `GroupQueryAttention`), H_kv the key/value heads, D the head width (never pruned: a rotary embedding
+    ties it) and E the hidden width. Causal attention counts as full."""
+    hidden, kv_heads, head_dim, out = (side(name)[0] for name in ("in", "kv_heads", "head_dim", "out"))
+    try:
+        heads, scale = (side("query_heads")[0], kv_heads), 1.0 / side("kv_heads")[1]
+    except KeyError:  # as many query heads as key/value heads: one group of heads
+        heads, scale = (kv_heads,), 1.0
+    terms = []
+    for shapes in argument_shapes:
+        t = _positions(layer, shapes[rule.input_argument])
+        terms += [(t * scale, (hidden, *heads, head_dim)), (2 * t, (hidden, kv_heads, head_dim)),
+                  (t * scale, (*heads, head_dim, out)), (2 * t * t * scale, (*heads, head_dim))]
+    return _checked(layer, macs, terms, side, ("in", "kv_heads", "head_dim", "out", "query_heads"))
+
+
+def _checked(layer, macs, terms, side, names):
+    """`terms` of an attention layer, once their sum over the full widths of the sides `names` (those recorded)
+    is found equal to `macs`, what `count_macs` counts for it."""
+    if not terms:
+        raise NotImplementedError(f"MacsModel does not know the sequence lengths of '{layer.name}'.")
+    width = {}
     for name in names:
         try:
             index, count = side(name)
         except KeyError:
             continue
         width[index] = count
-    full = sum(c * np.prod([width[s] for s in sides]) for c, sides in terms)
-    if round(full) != macs:
-        raise NotImplementedError(
-            f"count_macs counts {macs} MACs for '{layer.name}' ({type(layer).__name__}) but MacsModel's attention "
-            f"formula gives {round(full)}: the two must count attention alike (projections, QKᵀ and AV).")
-    return terms
-
-
-def _decoder_attention_terms(layer, macs, side, argument_shapes):
-    """KerasHub's decoder attention (`tfprune.graph.rules.keras_hub_attention`), per call on T positions (self-
-    attention, no cache): the query projection T·E·H·D, key and value 2·T·E·H_kv·D, output T·H·D·E, QKᵀ and AV
-    2·H·T·T·D, where H is the query heads kept with their key/value head (as for `GroupQueryAttention`), H_kv the
-    key/value heads, D the head width (never pruned: a rotary embedding ties it) and E the hidden width. Causal
-    attention counts as full."""
-    hidden, kv_heads, head_dim, out = (side(name)[0] for name in ("in", "kv_heads", "head_dim", "out"))
-    names = ["in", "kv_heads", "head_dim", "out"]
-    try:
-        heads, scale = (side("query_heads")[0], kv_heads), 1.0 / side("kv_heads")[1]
-        names.append("query_heads")
-    except KeyError:  # as many query heads as key/value heads: one group of heads
-        heads, scale = (kv_heads,), 1.0
-    terms = []
-    for shapes in argument_shapes:
-        t = _positions(layer, shapes["hidden_states"])
-        terms += [(t * scale, (hidden, *heads, head_dim)), (2 * t, (hidden, kv_heads, head_dim)),
-                  (t * scale, (*heads, head_dim, out)), (2 * t * t * scale, (*heads, head_dim))]
-    if not argument_shapes:
-        raise NotImplementedError(f"MacsModel does not know the sequence lengths of '{layer.name}'.")
-    width = dict(side(name) for name in names)
     full = sum(c * np.prod([width[s] for s in sides]) for c, sides in terms)
     if round(full) != macs:
         raise NotImplementedError(

@@ -14,7 +14,6 @@ from tfprune.graph.rules import Boundary
 from tfprune.graph.rules import attention as attention_rules
 from tfprune.graph.rules import einsum as einsum_rules
 from tfprune.graph.rules import embeddings as embedding_rules
-from tfprune.graph.rules import gemma_attention as gemma_rules
 from tfprune.graph.rules import keras_hub_attention as decoder_rules
 from tfprune.graph.rules import normalization as normalization_rules
 from tfprune.graph.rules import producers as producer_rules
@@ -125,21 +124,21 @@ def _terms(layer, rule, side, recorded):
         patches = layer.patch_embedding
         return [_scaled(w, side, "in", "out") if w is patches.kernel else _scaled(w, side, "out")
                 for w in layer.weights], 0
-    if isinstance(rule, decoder_rules.DecoderAttention):  # Llama, Mistral: four kernels, no bias
+    if isinstance(rule, decoder_rules.DecoderAttention):
+        # Llama, Mistral, Qwen, Gemma: four kernels (and Qwen's query/key/value biases) sliced by heads; anything
+        # else the rule keeps whole (Gemma3's query/key norms over the head width) is a constant
         parts = rule.projections(layer)
         query = ("query_heads", "kv_heads") if "query_heads" in recorded else ("kv_heads",)
-        return [_scaled(parts.query.kernel, side, "in", *query, "head_dim"),
-                _scaled(parts.key.kernel, side, "in", "kv_heads", "head_dim"),
-                _scaled(parts.value.kernel, side, "in", "kv_heads", "head_dim"),
-                _scaled(parts.output.kernel, side, *query, "head_dim", "out")], 0
-    if isinstance(rule, gemma_rules.GemmaAttention):  # Gemma, Gemma3: four kernels, the query/key norms of head_dim
-        query = ("query_heads", "kv_heads") if "query_heads" in recorded else ("kv_heads",)
-        kernels = {id(layer.query_dense.kernel): ("query", *query, "head_dim"),
-                   id(layer.key_dense.kernel): ("query", "kv_heads", "head_dim"),
-                   id(layer.value_dense.kernel): ("query", "kv_heads", "head_dim"),
-                   id(layer.output_dense.kernel): (*query, "head_dim", "out")}
-        return ([_scaled(w, side, *kernels[id(w)]) for w in layer.weights if id(w) in kernels],
-                sum(math.prod(w.shape) for w in layer.weights if id(w) not in kernels))
+        sides = {}
+        for dense, heads in ((parts.query, query), (parts.key, ("kv_heads",)), (parts.value, ("kv_heads",))):
+            sides[id(dense.kernel)] = ("in", *heads, "head_dim")
+            if dense.bias is not None:
+                sides[id(dense.bias)] = (*heads, "head_dim")
+        sides[id(parts.output.kernel)] = (*query, "head_dim", "out")
+        if parts.output.bias is not None:
+            sides[id(parts.output.bias)] = ("out",)
+        return ([_scaled(w, side, *sides[id(w)]) for w in layer.weights if id(w) in sides],
+                sum(math.prod(w.shape) for w in layer.weights if id(w) not in sides))
     raise NotImplementedError(f"ParamsModel has no formula for layer '{layer.name}' ({type(layer).__name__}), "
                               "whose weights lose channels; add its terms in tfprune/measurement/params_model.py.")
 

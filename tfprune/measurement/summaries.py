@@ -3,8 +3,8 @@
 import keras
 
 from tfprune.graph.keras_nodes import call_nodes, is_graph_model
-from tfprune.graph.rules.gemma_attention import is_gemma_attention
-from tfprune.graph.rules.keras_hub_attention import rule_for_keras_hub
+from tfprune.graph.rules import rule_for
+from tfprune.graph.rules.keras_hub_attention import DecoderAttention
 from tfprune.graph.tracing import open_model
 from tfprune.measurement.counting import count_macs, count_params, layer_counts
 
@@ -137,11 +137,10 @@ def attention_heads(model, prefix=""):
             found.update(attention_heads(op, path + "/"))
         elif isinstance(op, keras.layers.MultiHeadAttention):
             found[path] = str(op.num_heads)
-        elif isinstance(op, keras.layers.GroupQueryAttention) or is_gemma_attention(op):
+        elif isinstance(op, keras.layers.GroupQueryAttention):
             found[path] = f"{op.num_query_heads}/{op.num_key_value_heads}"
-        elif rule_for_keras_hub(op) is not None:  # KerasHub's decoder attention: query/key-value heads
-            query, key = op._query_dense.kernel.shape[1], op._key_dense.kernel.shape[1]
-            found[path] = f"{query}/{key}"
+        elif isinstance(rule := rule_for(op), DecoderAttention):  # KerasHub's decoder attention
+            found[path] = "/".join(str(n) for n in rule.head_counts(op))
     return found
 
 

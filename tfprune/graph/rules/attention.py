@@ -121,12 +121,12 @@ def read_inputs(layer, args, kwargs):
     return {"query": bound["query"], "key": bound["value"] if key is None else key, "value": bound["value"]}
 
 
-def _heads_last(t):
+def heads_last(t):
     """(..., heads, slots) -> (..., slots, heads)."""
     return ops.moveaxis(t, -2, -1)
 
 
-def _key_value_heads_last(groups):
+def key_value_heads_last(groups):
     """(batch, ..., query heads, slots) -> (batch, positions, repeats, slots, key/value heads): query head i reads
     key/value head i // repeats (Keras repeats each key/value head over consecutive query heads)."""
 
@@ -227,7 +227,7 @@ class MultiHeadAttention(LayerRule):
 
     def inner_taps(self, layer):
         """The output projection's input measures the heads and value slots, the query's output the key slots."""
-        return (InnerTap(layer.output_dense, "input", "heads", _heads_last),
+        return (InnerTap(layer.output_dense, "input", "heads", heads_last),
                 InnerTap(layer.output_dense, "input", "value_dim"),
                 InnerTap(layer.query_dense, "output", "key_dim"))
 
@@ -291,7 +291,7 @@ class GroupedQueryAttention(LayerRule):
     def inner_taps(self, layer):
         """The output projection's input measures the query heads, key/value heads and head_dim slots, the query's
         output the head_dim slots' share of the attention scores."""
-        return (InnerTap(layer._output_dense, "input", "query_heads", _heads_last),
-                InnerTap(layer._output_dense, "input", "kv_heads", _key_value_heads_last(layer.num_key_value_heads)),
+        return (InnerTap(layer._output_dense, "input", "query_heads", heads_last),
+                InnerTap(layer._output_dense, "input", "kv_heads", key_value_heads_last(layer.num_key_value_heads)),
                 InnerTap(layer._output_dense, "input", "head_dim"),
                 InnerTap(layer._query_dense, "output", "head_dim"))

@@ -1,6 +1,6 @@
-"""KerasHub's decoder attention (Llama, Mistral): key/value groups and query heads, each layer read as a whole.
+"""KerasHub's decoder attention (Llama, Mistral, Qwen): key/value groups and query heads, each layer read whole.
 
-KerasHub's `LlamaAttention` and `CachedMistralAttention` hold four `EinsumDense` projections — query
+KerasHub's `LlamaAttention`, `CachedMistralAttention` and `QwenAttention` hold four `EinsumDense` projections — query
 `bqm,muh->bquh`, key and value `bkm,mvh->bkvh`, output `bquh,uhm->bqm` — a rotary embedding applied to the query
 and key, and grouped-query attention: query head i reads key/value head i // (query heads / key/value heads). As for
 Keras's own attention layers (`tfprune.graph.rules.attention`), the rule reads the layer whole: the projections'
@@ -18,23 +18,28 @@ Channel spaces of such a layer at path `p`:
 * `p:head_dim`, never pruned: the rotary embedding rotates slot j of every query and key head with slot
   j + head_dim / 2, so removing a slot would change what every kept slot computes. The group says so.
 
-The output projection writes the layer's input width (both classes derive it from their input), so the output
+The output projection writes the layer's input width (these classes derive it from their input), so the output
 carries the input's channels, as `GroupQueryAttention`'s does. The layer is understood only when called without a
-key/value cache (a model's forward pass, not cached generation), and with plain kernels (no bias, LoRA or
-quantization); otherwise it is a boundary (a Llama one is copied as a `LlamaAttentionWithHeadDim` with the same
-LoRA and quantization, `ClosedLlamaAttention`).
+key/value cache or rotary offset (a model's forward pass, not cached generation), and with plain kernels (Qwen's
+query, key and value biases are sliced with their kernels; no LoRA or quantization); otherwise it is a boundary
+(a Llama one is copied as a `LlamaAttentionWithHeadDim` with the same LoRA and quantization,
+`ClosedLlamaAttention`).
 
 The slim layer keeps the head width and the attention scale 1/sqrt(head_dim), so it computes what the masked one
 does. `LlamaAttention` derives its head width from `hidden_dim // num_query_heads`, so fewer query heads would
 widen every head: a slim Llama attention is a `tfprune.layers.LlamaAttentionWithHeadDim`, which takes `head_dim`
-in its config and saves and loads (registered with Keras). `CachedMistralAttention` accepts `head_dim` itself, so a
+in its config and saves and loads (registered with Keras); a slim Qwen one, for the same reason, a
+`tfprune.layers.QwenAttentionWithHeadDim`. `CachedMistralAttention` accepts `head_dim` itself, so a
 slim Mistral attention is the same class with `head_dim` given.
 
 For rules of other KerasHub attention classes: `split_heads_letters`, `merge_heads_letters`, `kernel_index` and
 `projection_index` slice any head projection read from its equation, `kept_query_heads` gives the query heads a
 plan keeps, `Projections` checks a layer's four projections, and `DecoderAttention` reads any layer of this
 structure once told where its projections are and what its call's input is called (`projection_attributes`,
-`input_argument`) and how to copy it (`config`, `updated_config`, `new_layer`).
+`input_argument`), which other weights it keeps whole (`whole_weights`) and how to copy it (`config`,
+`updated_config`, `new_layer`, `slim_weights`): KerasHub's Gemma attention is one
+(`tfprune.graph.rules.gemma_attention`). Counting, `MacsModel` and `tfprune.summary` know the family by its rule
+(`isinstance(rule_for(layer), DecoderAttention)`).
 
 For the data-driven criteria, the heads are measured on the output projection's input, (batch, positions, query
 heads, head width), as for `GroupQueryAttention` (`inner_taps`).
@@ -47,12 +52,15 @@ import numpy as np
 
 from tfprune.backends import variable_view
 from tfprune.graph.keras_nodes import weight_keys
-from tfprune.graph.rules.attention import InnerTap, _heads_last, _key_value_heads_last
+from tfprune.graph.layer_configs import layer_config
+from tfprune.graph.rules.attention import InnerTap, heads_last, key_value_heads_last
 from tfprune.graph.rules.base import Boundary, LayerRule, NotUnderstood
 
 LLAMA = "keras_hub.src.models.llama.llama_attention.LlamaAttention"
 SLIM_LLAMA = "tfprune.layers.llama_attention.LlamaAttentionWithHeadDim"
 MISTRAL = "keras_hub.src.models.mistral.mistral_attention.CachedMistralAttention"
+QWEN = "keras_hub.src.models.qwen.qwen_attention.QwenAttention"
+SLIM_QWEN = "tfprune.layers.qwen_attention.QwenAttentionWithHeadDim"
 
 
 def class_path(operation):
@@ -175,10 +183,11 @@ class Projections:
     Args:
         query, key, value: `EinsumDense` projections to heads × head width (`split_heads_letters`).
         output: the `EinsumDense` projection from heads × head width (`merge_heads_letters`).
-        weights: all the weights of the attention layer: they must be the four kernels.
+        weights: the weights of the attention layer that its rule slices: they must be the four kernels and the
+            projections' biases, if any (Qwen's query, key and value have some; they are sliced with the kernels).
 
     Raises:
-        NotUnderstood: for other equations, biases, LoRA or quantization, key and value heads unlike each other or
+        NotUnderstood: for other equations, LoRA or quantization, key and value heads unlike each other or
             of another width than the query's, query heads not a multiple of key/value heads, other weights.
     """
 
@@ -191,23 +200,21 @@ class Projections:
                                     "to or from heads × head width")
             if getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None):
                 raise NotUnderstood(f"its projection '{dense.name}' is quantized or LoRA-enabled")
-            if dense.bias is not None:
-                raise NotUnderstood(f"its projection '{dense.name}' has a bias, which this rule does not slice")
-        self.query_heads, self.head_dim = self._sizes(query)
-        self.kv_heads, kv_width = self._sizes(key)
-        if self._sizes(value) != (self.kv_heads, kv_width) or kv_width != self.head_dim:
+        self.query_heads, self.head_dim = self.sizes(query)
+        self.kv_heads, kv_width = self.sizes(key)
+        if self.sizes(value) != (self.kv_heads, kv_width) or kv_width != self.head_dim:
             raise NotUnderstood("its key and value heads differ in number or width from each other or the query's")
         if self.query_heads % self.kv_heads:
             raise NotUnderstood(f"{self.query_heads} query heads are not a multiple of {self.kv_heads} key/value heads")
         self.repeats = self.query_heads // self.kv_heads
-        expected = {id(d.kernel) for d in (query, key, value, output)}
+        expected = {id(w) for d in (query, key, value, output) for w in (d.kernel, d.bias) if w is not None}
         others = [v.path for v in weights if id(v) not in expected]
         if others:
-            raise NotUnderstood(f"holds weights other than its projections' kernels ({others[:3]})")
+            raise NotUnderstood(f"holds weights other than its projections' kernels and biases ({others[:3]})")
 
     @staticmethod
-    def _sizes(dense):
-        """(heads, width) of a projection to heads."""
+    def sizes(dense):
+        """(heads, width) of a projection to heads (read from its equation and kernel)."""
         _, heads, width = split_heads_letters(dense.equation)
         kernel = _operands(dense.equation)[1]
         shape = dict(zip(kernel, dense.kernel.shape, strict=True))
@@ -234,15 +241,29 @@ class DecoderAttention(LayerRule):
     projection_attributes = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
     input_argument = "hidden_states"
 
+    def whole_weights(self, layer):
+        """The weights the layer holds besides its projections' kernels, which a slim layer keeps whole (none
+        here; Gemma3's query and key norm scales, which span the head width)."""
+        return ()
+
     def projections(self, layer):
         """The layer's checked `Projections` (NotUnderstood for a layer this rule does not read)."""
-        return Projections(*(getattr(layer, name) for name in self.projection_attributes), weights=layer.weights)
+        whole = {id(w) for w in self.whole_weights(layer)}
+        return Projections(*(getattr(layer, name) for name in self.projection_attributes),
+                           weights=[w for w in layer.weights if id(w) not in whole])
+
+    def head_counts(self, layer):
+        """(query heads, key/value heads) of the layer, read from its query and key projections."""
+        query, key = (getattr(layer, name) for name in self.projection_attributes[:2])
+        return Projections.sizes(query)[0], Projections.sizes(key)[0]
 
     def call_input(self, ctx, layer):
-        """Element ids of the input of one call, refusing calls with a key/value cache."""
+        """Element ids of the input of one call, refusing calls with a key/value cache or a rotary offset."""
         args = ctx.arguments(layer)
-        if args.get("cache") is not None or args.get("cache_update_index") is not None:
+        if args.get("cache") is not None or args.get("cache_update_mask") is not None:
             raise NotUnderstood("called with a key/value cache (cached generation); only a call without one is pruned")
+        if args.get("cache_update_index") not in (None, 0):
+            raise NotUnderstood("called with a cache_update_index other than 0 (a rotary offset, as in generation)")
         given = args.get(self.input_argument)
         if not isinstance(given, tuple) or given[0] is None:
             raise NotUnderstood(f"its {self.input_argument} has no known channel axis")
@@ -254,8 +275,8 @@ class DecoderAttention(LayerRule):
         return {"in": bound[self.input_argument]}
 
     def propagate(self, ctx, layer, inputs):
-        parts = self.projections(layer)
         elems = self.call_input(ctx, layer)
+        parts = self.projections(layer)
         ctx.record("in", elems)
         if parts.repeats == 1:
             kv_heads = ctx.new_space(parts.kv_heads, name=f"{ctx.path}:heads")
@@ -296,13 +317,13 @@ class DecoderAttention(LayerRule):
     def filter_weights(self, layer):
         parts = self.projections(layer)
 
-        def heads_last(dense):
+        def heads_axis_last(dense):
             kernel = _operands(dense.equation)[1]
             letters = split_heads_letters(dense.equation) or merge_heads_letters(dense.equation)
             heads = letters[1] if dense is not parts.output else letters[0]
             return np.moveaxis(variable_view(dense.kernel), kernel.index(heads), -1)
 
-        q, k, v, o = (heads_last(d) for d in (parts.query, parts.key, parts.value, parts.output))
+        q, k, v, o = (heads_axis_last(d) for d in (parts.query, parts.key, parts.value, parts.output))
         if parts.repeats == 1:
             return [("kv_heads", w) for w in (q, k, v, o)]
 
@@ -317,9 +338,9 @@ class DecoderAttention(LayerRule):
         """The output projection's input, (batch, positions, query heads, head width), measures the heads."""
         parts = self.projections(layer)
         if parts.repeats == 1:
-            return (InnerTap(parts.output, "input", "kv_heads", _heads_last),)
-        return (InnerTap(parts.output, "input", "query_heads", _heads_last),
-                InnerTap(parts.output, "input", "kv_heads", _key_value_heads_last(parts.kv_heads)))
+            return (InnerTap(parts.output, "input", "kv_heads", heads_last),)
+        return (InnerTap(parts.output, "input", "query_heads", heads_last),
+                InnerTap(parts.output, "input", "kv_heads", key_value_heads_last(parts.kv_heads)))
 
 
 def _llama_config(layer):
@@ -382,9 +403,21 @@ class MistralAttention(DecoderAttention):
     """KerasHub's `CachedMistralAttention`, whose config takes `head_dim` (the slim layer is the same class)."""
 
 
-RULES = {LLAMA: LlamaAttention(), SLIM_LLAMA: LlamaAttention(), MISTRAL: MistralAttention()}
+class QwenAttention(DecoderAttention):
+    """KerasHub's `QwenAttention` (biases on its query, key and value projections, sliced with their kernels), and
+    tfprune's `QwenAttentionWithHeadDim` that its slim copies are (it derives its head width from
+    `hidden_dim // num_query_heads`, as Llama's does)."""
+
+    def config(self, layer):
+        # Its own config, and its head width, its query kernel's last axis ("bqm,muh->bquh").
+        return {**layer_config(layer), "head_dim": int(layer._query_dense.kernel.shape[-1])}
+
+    def new_layer(self, layer, config):
+        from tfprune.layers.qwen_attention import QwenAttentionWithHeadDim
+
+        return QwenAttentionWithHeadDim.from_config(config)
 
 
-def rule_for_keras_hub(operation):
-    """The rule of a KerasHub attention class this module reads (matched by exact class), or None."""
-    return RULES.get(class_path(operation))
+RULES = {LLAMA: LlamaAttention(), SLIM_LLAMA: LlamaAttention(), MISTRAL: MistralAttention(), QWEN: QwenAttention(),
+         SLIM_QWEN: QwenAttention()}
+
