@@ -176,7 +176,7 @@ class _Rebuilder:
         inputs = []
         for i, t in enumerate(model_inputs(model)):
             shape = list(t.shape)
-            if ("input", i) in keep:
+            if ("input", i) in keep and shape[-1] is not None:  # an open axis (a sequence length) stays open
                 shape[-1] = int(keep[("input", i)].sum())
             inputs.append(keras.Input(batch_shape=tuple(shape), dtype=t.dtype, sparse=t.sparse,
                                       name=t._keras_history.operation.name))
