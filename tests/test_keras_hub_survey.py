@@ -42,7 +42,7 @@ MODELS = {
     "RobertaBackbone": lambda: fixed_length(HUB.RobertaBackbone(vocabulary_size=50, max_sequence_length=LENGTH,
                                                                 **TEXT)),
     "DebertaV3Backbone": lambda: fixed_length(HUB.DebertaV3Backbone(vocabulary_size=50, max_sequence_length=LENGTH,
-                                                                    bucket_size=4, **TEXT)),
+                                                                    bucket_size=4, name="deberta", **TEXT)),
     "ElectraBackbone": lambda: fixed_length(HUB.ElectraBackbone(vocab_size=50, embedding_dim=16,
                                                                 max_sequence_length=LENGTH, **TEXT)),
 }
@@ -65,7 +65,7 @@ OPENS = {
 # Layers that stay closed in a block, with the reason ChannelGraph.closed gives. DeBERTa's blocks are opened again at
 # the model's sequence length (its backbone takes any length); the reasons of what stays closed in them are kept.
 CLOSED = {
-    "DebertaV3Backbone": {f"deberta_v3_backbone/disentangled_attention_encoder_layer_{i}/self_attention_layer":
+    "DebertaV3Backbone": {f"deberta/disentangled_attention_encoder_layer_{i}/self_attention_layer":
                           "its call could not be traced" for i in range(2)},
 }
 
