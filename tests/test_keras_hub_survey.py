@@ -42,7 +42,7 @@ MODELS = {
     "RobertaBackbone": lambda: fixed_length(HUB.RobertaBackbone(vocabulary_size=50, max_sequence_length=LENGTH,
                                                                 **TEXT)),
     "DebertaV3Backbone": lambda: fixed_length(HUB.DebertaV3Backbone(vocabulary_size=50, max_sequence_length=LENGTH,
-                                                                    bucket_size=4, **TEXT)),
+                                                                    bucket_size=4, name="deberta", **TEXT)),
     "ElectraBackbone": lambda: fixed_length(HUB.ElectraBackbone(vocab_size=50, embedding_dim=16,
                                                                 max_sequence_length=LENGTH, **TEXT)),
 }
@@ -60,6 +60,13 @@ OPENS = {
     "RobertaBackbone": (True, True, True),
     "DebertaV3Backbone": (False, False, True),
     "ElectraBackbone": (True, True, True),
+}
+
+# Layers that stay closed in a block, with the reason ChannelGraph.closed gives. DeBERTa's blocks are opened again at
+# the model's sequence length (its backbone takes any length); the reasons of what stays closed in them are kept.
+CLOSED = {
+    "DebertaV3Backbone": {f"deberta/disentangled_attention_encoder_layer_{i}/self_attention_layer":
+                          "its call could not be traced" for i in range(2)},
 }
 
 # Models count_macs refuses, with the layer and the reason it names.
@@ -104,17 +111,13 @@ def test_count_macs_counts_or_names_what_it_cannot(name):
         assert tfprune.count_macs(model) > 0
 
 
-# On JAX, the rebuilt DeBERTa-v3 calls its closed DisentangledSelfAttention on hidden states of open length and a
-# mask of fixed length, which JAX's shape inference cannot broadcast: prune fails there (a known gap, see the guide).
-PRUNE_ON_TENSORFLOW_ONLY = {"DebertaV3Backbone"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.tensorflow_only) if n in PRUNE_ON_TENSORFLOW_ONLY
-                                  else n for n in sorted(MODELS)])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_prune_runs_and_opens_what_it_records(name):
     model = MODELS[name]()
     graph = tfprune.ChannelGraph(model)
     assert opens(graph) == OPENS[name], (sorted(g.name for g in graph.prunable_groups), graph.closed)
+    for path, reason in CLOSED.get(name, {}).items():
+        assert graph.closed.get(path, "").startswith(reason), graph.closed
     slim = tfprune.prune(model, 0.5)
     x = inputs_for(model)
     for before, after in zip(keras.tree.flatten(model(x)), keras.tree.flatten(slim(x)), strict=True):
@@ -125,3 +128,9 @@ def test_prune_runs_and_opens_what_it_records(name):
     else:  # nothing to prune: the copy (DeiT's encoder from its attributes, its get_config failing) is the model
         for before, after in zip(keras.tree.flatten(model(x)), keras.tree.flatten(slim(x)), strict=True):
             np.testing.assert_allclose(np.asarray(after), np.asarray(before), rtol=1e-6, atol=1e-6)
+    # The closed layers (DeBERTa's attention, DeiT's encoder) are copied whole: the slim model computes what the
+    # masked one does. 1e-5 of the outputs' scale: float32 sums of a few hundred terms in another order.
+    masked = tfprune.mask(model, tfprune.plan(model, 0.5, graph=graph), graph=graph)  # in place: `model` is ours
+    for expected, actual in zip(keras.tree.flatten(masked(x)), keras.tree.flatten(slim(x)), strict=True):
+        expected = np.asarray(expected)
+        np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

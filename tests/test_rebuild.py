@@ -175,3 +175,21 @@ def test_a_layer_whose_automatic_config_keras_dropped_is_copied_with_its_policy(
     assert slim.get_layer("same").dtype_policy.name == "float32"
     assert slim.get_layer("same").output.shape == (None, 6, 6, 4)
     assert check_equivalence(model, tfprune.plan(model, 0.5)) < 1e-6
+
+
+def test_an_inner_input_of_open_length_stays_open():
+    """A nested model that takes any sequence length (a KerasHub backbone inside a model of fixed length): its slim
+    copy takes any length too. Its token mask's last axis is the sequence, not channels, and is not given the
+    outer model's length, which JAX could not broadcast against hidden states of open length."""
+    tokens, ids = keras.Input((None, 16), name="tokens"), keras.Input((None,), dtype="int32", name="ids")
+    x = keras.layers.Dense(16, name="up")(keras.layers.Dense(8, activation="relu", name="inner_dense")(tokens))
+    inner = keras.Model([tokens, ids], x * keras.ops.expand_dims(keras.ops.cast(ids, x.dtype), -1), name="inner")
+    outer_tokens = keras.Input((5, 16), name="outer_tokens")
+    outer_ids = keras.Input((5,), dtype="int32", name="outer_ids")
+    model = keras.Model([outer_tokens, outer_ids], inner([outer_tokens, outer_ids]), name="fixed_length")
+
+    slim = tfprune.rebuild(model, tfprune.plan(model, 0.5))
+
+    assert [tuple(t.shape) for t in slim.get_layer("inner").inputs] == [(None, None, 16), (None, None)]
+    assert slim.get_layer("inner").get_layer("inner_dense").units == 4
+    assert check_equivalence(model, tfprune.plan(model, 0.5)) < 1e-6

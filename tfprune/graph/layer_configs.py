@@ -1,18 +1,25 @@
-"""The config a layer is copied from, also for a layer whose automatic config Keras refused for a dtype policy.
+"""The config a layer is copied from, also for a layer whose `get_config` fails: read back from its attributes.
 
-A Keras layer without a `get_config` of its own gets an automatic one: `Layer.__new__` records the constructor's
-arguments, but only when every value is a plain str, int, float, bool or None. A layer made with
-`dtype=self.dtype_policy` (a `DTypePolicy` object, as KerasHub's Gemma blocks make their `RMSNormalization`
-sub-layers) has its arguments dropped, and its `get_config()` raises `NotImplementedError`: Keras cannot copy it,
-and neither could `rebuild` nor `trace` (which would then leave the whole block closed).
+`rebuild` copies every layer from its config, and `trace` opens only layers whose sub-layers can be copied. Some
+layers have no working config. Both cases below recover one the same way: the constructor's named arguments read
+back from the layer's attributes of the same names (where Keras layers keep them), plus `name`, `trainable` and
+`dtype` (the dtype policy serialised, as `Layer.get_config` records it for every layer).
 
-`layer_config` gives such a layer the config Keras would have recorded with the policy serialised
-(`keras.dtype_policies.serialize`, as `Layer.get_config` does for every other layer): its constructor's named
-arguments read back from the attributes of the same names, plus `name`, `trainable` and `dtype`. The config is used
-only if a layer made from it is the same layer: each of those attributes, and the dtype policy, equal the
-original's (a constructor that stores an argument under another name, or changes it, is caught and refused with
-Keras's own error). The copy, made with a serialised policy, has an automatic config of its own and saves to
-`.keras` like any other layer.
+- **A dropped automatic config.** A Keras layer without a `get_config` of its own gets an automatic one:
+  `Layer.__new__` records the constructor's arguments, but only when every value is a plain str, int, float, bool
+  or None. A layer made with `dtype=self.dtype_policy` (a `DTypePolicy` object, as KerasHub's Gemma blocks make
+  their `RMSNormalization` sub-layers) has its arguments dropped, and its `get_config()` raises
+  `NotImplementedError`. The recovered config is the one Keras would have recorded, and it is used only if a layer
+  made from it is the same layer: each argument, and the dtype policy, equal the original's (a constructor that
+  stores an argument under another name, or changes it, is caught and refused with Keras's own error). The copy
+  has an automatic config of its own and saves to `.keras` like any other layer.
+- **A closed layer whose own `get_config` fails** (`closed=True`): a layer copied whole, which the plan leaves
+  alone (KerasHub's `DeiTEncoder` saves a `key_dim` it never sets, and raises `AttributeError`). Its arguments may
+  be any values (layers, initialisers), kept as they are; those without an attribute keep their defaults, and one
+  without either makes Keras's own error stand. Nothing can check such a config (there is no config to compare
+  with): the copy gets the very same weights, so the slim model computes what the original does wherever the
+  constructor kept its arguments, and `rebuild` equals `mask` as for any layer. Its own `get_config` still fails:
+  the slim model runs, but saves to `.keras` no more than the original does.
 """
 
 import inspect
@@ -25,17 +32,19 @@ _PLAIN = (str, int, float, bool, type(None))
 _BASE_ARGUMENTS = ("name", "trainable", "dtype")  # what `Layer.get_config` records for every layer
 
 
-def layer_config(layer):
-    """`layer.get_config()`, or the config its automatic config would be with its dtype policy serialised.
+def layer_config(layer, closed=False):
+    """`layer.get_config()`, or where it fails, the config read back from the layer's attributes (see above).
 
     Args:
         layer: a Keras layer.
+        closed: whether the copy is of a closed layer that the plan leaves alone, whose weights carry over whole:
+            then a layer whose own `get_config` fails is also copied from its attributes, unchecked.
 
     Returns:
         A config `type(layer).from_config` accepts.
 
     Raises:
-        NotImplementedError: Keras's own error, when the layer's config fails and cannot be recovered as above.
+        NotImplementedError, AttributeError: the layer's own error, when its config fails and cannot be recovered.
 
     Example:
 
@@ -55,39 +64,78 @@ def layer_config(layer):
     (3.0, 'float32')
     >>> Scale.from_config(config).get_config() == config  # the copy has a config of its own
     True
+    >>> class Broken(keras.layers.Layer):  # a get_config of its own that fails
+    ...     def __init__(self, units, initializer="zeros", **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.units, self.initializer = units, keras.initializers.get(initializer)
+    ...     def get_config(self):
+    ...         return {**super().get_config(), "units": self.units, "width": self.width}
+    >>> broken = Broken(4, name="broken")
+    >>> try:
+    ...     layer_config(broken)
+    ... except AttributeError:
+    ...     print("no config, unless copied whole")
+    no config, unless copied whole
+    >>> config = layer_config(broken, closed=True)
+    >>> config["units"], config["initializer"] is broken.initializer
+    (4, True)
     """
     try:
         return layer.get_config()
-    except NotImplementedError as error:
-        config = _recorded_config(layer)
+    except (NotImplementedError, AttributeError) as error:
+        if not isinstance(layer, keras.layers.Layer):
+            raise
+        config = _recorded_config(layer) if isinstance(error, NotImplementedError) else None
+        if config is None and closed:
+            config = _attribute_config(layer)
         if config is None:
             raise error from None
         return config
 
 
 def _recorded_config(layer):
-    """The automatic config of a layer whose arguments Keras dropped, or None when it cannot be recovered."""
-    if not isinstance(layer, keras.layers.Layer) or not python_utils.is_default(layer.get_config):
+    """The automatic config of a layer whose arguments Keras dropped, checked, or None when it cannot be recovered."""
+    if not python_utils.is_default(layer.get_config):
         return None  # a get_config of the layer's own class failed: not a dropped automatic config
     if getattr(layer, "_auto_config_error_args", False) or layer.activity_regularizer is not None:
         return None
-    parameters = inspect.signature(type(layer).__init__).parameters.values()
-    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][1:]  # not self
     arguments = {}
-    for name in names:
-        if name in _BASE_ARGUMENTS:
-            continue
-        if not hasattr(layer, name) or not _is_plain(getattr(layer, name)):
+    for p in _arguments(layer):
+        if not hasattr(layer, p.name) or not _is_plain(getattr(layer, p.name)):
             return None
-        arguments[name] = getattr(layer, name)
-    config = {"name": layer.name, "trainable": layer.trainable,
-              "dtype": keras.dtype_policies.serialize(layer.dtype_policy), **arguments}
+        arguments[p.name] = getattr(layer, p.name)
+    config = {**_base_config(layer), **arguments}
     try:
         copy = type(layer).from_config(config)
     except Exception:  # noqa: BLE001 - a constructor that refuses the recovered arguments: not recovered
         return None
     same = all(_equal(getattr(copy, name, None), value) for name, value in arguments.items())
     return config if same and copy.dtype_policy.name == layer.dtype_policy.name else None
+
+
+def _attribute_config(layer):
+    """The config of a closed layer whose own `get_config` fails, unchecked, or None when an argument without a
+    default has no attribute to read it from."""
+    config = _base_config(layer)
+    for p in _arguments(layer):
+        if hasattr(layer, p.name):
+            config[p.name] = getattr(layer, p.name)
+        elif p.default is p.empty:
+            return None
+    return config
+
+
+def _base_config(layer):
+    """What `Layer.get_config` records for every layer."""
+    return {"name": layer.name, "trainable": layer.trainable,
+            "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
+
+
+def _arguments(layer):
+    """The named parameters of the layer's constructor, but `self` and those of `_BASE_ARGUMENTS`."""
+    parameters = list(inspect.signature(type(layer).__init__).parameters.values())[1:]
+    return [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in _BASE_ARGUMENTS]
 
 
 def _is_plain(value):

@@ -278,7 +278,9 @@ class _Opener:
     def specialised(self, model, node, path):
         """The sub-model of `node` replayed on Inputs of the sizes `model` calls it with, when some of its layers
         could not be traced for sizes it leaves open (KerasHub's backbones take any sequence length; a decoder
-        block's causal mask needs it); None otherwise. Its closed layers are then forgotten, to be opened anew."""
+        block's causal mask needs it); None otherwise. Its closed layers and the traces of its layers are then
+        forgotten, to be opened anew at those sizes (a trace kept from the first opening would leave its Inputs
+        open, and the reasons of the layers closed inside it would be lost)."""
         sub, prefix = node.operation, path + "/"
         untraced = [p for p, why in self.closed.items() if p.startswith(prefix) and why.startswith(UNTRACED)]
         if not untraced or sum(n.operation is sub for n in keras_nodes.call_nodes(model)) != 1:
@@ -294,6 +296,9 @@ class _Opener:
         for p in [p for p in self.closed if p.startswith(prefix)]:
             del self.closed[p]
         self.channelwise = {p for p in self.channelwise if not p.startswith(prefix)}
+        for layer in sub._flatten_layers(include_self=False):
+            self.traces.pop(id(layer), None)
+            self.shapes.pop(id(layer), None)
         return _replay(sub, {}, shapes)
 
     def openable(self, op, path):

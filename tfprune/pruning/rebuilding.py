@@ -176,7 +176,7 @@ class _Rebuilder:
         inputs = []
         for i, t in enumerate(model_inputs(model)):
             shape = list(t.shape)
-            if ("input", i) in keep:
+            if ("input", i) in keep and shape[-1] is not None:  # an open axis (a sequence length) stays open
                 shape[-1] = int(keep[("input", i)].sum())
             inputs.append(keras.Input(batch_shape=tuple(shape), dtype=t.dtype, sparse=t.sparse,
                                       name=t._keras_history.operation.name))
@@ -203,7 +203,7 @@ class _Rebuilder:
             return op  # a stateless keras.ops operation whose arguments do not change
         try:
             rule = self.graph.rules[path]
-            config = rule.updated_config(op, _config(rule, op), keep)
+            config = rule.updated_config(op, rule.config(op), keep)
             if self.reinit == "scratch" and self.seed is not None:
                 config = _seeded(config, self.seed + len(self.created))
             # The config comes from a live layer of this process, not from a file: Lambda functions may be copied.
@@ -275,35 +275,6 @@ def _constructor_arguments(cls):
             names |= {p.name for p in inspect.signature(klass.__init__).parameters.values()
                       if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     return names
-
-
-def _config(rule, op):
-    """`rule.config(op)`, or for a layer the plan leaves alone whose own `get_config` fails, its config read from
-    its attributes (`_config_from_attributes`)."""
-    try:
-        return rule.config(op)
-    except (AttributeError, NotImplementedError) as e:
-        if not isinstance(rule, Boundary):
-            raise
-        return _config_from_attributes(op, e)
-
-
-def _config_from_attributes(op, error):
-    """The config of a closed layer whose `get_config` fails (KerasHub's `DeiTEncoder` saves a `key_dim` it never
-    sets): its name, dtype and trainable flag, and every argument of its constructor read from the attribute of the
-    same name, where Keras layers keep them. Used only when every argument without a default has such an
-    attribute (otherwise `error` is raised); the copy then gets the same weights, and `rebuild` equals `mask` as for
-    any layer. Its own `get_config` still fails: the slim model runs, but saves to `.keras` no more than the
-    original does."""
-    config = {"name": op.name, "trainable": op.trainable, "dtype": op.dtype_policy}
-    for p in list(inspect.signature(type(op).__init__).parameters.values())[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
-            continue
-        if hasattr(op, p.name):
-            config[p.name] = getattr(op, p.name)
-        elif p.default is p.empty:
-            raise error
-    return config
 
 
 def _without_derived_keys(rule, op, config, error):

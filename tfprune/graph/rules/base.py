@@ -76,6 +76,11 @@ class Boundary(LayerRule):
     def __init__(self, why=None):
         self.why = why
 
+    def config(self, layer):
+        """`layer_config(layer, closed=True)`: a layer copied whole may be copied from its attributes when its own
+        `get_config` fails (see `tfprune.graph.layer_configs`)."""
+        return layer_config(layer, closed=True)
+
     def propagate(self, ctx, layer, inputs):
         reason = f"passes through '{ctx.path}' ({type(layer).__name__})" + (f": {self.why}" if self.why else
                                                                              ", a layer tfprune does not prune")
