@@ -190,6 +190,9 @@ class _Builder:
         self.submodels[path] = model
         inner = []
         for i, (t, elems) in enumerate(zip(model_inputs(model), ins, strict=True)):
+            if elems is None and not _has_channels(t):  # token ids of an open length: no channels to follow
+                inner.append(None)
+                continue
             if elems is None:
                 elems = self.new_space(f"{path}:input{i}", t.shape[-1], f"enters '{path}' untraced")
             self.record(path, ("input", i), elems)
@@ -219,6 +222,11 @@ class _Builder:
             outs = rule.propagate(ctx, op, ins)
         self.layers[path], self.rules[path] = op, rule
         return outs
+
+
+def _has_channels(tensor):
+    """Whether a model input has a channel axis of known width (a last axis after the batch axis)."""
+    return len(tensor.shape) >= 2 and tensor.shape[-1] is not None
 
 
 def _source_name(tensor):
@@ -280,7 +288,7 @@ class ChannelGraph:
         b = _Builder(self.closed, opened.channelwise)
         inputs = []
         for t in model_inputs(model):
-            known = len(t.shape) >= 2 and t.shape[-1] is not None
+            known = _has_channels(t)
             inputs.append(b.new_space(f"input:{_source_name(t)}", t.shape[-1], "model input") if known else None)
         outputs = b.walk(model, inputs, prefix="")
         if not prune_outputs:
