@@ -337,3 +337,54 @@ def test_qwen_attention_with_head_dim_computes_what_qwen_attention_computes_and_
     np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(narrow(x)), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="head_dim must be even"):
         QwenAttentionWithHeadDim(4, 2, 7)
+
+
+def causal_lm(family):
+    """`family`'s CausalLM (no preprocessor) on a tiny backbone, bare and wrapped in a Functional model on
+    fixed-length token inputs; the backbone's `token_embedding` is called inside the backbone and again, reversed,
+    as the LM's output projection."""
+    if family == "gemma":
+        backbone = keras_hub.models.GemmaBackbone(vocabulary_size=VOCABULARY, num_layers=2, num_query_heads=QUERY_HEADS,
+                                                  num_key_value_heads=2, hidden_dim=HIDDEN, intermediate_dim=64,
+                                                  head_dim=HEAD_DIM, name="gemma_backbone")
+        lm = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None, name="gemma_lm")
+    else:
+        backbone = BACKBONES[family](vocabulary_size=VOCABULARY, num_layers=2, num_query_heads=QUERY_HEADS,
+                                     num_key_value_heads=2, hidden_dim=HIDDEN, intermediate_dim=64,
+                                     name=f"{family}_backbone")
+        lm = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None, name=f"{family}_lm")
+    inputs = {t.name: keras.Input((LENGTH,), dtype=t.dtype, name=t.name) for t in backbone.inputs}
+    model = keras.Model(inputs, lm(inputs), name=f"{family}_wrapped")
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
+    return lm, model
+
+
+# Params of the tiny CausalLMs: one token table (Gemma's tied output projection; Llama's table and its untied
+# reverse_embeddings), counted once however many times the table is called.
+CAUSAL_LM_PARAMS = {"gemma": 14_496, "llama": 22_688}
+
+
+@pytest.mark.parametrize("family", sorted(CAUSAL_LM_PARAMS))
+def test_a_causal_lm_keeps_one_token_table_shared_by_its_backbone_and_its_output_projection(family):
+    lm, model = causal_lm(family)
+    x = tokens()
+    assert tfprune.count_params(model) == CAUSAL_LM_PARAMS[family]
+
+    copy = tfprune.rebuild(model, tfprune.Plan({}, {}))
+    table = copy.get_layer(f"{family}_lm").get_layer("token_embedding")
+    assert table is copy.get_layer(f"{family}_lm").get_layer(f"{family}_backbone").get_layer("token_embedding")
+    assert tfprune.count_params(copy) == CAUSAL_LM_PARAMS[family]
+    np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(model(x)), atol=1e-5)  # the same sums
+
+    bare = tfprune.rebuild(lm, tfprune.Plan({}, {}))  # open sequence length: rebuilt as is
+    assert tfprune.count_params(bare) == CAUSAL_LM_PARAMS[family]
+    np.testing.assert_allclose(np.asarray(bare(x)), np.asarray(lm(x)), atol=1e-5)
+
+    graph = tfprune.ChannelGraph(model)
+    plan = tfprune.plan(model, 0.5, graph=graph)
+    slim = tfprune.rebuild(model, plan, graph=graph)
+    assert tfprune.count_params(slim) < CAUSAL_LM_PARAMS[family]
+    slim_lm = slim.get_layer(f"{family}_lm")
+    assert slim_lm.get_layer("token_embedding") is slim_lm.get_layer(f"{family}_backbone").get_layer("token_embedding")
+    assert check_equivalence(model, plan, x) < TOLERANCE

@@ -138,6 +138,10 @@ class _Builder:
         self.records = {}
         self.argument_shapes = {}
         self.layers, self.rules, self.submodels = {}, {}, {}
+        self.first_path = {}  # {path: the path under which the same layer object was called first}
+        self._first_of = {}  # {id(layer or sub-model): its first path}
+        self._object_of = {}  # {path: id(layer or sub-model)}
+        self._object_records = {}  # {(id(layer or sub-model), side): the elements it recorded first}
 
     def new_space(self, name, width, fixed_reason=None):
         if name in self.space_start:  # a shared layer called again: same channels
@@ -157,12 +161,20 @@ class _Builder:
             raise NotUnderstood(f"ties {len(a)} channels to {len(b)}")
         self.edges.append((a, b))
 
+    def enter(self, op, path):
+        """Note that `op` is called under `path`; returns the path it was first called under. A layer object
+        called under several paths (shared between a nested sub-model and the model around it) is one set of
+        weights: every path's records are tied to the first path's."""
+        self._object_of[path] = id(op)
+        first = self.first_path[path] = self._first_of.setdefault(id(op), path)
+        return first
+
     def record(self, path, side, elems):
-        key = (path, side)
-        if key in self.records:  # shared layer: its weights see the channels of every call
-            self.union(self.records[key], elems)
-        else:
-            self.records[key] = elems
+        self.records.setdefault((path, side), elems)
+        # A shared layer (called again, here or under another path): its weights see the channels of every call.
+        first = self._object_records.setdefault((self._object_of[path], side), elems)
+        if first is not elems:
+            self.union(first, elems)
 
     def walk(self, model, inputs, prefix):
         def call(node, elems):
@@ -174,9 +186,13 @@ class _Builder:
         return run_nodes(model, inputs, call)
 
     def call_model(self, model, path, ins):
+        self.enter(model, path)
         self.submodels[path] = model
         inner = []
         for i, (t, elems) in enumerate(zip(model_inputs(model), ins, strict=True)):
+            if elems is None and not _has_channels(t):  # token ids of an open length: no channels to follow
+                inner.append(None)
+                continue
             if elems is None:
                 elems = self.new_space(f"{path}:input{i}", t.shape[-1], f"enters '{path}' untraced")
             self.record(path, ("input", i), elems)
@@ -192,19 +208,25 @@ class _Builder:
         return rule
 
     def call_layer(self, op, path, node, ins):
+        first = self.enter(op, path)
         ctx = _CallContext(self, path, node, ins)
-        rule = self.rules.get(path) or self.rule_for(op, path)
+        rule = self.rules.get(path) or self.rules.get(first) or self.rule_for(op, path)
         try:
             outs = rule.propagate(ctx, op, ins)
         except NotUnderstood as why:
-            if path in self.rules:  # a shared layer understood at an earlier call: keep all its channels
+            if path in self.rules or first in self.rules:  # understood at an earlier call: keep all its channels
                 for (p, _), elems in self.records.items():
-                    if p == path:
+                    if self.first_path.get(p) == first:
                         self.fixed.append((elems, f"'{path}' is shared and one of its calls is not understood"))
             rule = rule.closed(str(why))
             outs = rule.propagate(ctx, op, ins)
         self.layers[path], self.rules[path] = op, rule
         return outs
+
+
+def _has_channels(tensor):
+    """Whether a model input has a channel axis of known width (a last axis after the batch axis)."""
+    return len(tensor.shape) >= 2 and tensor.shape[-1] is not None
 
 
 def _source_name(tensor):
@@ -241,7 +263,8 @@ class ChannelGraph:
         model: the graph model read: `source` itself, or its trace when custom layers were opened (a Functional
             model of the same layer objects; walk this one to follow the paths in `layers`).
         closed: `{layer path: reason}` for the custom layers that could not be opened.
-        layers, rules: `{path: layer}` and `{path: rule}` of every call node read.
+        layers, rules: `{path: layer}` and `{path: rule}` of every call node read (a layer object called under
+            several paths is under each of them; see `first_path`).
         argument_shapes: `{path: [{parameter name: shape}, one per call]}` of the tensor arguments of the layers
             whose rule reads its call's arguments by name (attention: "query", "value", "key"), for cost models.
 
@@ -265,7 +288,7 @@ class ChannelGraph:
         b = _Builder(self.closed, opened.channelwise)
         inputs = []
         for t in model_inputs(model):
-            known = len(t.shape) >= 2 and t.shape[-1] is not None
+            known = _has_channels(t)
             inputs.append(b.new_space(f"input:{_source_name(t)}", t.shape[-1], "model input") if known else None)
         outputs = b.walk(model, inputs, prefix="")
         if not prune_outputs:
@@ -273,6 +296,7 @@ class ChannelGraph:
                 if elems is not None:
                     b.fixed.append((elems, f"reaches model output '{_source_name(t)}'"))
         self.layers, self.rules, self.submodels = b.layers, b.rules, b.submodels
+        self._first_path = b.first_path
         self.argument_shapes = b.argument_shapes
         self._records = {}  # {path: {side: element ids}}
         for (path, side), elems in b.records.items():
@@ -375,6 +399,13 @@ class ChannelGraph:
 
     def __len__(self):
         return len(self.groups)
+
+    def first_path(self, path):
+        """The path under which the layer or sub-model at `path` was first called: `path` itself, unless the same
+        object is also called under another path (a layer shared between a nested sub-model and the model around
+        it, such as a tied embedding's reverse call). Its paths' channels are tied, and `rebuild` copies the object
+        once, at its first path."""
+        return self._first_path.get(path, path)
 
     def recorded(self, path):
         """`{side: element ids}` of the channel positions a layer's weights or config follow."""

@@ -121,7 +121,7 @@ class _Rebuilder:
         self.graph, self.channel_keep = graph, channel_keep
         self.reinit, self.seed = reinit, seed
         self.source = source
-        self.created = {}  # path -> new layer, operation or sub-model (shared layers stay shared)
+        self.created = {}  # first path -> new layer, operation or sub-model (shared layers stay shared)
         self.preset = set()  # id() of the new variables created with their final (sliced) values
         self.patched = []  # new layers whose add_weight is temporarily replaced
 
@@ -192,6 +192,7 @@ class _Rebuilder:
         return keras.Model(pack_like_inputs(model, inputs), pack_like_outputs(model, outputs), name=model.name)
 
     def operation(self, op, path):
+        path = self.graph.first_path(path)  # a layer called under several paths is copied once, and shared
         if path not in self.created:
             self.created[path] = self.rebuild_model(op, path) if is_graph_model(op) else self.copy_layer(op, path)
         return self.created[path]
@@ -234,6 +235,8 @@ class _Rebuilder:
 
     def copy_weights(self, source):
         for path, old in self.graph.layers.items():
+            if self.graph.first_path(path) != path:
+                continue  # the same layer as at its first path
             new = self.created.get(path)
             if new is None or new is old or not isinstance(old, keras.layers.Layer) or not old.weights:
                 continue
