@@ -99,12 +99,10 @@ def _recorded_config(layer):
         return None  # a get_config of the layer's own class failed: not a dropped automatic config
     if getattr(layer, "_auto_config_error_args", False) or layer.activity_regularizer is not None:
         return None
-    arguments = {}
-    for p in _arguments(layer):
-        if not hasattr(layer, p.name) or not _is_plain(getattr(layer, p.name)):
-            return None
-        arguments[p.name] = getattr(layer, p.name)
-    config = {**_base_config(layer), **arguments}
+    arguments, missing = constructor_arguments(layer)
+    if missing or not all(_is_plain(value) for value in arguments.values()):
+        return None
+    config = {**base_config(layer), **arguments}
     try:
         copy = type(layer).from_config(config)
     except Exception:  # noqa: BLE001 - a constructor that refuses the recovered arguments: not recovered
@@ -116,26 +114,67 @@ def _recorded_config(layer):
 def _attribute_config(layer):
     """The config of a closed layer whose own `get_config` fails, unchecked, or None when an argument without a
     default has no attribute to read it from."""
-    config = _base_config(layer)
-    for p in _arguments(layer):
-        if hasattr(layer, p.name):
-            config[p.name] = getattr(layer, p.name)
-        elif p.default is p.empty:
-            return None
-    return config
+    arguments, missing = constructor_arguments(layer)
+    if any(p.default is p.empty for p in missing):
+        return None
+    return {**base_config(layer), **arguments}
 
 
-def _base_config(layer):
-    """What `Layer.get_config` records for every layer."""
+def base_config(layer):
+    """What `Layer.get_config` records for every layer: `name`, `trainable` and `dtype` (the dtype policy
+    serialised).
+
+    Args:
+        layer: a Keras layer.
+
+    Example:
+
+    >>> import keras
+    >>> config = base_config(keras.layers.Dense(2, name="dense", dtype="float32"))
+    >>> config["name"], config["trainable"], config["dtype"]["config"]["name"]
+    ('dense', True, 'float32')
+    """
     return {"name": layer.name, "trainable": layer.trainable,
             "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
 
 
-def _arguments(layer):
-    """The named parameters of the layer's constructor, but `self` and those of `_BASE_ARGUMENTS`."""
+def constructor_arguments(layer, attributes=None):
+    """The layer's constructor arguments read back from its attributes: `({argument: value}, [missing])`.
+
+    The arguments are the constructor's named parameters but those of `_BASE_ARGUMENTS` (`base_config` has them);
+    each is read from the attribute of the same name, where Keras layers keep them.
+
+    Args:
+        layer: a Keras layer.
+        attributes: `{argument: attribute}` for arguments a layer keeps under another name.
+
+    Returns:
+        The values found, and the `inspect.Parameter`s of the arguments with no attribute to read, in the
+        constructor's order.
+
+    Example:
+
+    >>> import keras
+    >>> class Scale(keras.layers.Layer):
+    ...     def __init__(self, factor, offset=0.0, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self._factor = factor
+    >>> arguments, missing = constructor_arguments(Scale(3.0), attributes={"factor": "_factor"})
+    >>> arguments, [p.name for p in missing]
+    ({'factor': 3.0}, ['offset'])
+    """
+    attributes = attributes or {}
     parameters = list(inspect.signature(type(layer).__init__).parameters.values())[1:]
-    return [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            and p.name not in _BASE_ARGUMENTS]
+    found, missing = {}, []
+    for p in parameters:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name in _BASE_ARGUMENTS:
+            continue
+        attribute = attributes.get(p.name, p.name)
+        if hasattr(layer, attribute):
+            found[p.name] = getattr(layer, attribute)
+        else:
+            missing.append(p)
+    return found, missing
 
 
 def _is_plain(value):

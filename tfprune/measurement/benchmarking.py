@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import keras
 import numpy as np
@@ -17,6 +16,7 @@ from tfprune.backends import require_backend
 from tfprune.deployment.runtimes import LITERT, ONNX_RUNTIME, litert_interpreter, onnx_session, runtime_version
 from tfprune.deployment.verification import random_inputs
 from tfprune.graph.keras_nodes import model_inputs
+from tfprune.measurement.runtime_calls import litert_call, onnx_call, time_in_turn
 
 ENGINES = ("tensorflow", "tflite", "onnxruntime")
 DEFAULT_ENGINES = ("tensorflow", "tflite")
@@ -184,7 +184,7 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
                         notify(f"tensorflow, batch {batch}, {n} thread(s): {len(keras_entries)} model(s) × "
                                f"{runs} runs")
                         calls = {label: _tensorflow_call(model, batch) for label, model in keras_entries}
-                        for label, seconds in _time_in_turn(calls, runs, warmup).items():
+                        for label, seconds in time_in_turn(calls, runs, warmup).items():
                             timings[label, "tensorflow", batch, n] = seconds
                 else:
                     notify(f"tensorflow, {n} thread(s), in a subprocess: {len(keras_entries)} model(s) × "
@@ -192,7 +192,7 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
                     measured = _tensorflow_in_subprocess(keras_entries, batch_sizes, n, runs, warmup, workdir)
                     for (label, batch), seconds in measured.items():
                         timings[label, "tensorflow", batch, n] = seconds
-        for engine, kind, make_call in (("tflite", "tflite", _tflite_call), ("onnxruntime", "onnx", _onnx_call)):
+        for engine, kind, make_call in (("tflite", "tflite", litert_call), ("onnxruntime", "onnx", onnx_call)):
             if engine not in engines:
                 continue
             files = []
@@ -212,7 +212,7 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
                 for batch in batch_sizes:
                     notify(f"{engine}, batch {batch}, {n} thread(s): {len(files)} model(s) × {runs} runs")
                     calls = {label: make_call(path, batch, n) for label, path in files}
-                    for label, seconds in _time_in_turn(calls, runs, warmup).items():
+                    for label, seconds in time_in_turn(calls, runs, warmup).items():
                         timings[label, engine, batch, n] = seconds
 
     reference = entries[0][0]
@@ -230,59 +230,10 @@ def benchmark(models, batch_sizes=(1, 8), threads=(1, None), engines=DEFAULT_ENG
     return LatencyReport(reference=reference, rows=tuple(rows), runtimes=tuple(runtimes))
 
 
-def _time_in_turn(calls, runs, warmup):
-    """`{label: [seconds per call]}`: every call warmed up, then each timed once per round, `runs` rounds."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    seconds = {label: [] for label in calls}
-    for _ in range(runs):
-        for label, call in calls.items():
-            start = time.perf_counter()
-            call()
-            seconds[label].append(time.perf_counter() - start)
-    return seconds
-
-
 def _tensorflow_call(model, batch_size):
     forward = tf.function(lambda x: model(x, training=False))
     x = tf.nest.map_structure(tf.constant, random_inputs(model, batch_size=batch_size))
     return lambda: tf.nest.flatten(forward(x))[0].numpy()
-
-
-def _random_array(shape, dtype, rng):
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def _tflite_call(path, batch_size, threads):
-    interpreter = litert_interpreter(path, threads=threads)
-    (detail,) = interpreter.get_input_details()
-    shape = (batch_size, *detail["shape"][1:])
-    interpreter.resize_tensor_input(detail["index"], shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], _random_array(shape, detail["dtype"], np.random.default_rng(0)))
-    return interpreter.invoke
-
-
-_ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-                "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(int8)": np.int8,
-                "tensor(uint8)": np.uint8}
-
-
-def _onnx_call(path, batch_size, threads):
-    session = onnx_session(path, threads=threads)
-    rng = np.random.default_rng(0)
-    feed = {}
-    for node in session.get_inputs():
-        if node.type not in _ONNX_DTYPES:
-            raise ValueError(f"ONNX file {path!r}: input {node.name!r} has type {node.type}; only "
-                             f"{', '.join(_ONNX_DTYPES)} inputs can be timed.")
-        shape = (batch_size, *[d if isinstance(d, int) else 32 for d in node.shape[1:]])
-        feed[node.name] = _random_array(shape, _ONNX_DTYPES[node.type], rng)
-    return lambda: session.run(None, feed)
 
 
 def _tensorflow_in_subprocess(keras_entries, batch_sizes, threads, runs, warmup, workdir):

@@ -11,20 +11,20 @@ is written to `out`.
 import json
 import sys
 
+from tfprune.measurement.runtime_calls import read_spec, time_in_turn
+
 
 def main(argv):
-    if len(argv) != 2:
-        print("usage: python -m tfprune.measurement.latency_worker SPEC.json", file=sys.stderr)
+    spec = read_spec(argv, "tfprune.measurement.latency_worker")
+    if spec is None:
         return 2
-    with open(argv[1]) as f:
-        spec = json.load(f)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(spec["threads"])
     import keras
 
-    from tfprune.measurement.benchmarking import _tensorflow_call, _time_in_turn
+    from tfprune.measurement.benchmarking import _tensorflow_call
 
     # The files are copies that tfprune.benchmark saved from models it was given (user files were loaded there
     # with safe mode on), so they are trusted here.
@@ -32,7 +32,7 @@ def main(argv):
     results = []
     for batch in spec["batch_sizes"]:
         calls = {label: _tensorflow_call(model, batch) for label, model in models.items()}
-        for label, seconds in _time_in_turn(calls, spec["runs"], spec["warmup"]).items():
+        for label, seconds in time_in_turn(calls, spec["runs"], spec["warmup"]).items():
             results.append([label, batch, seconds])
     with open(spec["out"], "w") as f:
         json.dump(results, f)

@@ -35,11 +35,10 @@ The layer has no `get_config` of its own and is made with a dtype policy object,
 (`kernel_initializer` serialised from `_kernel_initializer`), with the policy serialised.
 """
 
-import inspect
-
 import keras
 import numpy as np
 
+from tfprune.graph.layer_configs import base_config, constructor_arguments
 from tfprune.graph.rules.base import Boundary, NotUnderstood
 from tfprune.graph.rules.keras_hub_attention import DecoderAttention
 
@@ -104,18 +103,13 @@ class GemmaAttention(DecoderAttention):
 
 def gemma_attention_config(layer):
     """The config of a Gemma attention layer: its constructor's arguments read back from the attributes it keeps
-    (`kernel_initializer` from `_kernel_initializer`), and the base layer's, its dtype policy serialised."""
-    config = {"name": layer.name, "trainable": layer.trainable,
-              "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
-              "kernel_initializer": keras.initializers.serialize(layer._kernel_initializer)}
-    for p in list(inspect.signature(type(layer).__init__).parameters.values())[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in config:
-            continue
-        if not hasattr(layer, p.name):
-            raise NotUnderstood(f"its constructor argument '{p.name}' is not kept by the layer, so a slim copy "
-                                "cannot be made")
-        config[p.name] = getattr(layer, p.name)
-    return config
+    (`kernel_initializer` from `_kernel_initializer`, serialised), and the base layer's (`layer_configs`)."""
+    arguments, missing = constructor_arguments(layer, attributes={"kernel_initializer": "_kernel_initializer"})
+    if missing:
+        raise NotUnderstood(f"its constructor argument '{missing[0].name}' is not kept by the layer, so a slim copy "
+                            "cannot be made")
+    return {**base_config(layer), **arguments,
+            "kernel_initializer": keras.initializers.serialize(arguments["kernel_initializer"])}
 
 
 class ClosedGemmaAttention(Boundary):
