@@ -43,6 +43,35 @@ def check_heads(num_query_heads, num_key_value_heads, head_dim):
         raise ValueError(f"head_dim must be even (the rotary embedding rotates pairs of slots); got {head_dim}.")
 
 
+def build_projections(layer, inputs_shape, biased=False):
+    """What KerasHub's `LlamaAttention.build` (and `QwenAttention.build`) make but the rotary embedding, with
+    `layer.head_dim` in place of hidden_dim // num_query_heads: the query, key, value and output projections (the
+    first three with biases when `biased`, as Qwen's have), the softmax, the dropout, the einsum equations and the
+    scale 1/sqrt(head_dim). The sub-layers are made in KerasHub's order and with its names, so that weights copy
+    over one to one."""
+    hidden_dim, head_dim = inputs_shape[-1], layer.head_dim
+    layer._inv_norm_factor = 1.0 / math.sqrt(head_dim)
+    common = {"kernel_initializer": layer.kernel_initializer, "dtype": layer.dtype_policy}
+
+    def projection(name, equation, heads, bias_axes):
+        extra = {"bias_axes": bias_axes, "bias_initializer": layer.bias_initializer} if biased else {}
+        dense = keras.layers.EinsumDense(equation=equation, output_shape=(None, heads, head_dim), name=name,
+                                         **common, **extra)
+        dense.build(inputs_shape)
+        return dense
+
+    layer._query_dense = projection("query", "bqm,muh->bquh", layer.num_query_heads, "uh")
+    layer._key_dense = projection("key", "bkm,mvh->bkvh", layer.num_key_value_heads, "vh")
+    layer._value_dense = projection("value", "bkm,mvh->bkvh", layer.num_key_value_heads, "vh")
+    layer._softmax = keras.layers.Softmax(axis=-1, dtype="float32", name="attention_softmax")
+    layer._dropout_layer = keras.layers.Dropout(rate=layer.dropout, dtype=layer.dtype_policy)
+    layer._output_dense = keras.layers.EinsumDense(equation="bquh,uhm->bqm", output_shape=(None, hidden_dim),
+                                                   name="attention_output", **common)
+    layer._output_dense.build((None, None, layer.num_query_heads, head_dim))
+    layer._dot_product_equation = "bquh,bkuh->buqk"
+    layer._combine_equation = "buqk,bkuh->bquh"
+
+
 @keras.saving.register_keras_serializable(package="tfprune")
 class LlamaAttentionWithHeadDim(LlamaAttention):
     """KerasHub's `LlamaAttention` with an explicit head width (see the module docstring).
@@ -74,27 +103,7 @@ class LlamaAttentionWithHeadDim(LlamaAttention):
         self.head_dim = head_dim
 
     def build(self, inputs_shape):
-        # LlamaAttention.build with `head_dim` in place of hidden_dim // num_query_heads; the sub-layers are
-        # made in the same order and with the same names, so that weights copy over one to one.
-        hidden_dim, head_dim = inputs_shape[-1], self.head_dim
-        self._inv_norm_factor = 1.0 / math.sqrt(head_dim)
-        common = {"kernel_initializer": self.kernel_initializer, "dtype": self.dtype_policy}
-        self._query_dense = keras.layers.EinsumDense(
-            equation="bqm,muh->bquh", output_shape=(None, self.num_query_heads, head_dim), name="query", **common)
-        self._query_dense.build(inputs_shape)
-        self._key_dense = keras.layers.EinsumDense(
-            equation="bkm,mvh->bkvh", output_shape=(None, self.num_key_value_heads, head_dim), name="key",
-            **common)
-        self._key_dense.build(inputs_shape)
-        self._value_dense = keras.layers.EinsumDense(
-            equation="bkm,mvh->bkvh", output_shape=(None, self.num_key_value_heads, head_dim), name="value",
-            **common)
-        self._value_dense.build(inputs_shape)
-        self._softmax = keras.layers.Softmax(axis=-1, dtype="float32", name="attention_softmax")
-        self._dropout_layer = keras.layers.Dropout(rate=self.dropout, dtype=self.dtype_policy)
-        self._output_dense = keras.layers.EinsumDense(
-            equation="bquh,uhm->bqm", output_shape=(None, hidden_dim), name="attention_output", **common)
-        self._output_dense.build((None, None, self.num_query_heads, head_dim))
+        build_projections(self, inputs_shape)
         self.rotary_embedding_layer = LlamaRotaryEmbedding(
             max_wavelength=self.rope_max_wavelength,
             position_scaling_factor=self.rope_position_scaling_factor,
@@ -104,8 +113,6 @@ class LlamaAttentionWithHeadDim(LlamaAttention):
             pretraining_sequence_length=self.rope_pretraining_sequence_length,
             dtype=self.dtype_policy,
         )
-        self._dot_product_equation = "bquh,bkuh->buqk"
-        self._combine_equation = "buqk,bkuh->bquh"
         self.built = True
 
     def get_config(self):

@@ -12,13 +12,11 @@ QwenAttentionWithHeadDim`) before `keras.saving.load_model` lets a slim Qwen loa
 keras-hub, which `import tfprune` does not load.
 """
 
-import math
-
 import keras
 from keras_hub.src.layers.modeling.rotary_embedding import RotaryEmbedding
 from keras_hub.src.models.qwen.qwen_attention import QwenAttention
 
-from tfprune.layers.llama_attention import check_heads
+from tfprune.layers.llama_attention import build_projections, check_heads
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
@@ -52,34 +50,10 @@ class QwenAttentionWithHeadDim(QwenAttention):
         self.head_dim = head_dim
 
     def build(self, inputs_shape):
-        # QwenAttention.build with `head_dim` in place of hidden_dim // num_query_heads; the sub-layers are made
-        # in the same order and with the same names, so that weights copy over one to one.
-        hidden_dim, head_dim = inputs_shape[-1], self.head_dim
-        self._inv_norm_factor = 1.0 / math.sqrt(head_dim)
-        common = {"kernel_initializer": self.kernel_initializer, "dtype": self.dtype_policy}
-        biased = {**common, "bias_initializer": self.bias_initializer}
-        self._query_dense = keras.layers.EinsumDense(
-            equation="bqm,muh->bquh", output_shape=(None, self.num_query_heads, head_dim), bias_axes="uh",
-            name="query", **biased)
-        self._query_dense.build(inputs_shape)
-        self._key_dense = keras.layers.EinsumDense(
-            equation="bkm,mvh->bkvh", output_shape=(None, self.num_key_value_heads, head_dim), bias_axes="vh",
-            name="key", **biased)
-        self._key_dense.build(inputs_shape)
-        self._value_dense = keras.layers.EinsumDense(
-            equation="bkm,mvh->bkvh", output_shape=(None, self.num_key_value_heads, head_dim), bias_axes="vh",
-            name="value", **biased)
-        self._value_dense.build(inputs_shape)
-        self._softmax = keras.layers.Softmax(axis=-1, dtype="float32", name="attention_softmax")
-        self._dropout_layer = keras.layers.Dropout(rate=self.dropout, dtype=self.dtype_policy)
-        self._output_dense = keras.layers.EinsumDense(
-            equation="bquh,uhm->bqm", output_shape=(None, hidden_dim), name="attention_output", **common)
-        self._output_dense.build((None, None, self.num_query_heads, head_dim))
+        build_projections(self, inputs_shape, biased=True)
         self.rotary_embedding_layer = RotaryEmbedding(
             max_wavelength=self.rope_max_wavelength, scaling_factor=self.rope_scaling_factor,
             dtype=self.dtype_policy)
-        self._dot_product_equation = "bquh,bkuh->buqk"
-        self._combine_equation = "buqk,bkuh->bquh"
         self.built = True
 
     def get_config(self):
