@@ -72,8 +72,18 @@ def build_projections(layer, inputs_shape, biased=False):
     layer._combine_equation = "buqk,bkuh->bquh"
 
 
+class GivenHeadDim:
+    """Mixin before a KerasHub grouped-query attention class: its constructor takes `head_dim` too (checked with
+    `check_heads`), which the class's `build` reads through `build_projections`."""
+
+    def __init__(self, num_query_heads, num_key_value_heads, head_dim, **kwargs):
+        check_heads(num_query_heads, num_key_value_heads, head_dim)
+        super().__init__(num_query_heads=num_query_heads, num_key_value_heads=num_key_value_heads, **kwargs)
+        self.head_dim = head_dim
+
+
 @keras.saving.register_keras_serializable(package="tfprune")
-class LlamaAttentionWithHeadDim(LlamaAttention):
+class LlamaAttentionWithHeadDim(GivenHeadDim, LlamaAttention):
     """KerasHub's `LlamaAttention` with an explicit head width (see the module docstring).
 
     Args:
@@ -96,11 +106,6 @@ class LlamaAttentionWithHeadDim(LlamaAttention):
     >>> LlamaAttentionWithHeadDim.from_config(layer.get_config()).head_dim
     8
     """
-
-    def __init__(self, num_query_heads, num_key_value_heads, head_dim, **kwargs):
-        check_heads(num_query_heads, num_key_value_heads, head_dim)
-        super().__init__(num_query_heads=num_query_heads, num_key_value_heads=num_key_value_heads, **kwargs)
-        self.head_dim = head_dim
 
     def build(self, inputs_shape):
         build_projections(self, inputs_shape)

@@ -16,11 +16,11 @@ import keras
 from keras_hub.src.layers.modeling.rotary_embedding import RotaryEmbedding
 from keras_hub.src.models.qwen.qwen_attention import QwenAttention
 
-from tfprune.layers.llama_attention import build_projections, check_heads
+from tfprune.layers.llama_attention import GivenHeadDim, build_projections
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
-class QwenAttentionWithHeadDim(QwenAttention):
+class QwenAttentionWithHeadDim(GivenHeadDim, QwenAttention):
     """KerasHub's `QwenAttention` with an explicit head width (see the module docstring).
 
     Args:
@@ -43,11 +43,6 @@ class QwenAttentionWithHeadDim(QwenAttention):
     >>> QwenAttentionWithHeadDim.from_config(layer.get_config()).head_dim
     8
     """
-
-    def __init__(self, num_query_heads, num_key_value_heads, head_dim, **kwargs):
-        check_heads(num_query_heads, num_key_value_heads, head_dim)
-        super().__init__(num_query_heads=num_query_heads, num_key_value_heads=num_key_value_heads, **kwargs)
-        self.head_dim = head_dim
 
     def build(self, inputs_shape):
         build_projections(self, inputs_shape, biased=True)
