@@ -1,4 +1,4 @@
-"""Accuracy at equal measured latency: widths planned for a latency budget against widths planned for a MACs
+"""Accuracy at equal measured latency: widths searched under a latency budget against widths searched under a MACs
 budget, on small_resnet and small_vgg on Fashion-MNIST, fine-tuned the same way, over seeds (issue 30, item 5).
 
     nice -n 19 python benchmarks/latency_accuracy.py          # runs what is missing, appending each finished row to
@@ -7,34 +7,46 @@ budget, on small_resnet and small_vgg on Fashion-MNIST, fine-tuned the same way,
     nice -n 19 python benchmarks/latency_accuracy.py --smoke  # the whole pipeline in minutes, in
                                                               # /tmp/tfprune_latency_accuracy_smoke/
 
+**What is compared: width allocations.** One structure search (`--search`: ABCPruner, `tfprune.search.abc`, by
+default; `random`, `tfprune.search.random_search`; or `dmcp`, `tfprune.search.dmcp`) is run twice per model,
+latency target t (`--targets`) and seed, with the same settings but two budgets:
+  latency   `{"latency": a, "runtime": --runtime, "threads": --threads}`: candidates priced by the per-layer latency
+            tables (`tfprune.measurement.latency_tables.LatencyModel`, default grid); a starts at t. The searched
+            model is measured; if its measured ratio misses t by more than `tolerance`, a is re-aimed at
+            a · t / measured and the search run again, up to `match_steps` times;
+  macs      `{"macs": m}`: candidates priced by MACs, with m re-aimed so that the searched model's *measured*
+            latency equals that of the latency row of the same (model, t, seed): m starts at that row's MACs ratio
+            and is re-aimed at m · goal / measured, up to `match_steps` times, until the two measured ratios are
+            within `tolerance` of each other (or both within `tolerance` of t).
+Of the tried searches, the one closest to its goal and not above goal · (1 + tolerance) is kept (the closest one
+if none is). A one-ratio plan (`plan_for_latency` against `plan_for_macs`, this script's first version) was no
+comparison: with `round_to=1` both are one L1 ratio for every group, so at equal measured latency they are about
+the same widths; a search chooses every group's width, so the two budgets give different allocations.
+
+**Rounding** (`--round_to`, default 8): the searched widths are rounded up to a multiple of it (ABC and random
+search; DMCP's widths are on its own `width_range` steps and ignore it). Not `auto`: LiteRT's channel tile is 16
+channels on an x86 CPU with AVX2 and 32 with AVX-512, too coarse for small_resnet's 16-channel layers (a group could
+only stay whole or go: the first version's latency plan, rounded to the tile, could not go below 0.80 of the latency
+at a target of 0.5).
+
 **Protocol: that of `benchmarks/methods.py`**, imported from it, with its flags (`--models`, `--seeds`,
 `--train_images`, `--val_size`, `--epochs`, `--finetune_epochs`, `--finetune_learning_rate`, `--batch_size`,
-`--baseline_seed`, `--work_dir`, ...): the same validation split, the same trained baselines (kept in the same
-`work_dir`, `.bench_cache/methods`, so a baseline trained for the methods benchmark is reused, and trained there if
-missing), the same fine-tuning (`finetune_epochs` epochs, cosine from `finetune_learning_rate`, the same
-augmentation, seed-dependent order) and test accuracy on the 10,000 test images.
+`--baseline_seed`, `--abc_cycles`, `--dmcp_epochs`, `--work_dir`, ...): the same validation split, the same trained
+baselines (kept in the same `work_dir`, `.bench_cache/methods`, so a baseline trained for the methods benchmark is
+reused, and trained there if missing), the same search settings as its `abc` and `dmcp` methods (ABC: keep ratios
+on a grid of step 0.05, 5 food sources, limit 3, `abc_cycles` cycles, 30 fitness steps, fitness on
+`measure_images` validation images; random search: as many evaluations as ABC's nominal 5 · (1 + 2 · abc_cycles);
+the seed seeds the search), the same fine-tuning (`finetune_epochs` epochs, cosine from `finetune_learning_rate`,
+the same augmentation, seed-dependent order) and test accuracy on the 10,000 test images.
 
-**Plans**, for each model and latency target t (`--targets`, latency ratios), L1 channels, weights inherited; they do
-not depend on the seed, so each is planned and measured once and kept in `work_dir`:
-  latency   `tfprune.plan_for_latency(model, t, runtime, threads, round_to=--round_to)`: one L1 ratio for every group
-            (widths rounded to the runtime's channel tile on this CPU with the default `auto`), bisected on the
-            latency tables, then measured against the original and re-aimed if it misses t by more than 5%;
-  macs      the methods benchmark's L1 widths (`methods.matched_ratios`: one ratio bisected by `tfprune.plan_for_macs`,
-            then channels given back, one at a time, while the MACs stay within the target) at the MACs ratio m whose
-            measured latency is t: m starts at t and is re-aimed at m · t / measured, up to `match_steps` times,
-            until the measured ratio is within `tolerance` of t; the closest plan not above t · (1 + tolerance) is
-            kept.
-With `--round_to=auto` on an x86 CPU with AVX2 (a tile of 16 channels), small_resnet's widths (16, 32, 64) leave
-little to prune: the smoke run's latency plan could not go below 0.80 of the latency (predicted) at a target of
-0.5, and its row says it did not reach the target; `--round_to=8` or `1` gives the latency plan room. With
-`--round_to=1`, both plans are one L1 ratio for every group, so at equal measured latency they are about the same
-widths: the comparison then checks the protocol, not the planner.
-Both are measured the same way (`tfprune.measurement.runtime_latency.measure_ratio`: the original and the slim
-model converted for `--runtime` and called in turn in one subprocess bound to `--threads` CPUs, batch 1, medians of
-`--runs` calls), so the rows compare accuracy at the same measured latency.
+Latency is measured the same way for both (`tfprune.measurement.runtime_latency.measure_ratio`: the original and
+the slim model converted for `--runtime` and called in turn in one subprocess bound to `--threads` CPUs, batch 1,
+medians of `--runs` calls). The latency tables are cached in `--cache_dir` (`$TFPRUNE_LATENCY_CACHE`).
 
-**Rows** (one JSON line per finished (model, target, plan, seed), so an interrupted run resumes): the measured
-latency ratio and milliseconds, the MACs and params ratios, the widths, the test accuracy before and after
+**Rows** (one JSON line per finished (model, target, plan, seed), so an interrupted run resumes; a macs row is run
+after its seed's latency row): the search's budgets tried and their measured ratios, the kept one's measured
+latency ratio and milliseconds, its MACs and params ratios, the widths, "reached" (measured within `tolerance` of
+t), "matched" (macs rows: measured within `tolerance` of the latency row's), the test accuracy before and after
 fine-tuning, the validation accuracy, the machine's load average when the plan was measured.
 """
 
@@ -48,7 +60,7 @@ from absl import app, flags, logging
 import tfprune
 from tfprune.measurement.runtime_latency import measure_ratio
 
-import methods  # its flags and protocol: data split, baselines, fine-tuning recipe, seeds
+import methods  # its flags and protocol: data split, baselines, search settings, fine-tuning recipe, seeds
 import shared_setup
 
 matplotlib.use("Agg")
@@ -58,77 +70,103 @@ FLAGS = flags.FLAGS
 FLAGS.set_default("out", shared_setup.results_path("latency_accuracy"))
 FLAGS["out"].help = "Output prefix (.jsonl rows, _baselines.json, .md, .png)."
 FLAGS["targets"].help = "Latency ratios (slim / original, measured on --runtime) to reach."
-FLAGS["seeds"].help = "Seeds of the fine-tuning."
+FLAGS["seeds"].help = "Seeds of the searches and the fine-tuning."
 for _name in ("models", "targets", "seeds", "train_images", "val_size", "epochs", "finetune_epochs",
-              "finetune_learning_rate", "batch_size", "baseline_seed", "work_dir", "out", "report"):
+              "finetune_learning_rate", "batch_size", "baseline_seed", "abc_cycles", "dmcp_epochs", "work_dir", "out",
+              "report"):
     flags.declare_key_flag(_name)  # shown by --help beside this script's own flags
-flags.DEFINE_list("plans", ["latency", "macs"], "Plans to compare: latency, macs (see the docstring).")
+flags.DEFINE_list("plans", ["latency", "macs"], "Budgets to compare: latency, macs (see the docstring).")
+flags.DEFINE_enum("search", "abc", ["abc", "random", "dmcp"], "The structure search run under both budgets.")
 flags.DEFINE_enum("runtime", "litert", ["litert", "onnxruntime"], "The runtime whose latency is planned and measured.")
 flags.DEFINE_integer("threads", 1, "The runtime's CPU threads.", lower_bound=1)
-flags.DEFINE_string("round_to", "auto", "round_to of the latency plan: 'auto' (the runtime's channel tile on this "
-                    "CPU) or an integer.")
+flags.DEFINE_string("round_to", "8", "round_to of the searches (ABC, random): an integer, or 'auto' (LiteRT's "
+                    "channel tile on this CPU: 16 on x86 with AVX2, 32 with AVX-512; too coarse for 16-channel "
+                    "layers).")
 flags.DEFINE_integer("runs", 100, "Timed batch-1 calls per model in each latency measurement.", lower_bound=50)
-flags.DEFINE_float("tolerance", 0.05, "Accepted relative error of a plan's measured latency ratio.", lower_bound=0)
-flags.DEFINE_integer("match_steps", 4, "Most re-aimed MACs targets of the macs plan.", lower_bound=0)
-flags.DEFINE_list("grid", ["0.25", "0.5", "0.75", "1.0"], "Grid of the latency tables (fractions of each width).")
-flags.DEFINE_string("cache_dir", None, "Where the latency tables are cached (default: tfprune's).")
+flags.DEFINE_float("tolerance", 0.05, "Accepted relative error of a measured latency ratio.", lower_bound=0)
+flags.DEFINE_integer("match_steps", 3, "Most re-aimed budgets (each a new search) per row.", lower_bound=0)
+flags.DEFINE_string("cache_dir", None, "Where the latency tables are cached (default: tfprune's, "
+                    "$TFPRUNE_LATENCY_CACHE).")
 flags.DEFINE_bool("smoke", False, "Prove the pipeline end to end in minutes: small_resnet, 3,000 training images, "
-                  "2 epochs, target 0.5, seed 0, a coarse latency grid, output in /tmp/tfprune_latency_accuracy_smoke/ "
+                  "2 epochs, target 0.5, seed 0, 1 ABC cycle, 1 re-aim, output in /tmp/tfprune_latency_accuracy_smoke/ "
                   "(flags given on the command line win).")
 
 SMOKE = {"models": ["resnet"], "train_images": 3000, "val_size": 500, "measure_images": 500, "epochs": 2,
-         "rewind_epoch": 1, "finetune_epochs": 1, "targets": ["0.5"], "seeds": ["0"], "runs": 50,
-         "grid": ["0.5", "1.0"], "out": "/tmp/tfprune_latency_accuracy_smoke/latency_accuracy",
+         "rewind_epoch": 1, "finetune_epochs": 1, "targets": ["0.5"], "seeds": ["0"], "runs": 50, "abc_cycles": 1,
+         "dmcp_epochs": 1, "match_steps": 1, "out": "/tmp/tfprune_latency_accuracy_smoke/latency_accuracy",
          "work_dir": "/tmp/tfprune_latency_accuracy_smoke/cache",
          "cache_dir": "/tmp/tfprune_latency_accuracy_smoke/tables"}
-LABELS = {"latency": "latency-planned (plan_for_latency)", "macs": "MACs-planned (plan_for_macs)"}
-SETTINGS = ("train_images", "val_size", "epochs", "batch_size", "baseline_seed", "finetune_epochs",
-            "finetune_learning_rate", "runtime", "threads", "round_to", "runs", "tolerance", "grid")
+SEARCHES = {"abc": "ABCPruner", "random": "random search", "dmcp": "DMCP"}
+LABELS = {"latency": "latency budget", "macs": "MACs budget"}
+SETTINGS = ("search", "train_images", "val_size", "epochs", "batch_size", "baseline_seed", "abc_cycles",
+            "dmcp_epochs", "finetune_epochs", "finetune_learning_rate", "runtime", "threads", "round_to", "runs",
+            "tolerance", "match_steps")
 
 
-# ---- plans ---------------------------------------------------------------------------------------------------------
+# ---- searches ------------------------------------------------------------------------------------------------------
 
-def latency_plan(model, target):
-    """`plan_for_latency`'s plan and what it measured."""
+def budget(kind, ratio):
+    """The search's target dict of `kind` at `ratio`."""
+    if kind == "latency":
+        return {"latency": ratio, "runtime": FLAGS.runtime, "threads": FLAGS.threads}
+    return {"macs": ratio}
+
+
+def search(model, data, target, seed):
+    """(plan, slim model with the search's weights, evaluations) of `--search` under `target` (a budget dict)."""
+    train_data, val, _ = data
+    sample = (val[0][:FLAGS.measure_images], val[1][:FLAGS.measure_images])
     round_to = FLAGS.round_to if FLAGS.round_to == "auto" else int(FLAGS.round_to)
-    start = time.perf_counter()
-    plan, fit = tfprune.plan_for_latency(model, target, runtime=FLAGS.runtime, threads=FLAGS.threads,
-                                         round_to=round_to, runs=FLAGS.runs, tolerance=FLAGS.tolerance,
-                                         cache_dir=FLAGS.cache_dir, grid=tuple(float(g) for g in FLAGS.grid),
-                                         progress=lambda message: logging.info("  %s", message))
-    return plan, {"latency_ratio": fit.measured_ratio, "original_ms": fit.original_ms, "slim_ms": fit.slim_ms,
-                  "predicted_ratio": fit.predicted_ratio, "corrections": fit.corrections,
-                  "tables_build_seconds": fit.model.tables.build_seconds, "tables_from_cache": fit.model.cache_hit,
-                  "plan_seconds": time.perf_counter() - start}
+    if FLAGS.search == "abc":
+        result = tfprune.search.abc(model, train_data, sample, target_macs=target, grid=methods.ABC_GRID,
+                                    food_sources=5, limit=3, cycles=FLAGS.abc_cycles, fine_tune_steps=30,
+                                    round_to=round_to, seed=seed, verbose=0)
+    elif FLAGS.search == "random":
+        result = tfprune.search.random_search(model, train_data, sample, target_macs=target, grid=methods.ABC_GRID,
+                                              evaluations=5 * (1 + 2 * FLAGS.abc_cycles), fine_tune_steps=30,
+                                              round_to=round_to, seed=seed, verbose=0)
+    else:
+        result = tfprune.search.dmcp(model, train_data, target, epochs=FLAGS.dmcp_epochs,
+                                     batch_size=FLAGS.batch_size, seed=seed, verbose=0)
+    return result.plan, result.slim_model(), result.evaluations
 
 
-def macs_plan(model, target):
-    """The methods benchmark's L1 widths at the MACs ratio whose measured latency ratio is `target`."""
-    start, aim, tried = time.perf_counter(), target, []
+def _close(ratio, goal):
+    return abs(ratio / goal - 1) <= FLAGS.tolerance
+
+
+def matched_search(kind, model, data, target, seed, goal, start):
+    """The search under a `kind` budget re-aimed until its slim model's measured latency ratio is `goal`.
+
+    Args:
+        kind: "latency" or "macs".
+        target: the row's latency target t.
+        goal: the measured latency ratio to reach (t, or the latency row's measured ratio).
+        start: the first budget's ratio.
+
+    Returns:
+        (plan, slim model, record of the kept search and of every one tried).
+    """
+    aim, tried = start, []
+    cap = 0.99 if FLAGS.search == "dmcp" else 1.0  # DMCP's budget is in (0, 1)
     for _ in range(FLAGS.match_steps + 1):
-        plan = tfprune.plan(model, methods.matched_ratios(model, aim))
-        measured = measure_ratio(model, tfprune.rebuild(model, plan), FLAGS.runtime, FLAGS.threads, runs=FLAGS.runs)
-        tried.append((plan, aim, measured))
-        logging.info("  MACs target %.4f: measured latency ratio %.3f", aim, measured.ratio)
-        if abs(measured.ratio / target - 1) <= FLAGS.tolerance:
+        begin = time.perf_counter()
+        plan, slim, evaluations = search(model, data, budget(kind, aim), seed)
+        measured = measure_ratio(model, slim, FLAGS.runtime, FLAGS.threads, runs=FLAGS.runs)
+        tried.append({"plan": plan, "slim": slim, "budget": aim, "measured": measured, "evaluations": evaluations,
+                      "seconds": time.perf_counter() - begin, "load": shared_setup.load_average()})
+        logging.info("  %s budget %.4f: measured latency ratio %.3f (goal %.3f)", kind, aim, measured.ratio, goal)
+        if _close(measured.ratio, goal) or (_close(measured.ratio, target) and _close(goal, target)):
             break
-        aim = min(1.0, aim * target / measured.ratio)
-    fitting = [t for t in tried if t[2].ratio <= target * (1 + FLAGS.tolerance)] or tried
-    plan, aim, measured = min(fitting, key=lambda t: abs(t[2].ratio - target))
-    return plan, {"latency_ratio": measured.ratio, "original_ms": measured.original_ms, "slim_ms": measured.slim_ms,
-                  "macs_target": aim, "corrections": len(tried) - 1, "plan_seconds": time.perf_counter() - start}
-
-
-def planned(name, model, target, kind):
-    """(plan, its record) of `kind` for `model` at `target`, planned and measured once and kept in work_dir."""
-    path = os.path.join(FLAGS.work_dir, f"latency_accuracy_{name}_{FLAGS.train_images}_{FLAGS.epochs}_"
-                        f"{FLAGS.baseline_seed}_{kind}_{target}_{FLAGS.runtime}_{FLAGS.threads}.json")
-    if not os.path.exists(path):
-        logging.info("%s at %s of the latency: %s plan", name, target, kind)
-        plan, record = (latency_plan if kind == "latency" else macs_plan)(model, target)
-        shared_setup.write_json(path, dict(record, plan=plan.to_json(), load=shared_setup.load_average()))
-    record = shared_setup.read_json(path)
-    return tfprune.Plan.from_json(record.pop("plan")), record
+        aim = min(cap, aim * goal / measured.ratio)
+    fitting = [t for t in tried if t["measured"].ratio <= goal * (1 + FLAGS.tolerance)] or tried
+    kept = min(fitting, key=lambda t: abs(t["measured"].ratio - goal))
+    measured = kept["measured"]
+    record = {"budget": budget(kind, kept["budget"]), "goal": goal, "latency_ratio": measured.ratio,
+              "original_ms": measured.original_ms, "slim_ms": measured.slim_ms, "load": kept["load"],
+              "evaluations": kept["evaluations"], "search_seconds": sum(t["seconds"] for t in tried),
+              "tried": [{"budget": t["budget"], "latency_ratio": t["measured"].ratio} for t in tried]}
+    return kept["plan"], kept["slim"], record
 
 
 # ---- rows ----------------------------------------------------------------------------------------------------------
@@ -137,21 +175,37 @@ def _key(row):
     return row["model"], row["target"], row["plan"], row["seed"]
 
 
+def _row(rows, name, target, kind, seed):
+    return next((r for r in rows if _key(r) == (name, target, kind, seed)), None)
+
+
 def run(rows, baselines):
     data = methods.load_data()
     path = FLAGS.out + ".jsonl"
+    if FLAGS.cache_dir:
+        os.environ["TFPRUNE_LATENCY_CACHE"] = FLAGS.cache_dir  # the searches' LatencyModel reads it
     for name in FLAGS.models:
         model, _, record = methods.baseline(name, data)
         baselines[name] = record
         shared_setup.write_json(FLAGS.out + "_baselines.json", baselines)
         for target in map(float, FLAGS.targets):
-            for kind in FLAGS.plans:
-                plan, measured = planned(name, model, target, kind)
-                for seed in map(int, FLAGS.seeds):
-                    if (name, target, kind, seed) in {_key(r) for r in rows}:
+            for seed in map(int, FLAGS.seeds):
+                for kind in sorted(FLAGS.plans, key=list(LABELS).index):  # latency first: macs aims at its latency
+                    if _row(rows, name, target, kind, seed):
                         continue
-                    slim = tfprune.rebuild(model, plan)
-                    row = {"model": name, "target": target, "plan": kind, "seed": seed, **measured,
+                    reference = _row(rows, name, target, "latency", seed)
+                    if kind == "macs" and reference:
+                        goal, start = reference["latency_ratio"], reference["macs_ratio"]
+                    else:
+                        goal, start = target, target
+                    logging.info("%s at %s of the latency, seed %d: %s with a %s", name, target, seed,
+                                 SEARCHES[FLAGS.search], LABELS[kind])
+                    plan, slim, measured = matched_search(kind, model, data, target, seed, goal, start)
+                    row = {"model": name, "target": target, "plan": kind, "seed": seed, "search": FLAGS.search,
+                           "round_to": FLAGS.round_to, **measured,
+                           "reached": _close(measured["latency_ratio"], target),
+                           "matched": kind == "macs" and reference is not None
+                           and _close(measured["latency_ratio"], reference["latency_ratio"]),
                            "macs_ratio": tfprune.count_macs(slim) / record["macs"],
                            "params_ratio": tfprune.count_params(slim) / record["params"],
                            "widths": {g: len(kept) for g, kept in plan.keep.items()},
@@ -174,50 +228,63 @@ def _cell(values, scale=1.0, digits=4):
     return f"{scale * mean:.{digits}f}{spread}"
 
 
-def _reached(row):
-    """Whether the row's measured latency ratio is within `tolerance` of its target."""
-    return abs(row["latency_ratio"] / row["target"] - 1) <= FLAGS.tolerance
+def _comparable(latency_row, macs_row):
+    """Whether two rows of one seed are at equal measured latency: matched, or both within tolerance of t."""
+    return _close(macs_row["latency_ratio"], latency_row["latency_ratio"]) or (
+        _close(latency_row["latency_ratio"], latency_row["target"])
+        and _close(macs_row["latency_ratio"], macs_row["target"]))
 
 
 def report(rows, baselines):
     groups = {}
     for r in rows:
-        groups.setdefault((r["model"], r["target"], r["plan"]), []).append(r)
+        groups.setdefault((r["model"], r["target"], r.get("search", "abc"), r["plan"]), []).append(r)
     settings = ", ".join(f"{k}={getattr(FLAGS, k)}" for k in SETTINGS)
-    lines = ["# Accuracy at equal measured latency: latency-planned against MACs-planned widths", "",
+    lines = ["# Accuracy at equal measured latency: widths searched under a latency budget against a MACs budget", "",
              f"`python benchmarks/latency_accuracy.py` ({settings}); see the script's docstring for the protocol "
-             "(that of the methods benchmark). Latency: measured on "
-             f"{FLAGS.runtime}, batch 1, {FLAGS.threads} thread(s), slim over original, the two interleaved in one "
-             "pinned subprocess. Test accuracy on the 10,000 test images after fine-tuning, mean ± standard "
-             "deviation over n seeds; \"drop\" is in points against the unpruned baseline; \"reached\": the "
-             f"measured latency ratio is within {FLAGS.tolerance:.0%} of the target (only then are two plans at "
-             "equal latency). The plans do not depend on the seed: their figures are those of their one "
-             "measurement.", ""]
+             "(that of the methods benchmark). One search per budget, model, target and seed; the MACs budget is "
+             "re-aimed until the searched model's measured latency equals the latency-searched one's. Latency: "
+             f"measured on {FLAGS.runtime}, batch 1, {FLAGS.threads} thread(s), slim over original, the two "
+             "interleaved in one pinned subprocess. Test accuracy on the 10,000 test images after fine-tuning, "
+             "mean ± standard deviation over n seeds; \"drop\" is in points against the unpruned baseline; "
+             f"\"reached\": seeds whose measured latency ratio is within {FLAGS.tolerance:.0%} of the target; "
+             f"\"matched\": MACs-budget seeds within {FLAGS.tolerance:.0%} of the latency-budget seed's measured "
+             "latency.", ""]
     for name, b in sorted(baselines.items()):
         lines.append(f"**{shared_setup.reference_cnn_name(name)}** baseline: test accuracy {b['accuracy']:.4f}, "
                      f"{b['macs']:,} MACs, {b['params']:,} params.")
-    lines += ["", "| model | latency target | plan | n | measured latency | reached | MACs ratio | params ratio | "
-              "pruned | fine-tuned | drop (points) | load |", "|---" * 12 + "|"]
-    for (name, target, kind), group in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
+    lines += ["", "| model | latency target | search | budget | n | measured latency | reached | matched | "
+              "MACs ratio | params ratio | pruned | fine-tuned | drop (points) | load |", "|---" * 14 + "|"]
+    for (name, target, searched, kind), group in sorted(groups.items(),
+                                                         key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2], kv[0][3])):
         accuracy = [r["accuracy"] for r in group]
         base = baselines.get(name, {}).get("accuracy")
         drop = _cell([base - a for a in accuracy], 100, 2) if base is not None else ""
-        lines.append(f"| {shared_setup.reference_cnn_name(name)} | {target} | {LABELS[kind]} | {len(group)} | "
-                     f"{group[0]['latency_ratio']:.3f} | {'yes' if _reached(group[0]) else '**no**'} | "
-                     f"{group[0]['macs_ratio']:.3f} | "
-                     f"{group[0]['params_ratio']:.3f} | {group[0]['pruned_accuracy']:.4f} | {_cell(accuracy)} | "
-                     f"{drop} | {group[0]['load'].split()[0]} |")
+        matched = f"{sum(r['matched'] for r in group)}/{len(group)}" if kind == "macs" else ""
+        lines.append(f"| {shared_setup.reference_cnn_name(name)} | {target} | {SEARCHES[searched]} | {LABELS[kind]} | "
+                     f"{len(group)} | {_cell([r['latency_ratio'] for r in group], digits=3)} | "
+                     f"{sum(r['reached'] for r in group)}/{len(group)} | {matched} | "
+                     f"{_cell([r['macs_ratio'] for r in group], digits=3)} | "
+                     f"{_cell([r['params_ratio'] for r in group], digits=3)} | "
+                     f"{_cell([r['pruned_accuracy'] for r in group])} | {_cell(accuracy)} | {drop} | "
+                     f"{max(float(r['load'].split()[0]) for r in group):.1f} |")
     paired = []
-    for (name, target, kind), group in sorted(groups.items()):
-        other = {r["seed"]: r["accuracy"] for r in groups.get((name, target, "macs"), [])}
-        differences = [r["accuracy"] - other[r["seed"]] for r in group if kind == "latency" and r["seed"] in other]
-        if differences and not (_reached(group[0]) and _reached(groups[(name, target, "macs")][0])):
-            paired.append(f"- {shared_setup.reference_cnn_name(name)} at {target} of the latency: not compared, a "
-                          f"plan missed the target by more than {FLAGS.tolerance:.0%} (\"reached\": no).")
-        elif differences:
-            paired.append(f"- {shared_setup.reference_cnn_name(name)} at {target} of the latency: latency-planned "
-                          f"minus MACs-planned, same seeds: {_cell(differences, 100, 2)} points "
-                          f"(n={len(differences)}).")
+    for (name, target, searched, kind), group in sorted(groups.items()):
+        if kind != "latency":
+            continue
+        other = {r["seed"]: r for r in groups.get((name, target, searched, "macs"), [])}
+        pairs = [(r, other[r["seed"]]) for r in group if r["seed"] in other]
+        equal = [(a, b) for a, b in pairs if _comparable(a, b)]
+        label = f"- {shared_setup.reference_cnn_name(name)} at {target} of the latency ({SEARCHES[searched]})"
+        if equal:
+            differences = [a["accuracy"] - b["accuracy"] for a, b in equal]
+            paired.append(f"{label}: latency budget minus MACs budget, same seeds, at equal measured latency: "
+                          f"{_cell(differences, 100, 2)} points (n={len(differences)}"
+                          + (f"; {len(pairs) - len(equal)} seed(s) not at equal latency left out)"
+                             if len(equal) < len(pairs) else ")"))
+        elif pairs:
+            paired.append(f"{label}: not compared, no seed's two searched models are within {FLAGS.tolerance:.0%} "
+                          "of each other's measured latency nor both within it of the target.")
     if paired:
         lines += ["", "## Paired differences", ""] + paired
     shared_setup.write_text(FLAGS.out + ".md", "\n".join(lines) + "\n")
@@ -233,13 +300,15 @@ def plot(groups, baselines):
     for ax, name in zip(axes[0], names, strict=True):
         if name in baselines:
             ax.axhline(baselines[name]["accuracy"], color="black", linestyle="--", label="unpruned")
-        for kind, marker in zip(LABELS, "os", strict=True):
-            points = sorted((g[0]["latency_ratio"], statistics.mean(r["accuracy"] for r in g),
-                             statistics.stdev(r["accuracy"] for r in g) if len(g) > 1 else 0.0)
-                            for k, g in groups.items() if k[0] == name and k[2] == kind)
-            if points:
-                x, y, e = zip(*points, strict=True)
-                ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=LABELS[kind])
+        for searched in SEARCHES:
+            for kind, marker in zip(LABELS, "os", strict=True):
+                points = sorted((statistics.mean(r["latency_ratio"] for r in g),
+                                 statistics.mean(r["accuracy"] for r in g),
+                                 statistics.stdev(r["accuracy"] for r in g) if len(g) > 1 else 0.0)
+                                for k, g in groups.items() if k[0] == name and k[2] == searched and k[3] == kind)
+                if points:
+                    x, y, e = zip(*points, strict=True)
+                    ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=f"{SEARCHES[searched]}, {LABELS[kind]}")
         ax.set(title=f"{shared_setup.reference_cnn_name(name)}: fine-tuned accuracy at measured latency",
                xlabel=f"measured latency ratio ({FLAGS.runtime}, batch 1, {FLAGS.threads} thread(s))",
                ylabel="test accuracy")
