@@ -5,6 +5,7 @@ Nothing here asserts a measured time: the machine running the suite may be busy.
 tiny tables and checks their structure and the cache."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ from tfprune.measurement.latency_tables import (
     LatencyModel,
     LatencyTables,
     LayerTable,
+    cache_file,
     grid_counts,
     synthetic_tables,
     tabled_layers,
@@ -186,3 +188,19 @@ def test_dmcp_trains_its_budget_on_the_latency_tables():
     trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
     after = float(keras.ops.convert_to_numpy(trainer.expected_macs_ratio()))
     assert after < start  # the budget loss pulled the expected latency towards 0.3
+
+
+@pytest.mark.parametrize("runtime", ["litert", "onnxruntime"])
+def test_a_searchs_auto_rounding_is_the_tile_of_the_runtime_its_latency_target_names(runtime, tmp_path, monkeypatch):
+    """The tables are pre-filled (nothing measured): `WidthSpace` reads the runtime from the target."""
+    inputs = keras.Input((4, 4, 3))
+    x = L.Conv2D(64, 1, activation="relu", name="wide1")(inputs)
+    x = L.Conv2D(64, 1, activation="relu", name="wide2")(x)
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x)), name="wide")  # room for tiles
+    path = tmp_path / "cache" / os.path.basename(cache_file(model, runtime, 1, cache_dir=tmp_path / "cache"))
+    path.parent.mkdir()
+    path.write_text(json.dumps(synthetic_tables(model, 1e-6, rest_ms=0.01).to_json()))
+    monkeypatch.setenv("TFPRUNE_LATENCY_CACHE", str(tmp_path / "cache"))
+    space = tfprune.search.WidthSpace(model, {"latency": 0.5, "runtime": runtime}, round_to="auto")
+    assert space.round_to == channel_tile(runtime)
+    assert tfprune.search.WidthSpace(model, 0.5, round_to="auto").round_to == channel_tile("litert")

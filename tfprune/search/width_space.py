@@ -37,7 +37,8 @@ class WidthSpace:
         groups: names of the groups to search (default: every prunable group).
         criterion: which channels a group keeps for a width (a `tfprune.plan` criterion name or callable).
         criterion_data: data for a data-driven criterion.
-        round_to: kept counts are rounded up to a multiple of this.
+        round_to: kept counts are rounded up to a multiple of this, or "auto": the channel tile on this CPU of the
+            runtime a latency target names (LiteRT's for other targets).
         seed: seed of a "random" criterion.
     """
 
@@ -46,7 +47,8 @@ class WidthSpace:
         self.target_spec = parse_target(target_macs, "target_macs")
         self.target = self.target_spec.ratio
         self.grid = _check_grid(grid)
-        self.round_to = resolve_round_to(round_to)
+        # "auto": the tile of the runtime a latency target names, else LiteRT's
+        self.round_to = resolve_round_to(round_to, self.target_spec.runtime or "litert")
         self.graph = ChannelGraph(model)
         self.macs = MacsModel(model, graph=self.graph)
         self.cost = self.macs if self.target_spec.kind == "macs" else cost_model(model, self.target_spec, self.graph)
