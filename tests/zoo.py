@@ -167,7 +167,7 @@ NOTHING_PRUNABLE = {
 
 # keras_cv backbones reload through their own class's from_config (constructor arguments). As plain Functional
 # models — which is what a rebuilt model is — Keras cannot reload them, pruned or not, for these reasons.
-RELOAD_FAILS = {  # (keras_cv CSPDarkNet's Python lambda used to be here: it is now opened into keras.ops nodes)
+RELOAD_FAILS = {  # (keras_cv CSPDarkNet's and keras_hub MobileNetV5's Python-lambda activations used to be here: they
+    # are now opened into keras.ops nodes)
     "keras_cv MobileNetV3": "HardSigmoidActivation",  # its get_config() gives a 'name' its __init__ refuses
-    "keras_hub MobileNetV5": "Could not interpret activation",  # a Python lambda as a keras.layers.Activation
 }
