@@ -318,11 +318,7 @@ def plot(groups, baselines):
 
 
 def main(_):
-    if FLAGS.smoke:
-        for name, value in SMOKE.items():
-            if not FLAGS[name].present:
-                FLAGS[name].value = value
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    shared_setup.apply_smoke(SMOKE, FLAGS.smoke)
     rows = shared_setup.read_rows([FLAGS.out + ".jsonl"], _key)
     baselines = shared_setup.read_json(FLAGS.out + "_baselines.json", {})
     if not FLAGS.report:

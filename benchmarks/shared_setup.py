@@ -102,6 +102,16 @@ def define_out(name, help):
     flags.DEFINE_string("out", results_path(name), help)
 
 
+def apply_smoke(settings, smoke):
+    """With `--smoke`, set each flag of `settings` ({flag name: value}) that the command line did not give; then
+    make the folder of `--out`."""
+    if smoke:
+        for name, value in settings.items():
+            if not flags.FLAGS[name].present:
+                flags.FLAGS[name].value = value
+    os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.out)), exist_ok=True)
+
+
 def define_work_dir(name, help):
     """`--work_dir`, defaulting to `.bench_cache/<name>` at the top of the repository (not committed)."""
     flags.DEFINE_string("work_dir", os.path.join(CACHE_DIR, name), help)

@@ -420,11 +420,7 @@ def plot(groups, record):
 
 
 def main(_):
-    if FLAGS.smoke:
-        for name, value in SMOKE.items():
-            if not FLAGS[name].present:
-                FLAGS[name].value = value
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    shared_setup.apply_smoke(SMOKE, FLAGS.smoke)
     rows = shared_setup.read_rows([FLAGS.out + ".jsonl"], _key)
     record_path = FLAGS.out + "_baseline.json"
     record = shared_setup.read_json(record_path) if os.path.exists(record_path) else None

@@ -52,8 +52,9 @@ def random_weights(model, seed=0):
     return model
 
 
-def inputs_for(model, seed=1):
-    """Images, or token ids below the vocabulary size, segment ids 0/1 and a padding mask with padding."""
+def inputs_for(model, seed=1, vocabulary=100, padded=5):
+    """Images, or token ids below `vocabulary`, segment ids 0/1 and a padding mask whose second example ends in
+    `padded` padding positions."""
     rng = np.random.default_rng(seed)
     values = {}
     for t in model.inputs:
@@ -62,10 +63,10 @@ def inputs_for(model, seed=1):
             values[t.name] = rng.normal(size=shape).astype("float32")
         elif t.name == "padding_mask":
             values[t.name] = np.ones(shape, "int32")
-            values[t.name][1, -5:] = 0
+            values[t.name][1, -padded:] = 0
         else:
-            values[t.name] = rng.integers(0, 2 if t.name == "segment_ids" else 100, shape).astype("int32")
-    return values if len(values) > 1 else next(iter(values.values()))
+            values[t.name] = rng.integers(0, 2 if t.name == "segment_ids" else vocabulary, shape).astype("int32")
+    return values if len(values) > 1 else next(iter(values.values()))  # DeiT's one Input has no name of its own
 
 
 def attention_layers(model):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tfprune
+from tests.test_keras_hub import inputs_for as keras_hub_inputs
 
 HUB = keras_hub.models
 LENGTH = 8
@@ -78,19 +79,8 @@ UNCOUNTED = {
 
 
 def inputs_for(model, seed=1):
-    """Random images, token ids below the vocabulary size, segment ids 0/1, a padding mask with padding."""
-    rng = np.random.default_rng(seed)
-    values = {}
-    for t in model.inputs:
-        shape = (2, *t.shape[1:])
-        if "float" in str(t.dtype):
-            values[t.name] = rng.normal(size=shape).astype("float32")
-        elif t.name == "padding_mask":
-            values[t.name] = np.ones(shape, "int32")
-            values[t.name][1, -3:] = 0
-        else:
-            values[t.name] = rng.integers(0, 2 if t.name == "segment_ids" else 50, shape).astype("int32")
-    return values if len(values) > 1 else next(iter(values.values()))  # DeiT's one Input has no name of its own
+    """`test_keras_hub.inputs_for` with token ids below 50 and 3 padding positions."""
+    return keras_hub_inputs(model, seed, vocabulary=50, padded=3)
 
 
 def opens(graph):
