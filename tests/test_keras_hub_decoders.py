@@ -16,6 +16,8 @@ import pytest
 from test_cli import run as run_command_line
 
 import tfprune
+from tests.test_keras_hub import random_weights
+from tests.test_keras_hub_gemma import tokens  # the same LENGTH and VOCABULARY
 from tfprune.deployment.verification import check_equivalence
 from tfprune.graph.rules.keras_hub_attention import DecoderAttention
 from tfprune.layers import LlamaAttentionWithHeadDim, QwenAttentionWithHeadDim
@@ -34,18 +36,8 @@ def decoder(family, kv_heads):
                                  num_key_value_heads=kv_heads, hidden_dim=HIDDEN, intermediate_dim=64,
                                  name=f"{family}_backbone")
     inputs = {t.name: keras.Input((LENGTH,), dtype=t.dtype, name=t.name) for t in backbone.inputs}
-    model = keras.Model(inputs, backbone(inputs), name=f"{family}_{kv_heads}")
-    rng = np.random.default_rng(0)  # every weight random, so that no slice is trivially zero
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
-    return model
-
-
-def tokens(seed=1):
-    """Token ids and a padding mask with padding at the end of the second sequence."""
-    rng = np.random.default_rng(seed)
-    mask = np.ones((2, LENGTH), "int32")
-    mask[1, -3:] = 0
-    return {"token_ids": rng.integers(0, VOCABULARY, (2, LENGTH)).astype("int32"), "padding_mask": mask}
+    # every weight random, so that no slice is trivially zero
+    return random_weights(keras.Model(inputs, backbone(inputs), name=f"{family}_{kv_heads}"))
 
 
 def attention_paths(family):

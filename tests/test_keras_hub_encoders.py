@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tfprune
+from tests.test_keras_hub import attention_layers as head_counts
 from tfprune.deployment.verification import check_equivalence
 from tfprune.measurement.macs_model import MacsModel
 
@@ -64,13 +65,6 @@ def inputs_for(model, seed=1):
     values = {t.name: rng.normal(size=(2, *t.shape[1:])).astype("float32") if "float" in str(t.dtype)
               else rng.integers(0, 50, (2, *t.shape[1:])).astype("int32") for t in model.inputs}
     return values
-
-
-def head_counts(model):
-    """`{path: (num_heads, key_dim)}` of the MultiHeadAttention layers inside `model` (traced if need be)."""
-    graph = tfprune.ChannelGraph(model)
-    return {path: (layer.num_heads, layer.key_dim) for path, layer in graph.layers.items()
-            if isinstance(layer, keras.layers.MultiHeadAttention)}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -15,6 +15,7 @@ from keras_hub.src.models.gemma.gemma_attention import CachedGemmaAttention
 from keras_hub.src.models.gemma3.gemma3_attention import CachedGemma3Attention
 
 import tfprune
+from tests.test_keras_hub import random_weights
 from tfprune.deployment.verification import check_equivalence
 from tfprune.graph.layer_configs import layer_config
 from tfprune.measurement.macs_model import MacsModel
@@ -46,13 +47,6 @@ def gemma3():
 
 MODELS = {"gemma": gemma, "gemma3": gemma3}
 MLP_WIDTH = {"gemma": 32, "gemma3": 64}  # Gemma halves intermediate_dim for each of its two gating projections
-
-
-def random_weights(model, seed=0):
-    """Every weight random (the norms' scales too), so that no slice is trivially zero."""
-    rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
-    return model
 
 
 def tokens(seed=1):
