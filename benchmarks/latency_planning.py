@@ -8,9 +8,10 @@ without round_to="auto".
 
 For each keras.applications model (random weights: nothing downloads) at --input_size, each runtime and each target:
 
-- `latency`: `tfprune.plan_for_latency(model, target, runtime)`: the latency tables' build time (and whether they came
-  from the cache), the predicted and the measured latency ratio (original and slim interleaved in one pinned
-  subprocess, batch 1, median of --runs calls), and the corrections it needed;
+- `latency`: `tfprune.plan_for_latency(model, target, runtime)` (widths rounded to the runtime's tile, its default):
+  the latency tables' build time (and whether they came from the cache) and calibration, the predicted and the
+  measured latency ratio (original and slim interleaved in one pinned subprocess, batch 1, median of --runs calls),
+  and every plan it measured on the way;
 - `macs` and `macs_auto`: `tfprune.plan_for_macs` at the same target as a MACs ratio, uniform L1 widths, with
   round_to=1 and round_to="auto" (the runtime's channel tile on this CPU): the measured latency ratio ÷ MACs ratio.
 
@@ -80,7 +81,10 @@ def measure(path, models, targets, runtimes, size, threads, runs, cache_dir):
                                    progress=lambda m: print(f"  {m}", flush=True))
             build = {"tables_build_seconds": round(latency.tables.build_seconds, 1),
                      "tables_from_cache": latency.cache_hit,
-                     "this_build_seconds": round(time.perf_counter() - start, 1)}
+                     "this_build_seconds": round(time.perf_counter() - start, 1),
+                     "whole_ms": latency.tables.whole_ms, "calibration": latency.tables.calibration,
+                     "scale": latency.scale, "rest_ms": latency.rest_ms, "fixed_ms": latency.fixed_ms,
+                     "calibration_error": latency.calibration_error}
             macs = tfprune.macs_model.MacsModel(model, graph=graph)
             for target in targets:
                 base = {"model": name, "runtime": runtime, "target": target, "threads": threads,
@@ -89,9 +93,10 @@ def measure(path, models, targets, runtimes, size, threads, runs, cache_dir):
                     print(f"{name} {runtime} {target}: plan_for_latency", flush=True)
                     plan, fit = tfprune.plan_for_latency(model, target, runtime=runtime, threads=threads,
                                                          latency_model=latency, runs=runs)
-                    _append(path, {**base, **build, "plan": "latency", "predicted_ratio": fit.predicted_ratio,
+                    _append(path, {**base, **build, "plan": "latency", "round_to": base["tile"],
+                                   "predicted_ratio": fit.predicted_ratio,
                                    "measured_ratio": fit.measured_ratio, "original_ms": fit.original_ms,
-                                   "slim_ms": fit.slim_ms, "corrections": fit.corrections,
+                                   "slim_ms": fit.slim_ms, "corrections": fit.corrections, "tried": fit.tried,
                                    "macs_ratio": macs.ratio(plan), "load": os.getloadavg()})
                 for label, round_to in (("macs", 1), ("macs_auto", "auto")):
                     if (name, runtime, target, label) in done:
@@ -116,14 +121,27 @@ def report(path):
              f"{rows[0]['threads'] if rows else 1} thread(s), median of the timed calls, original and slim "
              "interleaved in one pinned subprocess (`python benchmarks/latency_planning.py`). Load: the 1-minute load "
              "average when the row was measured.", "",
-             "| model | runtime | target | plan | round_to | MACs ratio | predicted | measured | latency ÷ MACs | "
-             "tables built in | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Prediction error: predicted ÷ measured − 1. Measured tries: the (predicted, measured) ratios of "
+             "every plan plan_for_latency measured, the last being the one returned.", "",
+             "| model | runtime | target | plan | round_to | MACs ratio | predicted | measured | prediction error | "
+             "latency ÷ MACs | measured tries | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        built = (f"{r['tables_build_seconds']:.0f} s" + (" (cached)" if r.get("tables_from_cache") else "")
-                 if "tables_build_seconds" in r else "")
+        tries = ", ".join(f"{p:.3f}→{m:.3f}" for p, m in r.get("tried", []))
         lines.append(f"| {r['model']} | {r['runtime']} | {r['target']} | {r['plan']} | {r.get('round_to', '')} | "
                      f"{r['macs_ratio']:.3f} | {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | "
-                     f"{r['measured_ratio'] / r['macs_ratio']:.2f} | {built} | {r['load'][0]:.1f} |")
+                     f"{r['predicted_ratio'] / r['measured_ratio'] - 1:+.1%} | "
+                     f"{r['measured_ratio'] / r['macs_ratio']:.2f} | {tries} | {r['load'][0]:.1f} |")
+    built = {(r["model"], r["runtime"]): r for r in rows if r.get("calibration_error") is not None}
+    if built:
+        lines += ["", "The latency models: the tables' build time (one-layer models and calibration), the whole "
+                  "model's measured latency, and the fitted prediction `scale · Σ tables + rest · kept activations "
+                  "+ fixed` with its largest relative error at the calibration points.", "",
+                  "| model | runtime | tables built in | whole model (ms) | scale | rest (ms) | fixed (ms) | "
+                  "calibration error |", "|---|---|---|---|---|---|---|---|"]
+        for (name, runtime), r in built.items():
+            lines.append(f"| {name} | {runtime} | {r['tables_build_seconds']:.0f} s | {r['whole_ms']:.2f} | "
+                         f"{r['scale']:.3f} | {r['rest_ms']:.3f} | {r['fixed_ms']:.3f} | "
+                         f"{r['calibration_error']:.1%} |")
     out = os.path.splitext(path)[0] + ".md"
     shared_setup.write_text(out, "\n".join(lines) + "\n")
     return out

@@ -4,7 +4,9 @@ tables, its differentiable expectation, the cache (hit and miss), and round_to="
 Nothing here asserts a measured time: the machine running the suite may be busy. The one test that measures builds
 tiny tables and checks their structure and the cache."""
 
+import dataclasses
 import json
+import math
 import os
 
 import keras
@@ -18,6 +20,7 @@ from tfprune.measurement.latency_tables import (
     LatencyTables,
     LayerTable,
     cache_file,
+    fit_coefficients,
     grid_counts,
     synthetic_tables,
     tabled_layers,
@@ -97,6 +100,64 @@ def test_latency_model_predicts_from_the_tables():
     assert expected == pytest.approx(latency.cost(plan), rel=1e-5)
 
 
+def test_calibration_fits_the_whole_model_at_uniform_widths():
+    model = tiny_cnn()
+    tables = synthetic_tables(model, ms_per_mac=1e-6, rest_ms=0.0)
+    plain = LatencyModel(model, tables=tables, cache_dir=False)
+    assert plain.calibration_error is None and (plain.scale, plain.fixed_ms) == (1.0, 0.0)
+
+    # a "runtime" in which each layer takes 0.7 of its table, element-wise work 0.05 ms at full width, 0.02 ms fixed
+    def truth(plan=None):
+        counts = plain._plan_counts(plan) if plan else np.asarray(plain.full_counts, np.float64)
+        return 0.7 * plain._tabled(counts) + 0.05 * plain._activations(counts) + 0.02
+
+    full = truth()
+    calibration = [(r, truth(tfprune.plan(model, r, graph=plain.graph))) for r in (0.25, 0.5, 0.75)]
+    calibrated = LatencyModel(model, tables=dataclasses.replace(tables, whole_ms=full, calibration=calibration),
+                              cache_dir=False)
+    assert (calibrated.scale, calibrated.rest_ms, calibrated.fixed_ms) == pytest.approx((0.7, 0.05, 0.02), rel=1e-6)
+    assert calibrated.calibration_error < 1e-9 and calibrated.full == pytest.approx(full, rel=1e-9)
+    first = plain.graph.prunable_groups[0].name
+    plan = tfprune.plan(model, {first: 0.5}, graph=plain.graph)  # not a calibration point: still exact
+    assert calibrated.cost(plan) == pytest.approx(truth(plan), rel=1e-9)
+    # the expectation agrees with the exact prediction at 0/1 probabilities
+    probability = {name: np.isin(np.arange(calibrated.graph[name].width), kept).astype("float32")
+                   for name, kept in plan.keep.items()}
+    assert float(keras.ops.convert_to_numpy(calibrated.expected_cost(probability))) == pytest.approx(
+        calibrated.cost(plan), rel=1e-5)
+    # and survives the JSON round trip
+    again = LatencyTables.from_json(json.loads(json.dumps(calibrated.tables.to_json())))
+    assert LatencyModel(model, tables=again, cache_dir=False).cost(plan) == pytest.approx(calibrated.cost(plan))
+
+
+def test_kept_outputs_are_priced_as_whole_tiles():
+    inputs = keras.Input((8, 8, 16))
+    outputs = L.Conv2D(16, 1, name="pw")(L.Conv2D(64, 1, name="wide")(inputs))
+    model = keras.Model(inputs, outputs)
+    tables = synthetic_tables(model, ms_per_mac=1e-6)
+    assert tables.tile == 1
+    tiled = LatencyModel(model, tables=dataclasses.replace(tables, tile=16), cache_dir=False)
+    (group,) = [g.name for g in tiled.graph.prunable_groups]
+    # synthetic times are 1e-6 ms a MAC: n kept channels cost 8·8·16·n MACs as "wide"'s outputs, priced in whole
+    # tiles of 16, and as many as "pw"'s inputs, which are not tiled
+    for n in (16, 17, 24, 32, 33, 64):
+        assert tiled.cost_of_widths({group: n}) == pytest.approx(1e-6 * 8 * 8 * 16 * (math.ceil(n / 16) * 16 + n))
+        assert LatencyModel(model, tables=tables, cache_dir=False).cost_of_widths({group: n}) == pytest.approx(
+            1e-6 * 8 * 8 * 16 * 2 * n)
+    # the grid's output counts are multiples of the tile (then the full width)
+    (wide,) = [t for t in tabled_layers(tiled.graph) if t.path == "wide"]
+    assert wide.counts((0.25, 0.5, 0.75, 1.0), 16, 64, tile=16) == ((16,), (16, 32, 48, 64))
+    assert wide.counts((0.1, 0.5, 1.0), 16, 40, tile=16) == ((16,), (16, 32, 40))
+
+
+def test_fitted_coefficients_are_never_negative():
+    # times that only a negative rest would fit exactly: the rest is dropped and the scale and fixed term refit
+    (scale, rest, fixed), error = fit_coefficients([(10, 1, 9.0), (5, 0.5, 5.0), (2, 0.25, 2.3)])
+    assert scale > 0 and rest >= 0 and fixed >= 0 and error < 0.2
+    # no tabled time at all: the tables' own sum, its error reported
+    assert fit_coefficients([(0, 1, 1.0)]) == ((1.0, 0.0, 0.0), 1.0)
+
+
 def _keep(cost, plan):
     keep = np.ones(cost._size)
     for name, kept in plan.keep.items():
@@ -129,9 +190,12 @@ def test_measured_tables_are_cached_per_model_runtime_and_threads(tmp_path):
     tables = built.tables
     assert tables.runtime == "litert" and tables.threads == 1 and tables.cpu and tables.runtime_version
     assert tables.whole_ms > 0 and all(np.all(t.ms > 0) for t in tables.tables.values())
-    # conv: 3 input channels (fixed, 1 point) × 8 outputs at 4 and 8; dw: 4 and 8 channels (one axis)
+    # conv: 3 input channels (fixed, 1 point) × 8 outputs at 4 and 8, in multiples of the CPU's tile; dw: its 8
+    # channels likewise (one axis); pw: inputs at 4 and 8 (not tiled)
+    tiled = len(grid_counts(8, (0.5, 1.0), channel_tile("litert")))
+    assert tables.tile == channel_tile("litert")
     shapes = {path: tables.tables[key].ms.shape for path, key in tables.layers.items()}
-    assert shapes == {"conv": (1, 2), "dw": (2,), "pw": (2, 2), "head": (2, 1)}
+    assert shapes == {"conv": (1, tiled), "dw": (tiled,), "pw": (2, tiled), "head": (2, 1)}
     again = LatencyModel(model, grid=(0.5, 1.0), cache_dir=tmp_path)
     assert again.cache_hit and again.cache_path == built.cache_path
     assert again.full == built.full
@@ -143,7 +207,7 @@ def test_channel_tile_follows_the_cpu():
     avx2 = "fpu sse sse2 sse4_1 sse4_2 avx fma avx2"
     assert channel_tile("litert", "aarch64", "fp asimd") == 8
     assert channel_tile("litert", "x86_64", avx2) == 16
-    assert channel_tile("litert", "x86_64", avx2 + " avx512f avx512bw") == 32
+    assert channel_tile("litert", "x86_64", avx2 + " avx512f avx512bw") == 16
     assert channel_tile("litert", "x86_64", "sse sse2") == 8
     assert channel_tile("onnxruntime", "x86_64", avx2) == 8
     assert channel_tile("onnxruntime", "x86_64", avx2 + " avx512f") == 16

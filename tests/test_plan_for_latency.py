@@ -9,6 +9,7 @@ import pytest
 import tfprune
 from tfprune.deployment.channel_tiles import channel_tile
 from tfprune.measurement.latency_tables import LatencyModel, synthetic_tables
+from tfprune.pruning.targets import next_aim
 
 
 def _model():
@@ -19,7 +20,7 @@ def test_bisects_onto_the_predicted_target():
     model = _model()
     latency = LatencyModel(model, tables=synthetic_tables(model, 1e-6, rest_ms=0.01), cache_dir=False)
     for target in (0.5, 0.25):
-        plan, fit = tfprune.plan_for_latency(model, target, latency_model=latency, verify=False)
+        plan, fit = tfprune.plan_for_latency(model, target, latency_model=latency, verify=False, round_to=1)
         assert fit.predicted_ratio == pytest.approx(latency.ratio(plan))
         assert 0.8 * target < fit.predicted_ratio <= target
         assert fit.measured_ratio is None and fit.within is None and fit.corrections == 0
@@ -53,10 +54,23 @@ def test_the_plan_is_measured_and_re_aimed_when_the_model_is_off():
     model = _model()
     # tables that price the layers at 10x their share: the prediction is far off, so the measurement must re-aim
     latency = LatencyModel(model, tables=synthetic_tables(model, 1e-3, rest_ms=0.0), cache_dir=False)
-    plan, fit = tfprune.plan_for_latency(model, 0.5, latency_model=latency, runs=50, tolerance=0.05, corrections=1)
+    plan, fit = tfprune.plan_for_latency(model, 0.5, latency_model=latency, runs=50, tolerance=0.05, corrections=1,
+                                         round_to=1)
     assert fit.measured_ratio is not None and fit.original_ms > 0 and fit.slim_ms > 0
     assert fit.measured_ratio == pytest.approx(fit.slim_ms / fit.original_ms)
     assert fit.corrections in (0, 1)
     assert fit.within == (abs(fit.measured_ratio / 0.5 - 1) <= 0.05)
     assert set(plan.keep) == {g.name for g in latency.graph.prunable_groups}
     assert np.isfinite(fit.predicted_ratio)
+    assert len(fit.tried) == fit.corrections + 1
+    assert (fit.predicted_ratio, fit.measured_ratio) in fit.tried
+
+
+def test_re_aiming_interpolates_once_the_target_is_bracketed():
+    # one plan measured: the model's error there undone (measured 0.2 where 0.25 was predicted → aim 0.3125)
+    assert next_aim([(0.25, 0.2)], 0.25) == pytest.approx(0.3125)
+    # two on one side: the closer one's error undone
+    assert next_aim([(0.25, 0.1), (0.3, 0.2)], 0.25) == pytest.approx(0.375)
+    # on both sides: linear between the closest below and the closest above the target
+    tried = [(0.25, 0.1), (0.3, 0.2), (0.5, 0.4), (0.4, 0.3)]
+    assert next_aim(tried, 0.25) == pytest.approx(0.35)

@@ -96,7 +96,8 @@ def _prune(args, progress):
 
     progress("analysing channel groups")
     graph = ChannelGraph(model, prune_outputs=args.prune_outputs)
-    round_to = resolve_round_to(args.round_to, args.runtime)
+    step = args.round_to if args.round_to is not None else "auto" if args.latency is not None else 1
+    round_to = resolve_round_to(step, args.runtime)
 
     def make_plan(ratio):
         return plan(model, ratio, criterion=args.criterion, scope=args.scope, min_channels=args.min_channels,
@@ -119,7 +120,7 @@ def _prune(args, progress):
         chosen, reached = plan_for_macs(model, {kind: value}, make_plan, graph=graph)
         if reached > value:
             raise CommandError(f"--{kind} {value} cannot be reached: the smallest plan tried keeps {reached:.3f} of "
-                               f"the {kind} (--round-to {args.round_to}, --min-channels {args.min_channels}).")
+                               f"the {kind} (--round-to {step}, --min-channels {args.min_channels}).")
     progress("rebuilding")
     slim = rebuild(model, chosen, graph=graph)
     return _save_slim(args, model, slim, chosen, args.plan_out, progress, fit)
@@ -803,9 +804,9 @@ def _parser():
                      help="l1, l2, random, lasso, or with --data: mean_activation, apoz, hrank, taylor (default l1)")
     sub.add_argument("--scope", choices=("layer", "global"), default="layer", help="default layer")
     sub.add_argument("--min-channels", type=int, default=1, help="no group keeps fewer channels (default 1)")
-    sub.add_argument("--round-to", type=_round_to, default=1,
+    sub.add_argument("--round-to", type=_round_to, default=None,
                      help="round kept channel counts up to a multiple of this, or 'auto': the runtime's channel tile "
-                          "on this CPU")
+                          "on this CPU (default: auto with --latency, else 1)")
     sub.add_argument("--prune-outputs", action="store_true", help="also prune groups that reach a model output")
     sub.add_argument("--data", metavar="DATA.npz", help="examples 'x' (and labels 'y') for data-driven criteria")
     sub.add_argument("--seed", type=int, default=None, help="seed of the random and lasso criteria")

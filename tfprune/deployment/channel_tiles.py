@@ -1,9 +1,11 @@
 """round_to="auto": the channel tile of a runtime's convolution kernels on this CPU.
 
 Kept channel counts that are a multiple of the tile leave no partly used tile. XNNPack (LiteRT's CPU delegate) packs
-output channels in tiles of 8 on ARM64, 16 on x86 with FMA3 (AVX2) and 32 with AVX-512; ONNX Runtime's NCHWc layout
-(x86) blocks channels by 8 with AVX2 and by 16 with AVX-512. `benchmarks/results/channel_alignment.md` measured what
-rounding buys on LiteRT: latency ÷ MACs from 1.11–1.25 (no rounding) to 1.04–1.05 (multiples of 16) on an AVX2 CPU.
+output channels in tiles of 8 on ARM64 and 16 on x86 with FMA3 (AVX2) or AVX-512: measured on an AVX-512 CPU (AMD
+EPYC, LiteRT 2.3.0), a 1×1 convolution's time is flat over each 16 output channels and steps at 17, 33, 49 and 65.
+ONNX Runtime's NCHWc layout (x86) blocks channels by 8 with AVX2 and by 16 with AVX-512.
+`benchmarks/results/channel_alignment.md` measured what rounding buys on LiteRT: latency ÷ MACs from 1.11–1.25 (no
+rounding) to 1.04–1.05 (multiples of 16) on an AVX2 CPU.
 """
 
 import numbers
@@ -23,7 +25,7 @@ def channel_tile(runtime="litert", machine=None, flags=None) -> int:
         flags: the CPU's feature flags, as in /proc/cpuinfo (default: this CPU's).
 
     Returns:
-        8, 16 or 32 as the module docstring says; 4 (one 128-bit vector of float32) where neither runtime tiles by
+        8 or 16 as the module docstring says; 4 (one 128-bit vector of float32) where neither runtime tiles by
         more (ONNX Runtime off x86, or an x86 CPU without AVX2, or an unknown architecture).
 
     Example:
@@ -32,7 +34,7 @@ def channel_tile(runtime="litert", machine=None, flags=None) -> int:
     >>> channel_tile("litert", "aarch64", ""), channel_tile("litert", "x86_64", "sse4_2 avx2 fma")
     (8, 16)
     >>> channel_tile("litert", "x86_64", "avx2 fma avx512f"), channel_tile("onnxruntime", "x86_64", "avx2 fma")
-    (32, 8)
+    (16, 8)
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}; got {runtime!r}.")
@@ -43,7 +45,7 @@ def channel_tile(runtime="litert", machine=None, flags=None) -> int:
     if machine not in _X86:
         return 4
     if "avx512f" in flags:
-        return 32 if runtime == "litert" else 16
+        return 16
     if "fma" in flags or "avx2" in flags:
         return 16 if runtime == "litert" else 8
     return 8 if runtime == "litert" else 4

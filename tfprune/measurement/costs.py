@@ -91,12 +91,16 @@ class CostModel:
 
     def cost(self, plan) -> float:
         """The cost of `rebuild(model, plan)`."""
+        return self._value(self._plan_counts(plan))
+
+    def _plan_counts(self, plan):
+        """Each registered side's kept count under `plan`."""
         keep = np.ones(self._size, np.float64)
         for name, kept in plan.keep.items():
             group_keep = np.zeros(self.graph[name].width)
             group_keep[list(kept)] = 1
             keep[self._slice(name)] = group_keep
-        return self._evaluate(keep)
+        return self._counts(keep)
 
     def ratio(self, plan) -> float:
         """`cost(plan) / full`."""
@@ -156,9 +160,11 @@ class CostModel:
         start = self._offset[self.graph[name].name]
         return slice(start, start + self.graph[name].width)
 
+    def _counts(self, keep):
+        return np.bincount(self._position_side, weights=keep[self._positions], minlength=self._n_sides)
+
     def _evaluate(self, keep):
-        counts = np.bincount(self._position_side, weights=keep[self._positions], minlength=self._n_sides)
-        return self._value(counts)
+        return self._value(self._counts(keep))
 
 
 class PolynomialCost(CostModel):

@@ -7,18 +7,29 @@ at a grid of kept input × kept output channel counts (kept channels only, for a
 same configuration and input shape share one table, so ResNet50's 53 convolutions need about 20 tables.
 
 What is not. Everything else — element-wise layers (activations, BatchNormalization that the converter folds, adds,
-multiplies, padding, pooling), layers a plan cannot change, and the runtime's own overhead — is one *rest* term:
-the whole model's measured latency minus the tables' sum at full width (at least 0), scaled by the fraction of the
-tabled layers' output elements a plan keeps, because element-wise work follows the size of the activations.
+multiplies, padding, pooling), layers a plan cannot change, and the runtime's own overhead — is one *rest* term
+that follows the fraction of the tabled layers' output elements a plan keeps, because element-wise work follows the
+size of the activations.
+
+Calibration. A layer timed alone is not timed as it runs in the model: called in turn with other files, its
+weights and input come from a colder cache, and an ONNX file of one layer adds layout transposes the whole model
+does not have (MobileNetV2's tables sum to 1.3× its measured LiteRT latency). So the whole model is also timed at
+the uniform widths of `tfprune.plan(model, r)` for `r = 1 - g` at each grid fraction `g`, and the prediction is
+`scale · Σ tables + rest · kept activations + fixed`, its three coefficients (none negative) fitted to those
+measured points by least squares on relative errors. Without calibration points (`calibrate=False`, or tables
+given), the scale is 1, the fixed term 0 and the rest the whole model's latency minus the tables' sum at full width
+(at least 0).
 
 Interpolation. Between grid points a table is interpolated bilinearly in (kept inputs, kept outputs): a
 convolution's time is close to a·C_in·C_out + b·C_in + c·C_out + d (its MACs, its input and output traffic, a fixed
-cost), which bilinear interpolation reproduces exactly, while the runtime's channel tiles make the true curve a
-staircase between points that no smooth fit would follow either. Below its smallest point (under a quarter of the
-layer's width with the default grid) a table is scaled in proportion to the kept counts, which keeps it monotone
-where a linear extrapolation of the cross term would not be. Each table is made non-decreasing along both axes
-before use (a wider layer is never faster; a measured dip is noise), so that a prediction never grows when channels
-are removed.
+cost), which bilinear interpolation reproduces exactly. The runtime computes output channels (a depthwise layer's
+channels) in tiles (`tfprune.deployment.channel_tiles`: 16 on x86 with AVX2 or AVX-512), so its time is a staircase
+in them: the grid's output counts are multiples of the tile, and a kept count is looked up at its tile-rounded width
+(`LatencyTables.tile`). The differentiable `expected_cost` (DMCP) interpolates without rounding. Below its smallest
+point (under a quarter of the layer's width with the default grid) a table is scaled in proportion to the kept
+counts, which keeps it monotone where a linear extrapolation of the cross term would not be. Each table is made
+non-decreasing along both axes before use (a wider layer is never faster; a measured dip is noise), so that a prediction
+never grows when channels are removed.
 
 Cache. A model's tables are written to one JSON file per (model architecture, runtime and its version, thread
 count, CPU model, grid) under `cache_dir` (default `$TFPRUNE_LATENCY_CACHE`, else `~/.cache/tfprune/latency`), and
@@ -38,6 +49,7 @@ import keras
 import numpy as np
 
 from tfprune.backends import require_backend
+from tfprune.deployment.channel_tiles import channel_tile
 from tfprune.graph.keras_nodes import call_nodes, is_graph_model
 from tfprune.graph.rules import Boundary
 from tfprune.graph.rules import einsum as einsum_rules
@@ -47,7 +59,7 @@ from tfprune.measurement.counting import layer_counts
 from tfprune.measurement.runtime_latency import check_runtime, runtime_file, time_files
 
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
-TABLES_VERSION = 2
+TABLES_VERSION = 5
 
 
 @dataclasses.dataclass
@@ -140,6 +152,9 @@ class LatencyTables:
         tables: `{configuration key: LayerTable}`.
         layers: `{layer path: configuration key}` for every tabled layer.
         build_seconds: how long measuring took.
+        calibration: `[(r, ms), ...]`: the whole model's median latency (ms) at the uniform widths of
+            `tfprune.plan(model, r)` (L1; the kept counts do not depend on the weights), timed with it.
+        tile: the runtime's channel tile on the CPU measured (output counts are looked up rounded up to it).
     """
 
     runtime: str
@@ -151,6 +166,8 @@ class LatencyTables:
     tables: dict
     layers: dict
     build_seconds: float = 0.0
+    calibration: list = dataclasses.field(default_factory=list)
+    tile: int = 1
 
     def to_json(self):
         return {"version": TABLES_VERSION, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -166,6 +183,7 @@ class LatencyTables:
         values = {k: v for k, v in data.items() if k in fields}
         values["tables"] = {k: LayerTable(t["inputs"], t["outputs"], t["ms"]) for k, t in data["tables"].items()}
         values["grid"] = tuple(values["grid"])
+        values["calibration"] = [(float(r), float(ms)) for r, ms in values.get("calibration", [])]
         return cls(**values)
 
 
@@ -248,12 +266,14 @@ class _Tabled:
     unit: int  # kept counts are multiples of this (a grouped convolution's groups)
     fixed: tuple  # (inputs fixed, outputs fixed): a side no plan can change is timed at its full width only
 
-    def counts(self, grid, n_in, n_out):
-        """The grid's kept input and output counts (None for the outputs of a "1d" layer)."""
-        inputs = (n_in,) if self.fixed[0] else grid_counts(n_in, grid, self.unit)
+    def counts(self, grid, n_in, n_out, tile=1):
+        """The grid's kept input and output counts (None for the outputs of a "1d" layer); the outputs (a "1d"
+        layer's channels) multiples of `tile`."""
+        tiled = math.lcm(self.unit, tile)
+        inputs = (n_in,) if self.fixed[0] else grid_counts(n_in, grid, tiled if self.kind == "1d" else self.unit)
         if self.kind == "1d":
             return inputs, None
-        return inputs, (n_out,) if self.fixed[1] else grid_counts(n_out, grid, self.unit)
+        return inputs, (n_out,) if self.fixed[1] else grid_counts(n_out, grid, tiled)
 
 
 class LatencyModel(CostModel):
@@ -274,10 +294,16 @@ class LatencyModel(CostModel):
         tables: `LatencyTables` to use instead of measuring (e.g. read from a file; they must be for this model).
         runs, warmup: timed and untimed calls per grid point.
         pin: bind the measuring subprocess to `threads` CPUs.
+        calibrate: when measuring, also time the whole model at the grid's uniform widths and fit the prediction
+            to those times (see the module docstring); this rebuilds and converts `len(grid) - 1` slim models.
         progress: optionally called with a one-line description of each step of a build.
 
     Attributes:
-        full: the predicted latency (ms) of the unpruned model (the measured one, unless the tables sum to more).
+        full: the predicted latency (ms) of the unpruned model (close to the measured one).
+        scale, rest_ms, fixed_ms: the prediction's coefficients, `scale · Σ tables + rest_ms · kept activations +
+            fixed_ms`.
+        calibration_error: the largest relative error of the prediction at the measured calibration points (the
+            full model included), or None without calibration.
         tables: the `LatencyTables`.
         cache_path: the cache file read or written (None without a cache).
         cache_hit: whether the tables came from the cache.
@@ -299,7 +325,7 @@ class LatencyModel(CostModel):
     unit = "latency"
 
     def __init__(self, model, runtime="litert", threads=1, graph=None, grid=DEFAULT_GRID, cache_dir=None,
-                 tables=None, runs=20, warmup=3, pin=True, progress=None):
+                 tables=None, runs=20, warmup=3, pin=True, calibrate=True, progress=None):
         super().__init__(model, graph)
         self.runtime = check_runtime(runtime)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -310,7 +336,7 @@ class LatencyModel(CostModel):
         self.layers = tabled_layers(self.graph)
         self.cache_path, self.cache_hit = None, False
         if tables is None:
-            tables = self._cached_or_measured(model, cache_dir, runs, warmup, pin, progress)
+            tables = self._cached_or_measured(model, cache_dir, runs, warmup, pin, calibrate, progress)
         missing = [t.path for t in self.layers if t.path not in tables.layers]
         if missing:
             raise ValueError(f"The latency tables have no table for layer(s) {missing[:3]} of model "
@@ -329,25 +355,41 @@ class LatencyModel(CostModel):
         for _, _, out_side, calls, positions in self._entries:
             self._weights[out_side] += calls * positions
         self._weights_full = float(self._weights @ counts) or 1.0
-        tabled = sum(calls * self._table_at(table, counts[i], counts[o]) for table, i, o, calls, _ in self._entries)
-        self.rest_ms = max(0.0, tables.whole_ms - tabled)
+        self.scale, self.rest_ms, self.fixed_ms = 1.0, max(0.0, tables.whole_ms - self._tabled(counts)), 0.0
+        self.calibration_error = None
+        if tables.calibration:
+            from tfprune.pruning.planning import plan as uniform_plan  # here: pruning imports this module's users
+
+            points = [(self._tabled(counts), 1.0, tables.whole_ms)]
+            for r, ms in tables.calibration:
+                kept = self._plan_counts(uniform_plan(model, r, graph=self.graph))
+                points.append((self._tabled(kept), self._activations(kept), ms))
+            (self.scale, self.rest_ms, self.fixed_ms), self.calibration_error = fit_coefficients(points)
         self.full = self._value(counts)
 
-    @staticmethod
-    def _table_at(table, n_in, n_out):
-        return table.at(n_in) if table.outputs is None else table.at(n_in, n_out)
+    def _tabled(self, counts):
+        tile, full = self.tables.tile, self.full_counts
+
+        def tiled(n, side):  # the runtime computes whole tiles of output channels
+            return min(full[side], math.ceil(n / tile - 1e-9) * tile) if tile > 1 else n
+
+        return sum(calls * (table.at(tiled(counts[i], i)) if table.outputs is None
+                            else table.at(counts[i], tiled(counts[o], o)))
+                   for table, i, o, calls, _ in self._entries)
+
+    def _activations(self, counts):
+        return float(self._weights @ counts) / self._weights_full
 
     def _value(self, counts):
-        total = sum(calls * self._table_at(table, counts[i], counts[o]) for table, i, o, calls, _ in self._entries)
-        return total + self.rest_ms * float(self._weights @ counts) / self._weights_full
+        return self.scale * self._tabled(counts) + self.rest_ms * self._activations(counts) + self.fixed_ms
 
     def _expected_value(self, counts):
         ops = keras.ops
         total = self.rest_ms * ops.sum(counts * ops.convert_to_tensor(self._weights, "float32")) / self._weights_full
         for table, i, o, calls, _ in self._entries:
             value = table.at_tensor(counts[i]) if table.outputs is None else table.at_tensor(counts[i], counts[o])
-            total = total + calls * value
-        return total
+            total = total + self.scale * calls * value
+        return total + self.fixed_ms
 
     def latency_ms(self, plan) -> float:
         """The predicted latency (ms) of `rebuild(model, plan)` (the same as `cost(plan)`)."""
@@ -355,7 +397,7 @@ class LatencyModel(CostModel):
 
     # ---- building ---------------------------------------------------------------------------------------------
 
-    def _cached_or_measured(self, model, cache_dir, runs, warmup, pin, progress):
+    def _cached_or_measured(self, model, cache_dir, runs, warmup, pin, calibrate, progress):
         version, cpu = _runtime_version(self.runtime), cpu_model()
         if cache_dir is not False:
             self.cache_path = cache_file(self.graph.model, self.runtime, self.threads, self.grid, cache_dir)
@@ -363,8 +405,15 @@ class LatencyModel(CostModel):
                 with open(self.cache_path) as f:
                     self.cache_hit = True
                     return LatencyTables.from_json(json.load(f))
+        calibration = {}
+        if calibrate:
+            from tfprune.pruning.planning import plan as uniform_plan  # here: pruning imports this module's users
+            from tfprune.pruning.rebuilding import rebuild
+
+            for r in sorted({round(1 - g, 6) for g in self.grid if g < 1}):
+                calibration[r] = rebuild(model, uniform_plan(model, r, graph=self.graph), graph=self.graph)
         tables = measure_tables(self.graph.model, self.layers, self.runtime, self.threads, self.grid, runs, warmup,
-                                pin, progress)
+                                pin, progress, calibration, channel_tile(self.runtime))
         tables = dataclasses.replace(tables, runtime_version=version, cpu=cpu)
         if self.cache_path is not None:
             os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
@@ -528,13 +577,14 @@ def _key(tabled):
 
 
 def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20, warmup=3, pin=True,
-                   progress=None) -> LatencyTables:
+                   progress=None, calibration=None, tile=1) -> LatencyTables:
     """Measure the latency tables of `layers` (from `tabled_layers`) and the whole model on the runtime.
 
     Every distinct layer configuration is written as one-layer models at the grid's kept counts, and all are
     timed in one subprocess (`tfprune.measurement.runtime_latency.time_files`), a configuration's grid points in
     turn with the whole model, whose time in each batch against its median over all batches undoes the changes of
-    the machine's load between batches. TensorFlow backend (the converters need it).
+    the machine's load between batches. TensorFlow backend (the converters need it). `calibration`, `{r: slim
+    model}`, are timed in the first batch, in turn with the whole model. Output counts are multiples of `tile`.
 
     Returns:
         `LatencyTables` (its `runtime_version` and `cpu` left for the caller to fill in).
@@ -551,7 +601,7 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
         notify(f"writing the whole model and {len(by_key)} layer configuration(s) for {runtime}")
         whole = runtime_file(model, workdir, "whole", runtime)
         for n, (key, t) in enumerate(by_key.items()):
-            inputs, outputs = t.counts(grid, t.input_shape[-1], _output_width(t.layer))
+            inputs, outputs = t.counts(grid, t.input_shape[-1], _output_width(t.layer), tile)
             batch = []
             for i in inputs:
                 for o in (outputs or (None,)):
@@ -565,18 +615,55 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
         # The whole model is timed in every batch, in turn with its one-layer models: the load of the machine
         # changes between batches, and each batch's times are scaled by how much slower or faster the whole model
         # ran then than over all batches (its median).
-        timed = [[(f"whole:{b}", whole), *batch] for b, batch in enumerate(batches)] or [[("whole:0", whole)]]
-        seconds = time_files(timed, runtime, threads, runs, warmup, pin)
+        slim = [(f"calibration:{r}", runtime_file(m, workdir, f"calibration_{n}", runtime))
+                for n, (r, m) in enumerate((calibration or {}).items())]
+        timed = [[("whole:0", whole), *slim]] + [[(f"whole:{b + 1}", whole), *batch] for b, batch in enumerate(batches)]
+        seconds = time_files(timed, runtime, threads, runs, warmup, pin, primed=True)
     per_batch = [float(np.median(seconds[f"whole:{b}"])) * 1000 for b in range(len(timed))]
     whole_ms = float(np.median(per_batch))
     tables = {}
-    for b, (key, (inputs, outputs)) in enumerate(points.items()):
+    for b, (key, (inputs, outputs)) in enumerate(points.items(), start=1):
         ms = [[float(np.median(seconds[f"{key}:{i}:{o}"])) * 1000 * whole_ms / per_batch[b]
                for o in (outputs or (None,))] for i in inputs]
         tables[key] = LayerTable(inputs, outputs, np.asarray(ms)[:, 0] if outputs is None else ms)
+    calibrated = [(float(r), float(np.median(seconds[f"calibration:{r}"])) * 1000 * whole_ms / per_batch[0])
+                  for r in (calibration or {})]
     return LatencyTables(runtime=runtime, threads=threads, runtime_version="", cpu="", grid=grid,
-                         whole_ms=whole_ms, tables=tables,
-                         layers={t.path: _key(t) for t in layers}, build_seconds=time.perf_counter() - start)
+                         whole_ms=whole_ms, tables=tables, layers={t.path: _key(t) for t in layers},
+                         build_seconds=time.perf_counter() - start, calibration=calibrated, tile=int(tile))
+
+
+def fit_coefficients(points):
+    """`((scale, rest, fixed), largest relative error)`: the coefficients, none negative, of `scale · tabled +
+    rest · activations + fixed` closest to the measured `ms` of `points`, `[(tabled, activations, ms), ...]`, in
+    relative error (least squares; the largest of those errors is returned); the scale is kept positive, and either
+    of the other two may be 0.
+
+    Example:
+
+    >>> from tfprune.measurement.latency_tables import fit_coefficients
+    >>> (scale, rest, fixed), error = fit_coefficients([(10, 1, 8.5), (5, 0.5, 4.3), (2, 0.25, 1.8), (1, 0.1, 0.94)])
+    >>> round(scale, 3), round(rest, 3), round(fixed, 3), error < 1e-9
+    (0.8, 0.4, 0.1, True)
+    """
+    x = np.asarray([(t, a, 1.0) for t, a, _ in points], np.float64)
+    y = np.asarray([ms for _, _, ms in points], np.float64)
+    weight = 1.0 / np.maximum(y, 1e-12)
+    best = None
+    for columns in ((0, 1, 2), (0, 1), (0, 2), (0,)):  # the scale always; the others where they fit non-negative
+        if len(columns) > len(points):
+            continue
+        solution = np.linalg.lstsq(x[:, columns] * weight[:, None], y * weight, rcond=None)[0]
+        if solution[0] <= 0 or np.any(solution < 0):
+            continue
+        coefficients = np.zeros(3)
+        coefficients[list(columns)] = solution
+        relative = (x @ coefficients - y) * weight
+        if best is None or relative @ relative < best[0]:
+            best = (float(relative @ relative), tuple(float(c) for c in coefficients), float(np.max(np.abs(relative))))
+    if best is None:  # no tabled time at all: nothing to scale
+        return (1.0, 0.0, 0.0), float(np.max(np.abs(x[:, 0] - y) * weight))
+    return best[1], best[2]
 
 
 def synthetic_tables(model, ms_per_mac, rest_ms=0.0, grid=DEFAULT_GRID, graph=None) -> LatencyTables:

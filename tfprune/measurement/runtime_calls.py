@@ -20,7 +20,7 @@ import numpy as np
 from tfprune.deployment.runtimes import litert_interpreter, onnx_session
 
 
-def time_in_turn(calls, runs, warmup):
+def time_in_turn(calls, runs, warmup, primed=False):
     """`{label: [seconds per call]}`: every call warmed up, then each timed once per round, `runs` rounds, so that
     the machine's load falls on all of them alike.
 
@@ -28,6 +28,8 @@ def time_in_turn(calls, runs, warmup):
         calls: `{label: callable taking no arguments}`.
         runs: timed calls per label (one a round).
         warmup: untimed calls per label before the first round.
+        primed: call each once, untimed, right before its timed call, so that its weights and inputs are in the
+            CPU's caches as they are when a layer runs inside its model, not evicted by the calls before it.
 
     Example:
 
@@ -42,6 +44,8 @@ def time_in_turn(calls, runs, warmup):
     seconds = {label: [] for label in calls}
     for _ in range(runs):
         for label, call in calls.items():
+            if primed:
+                call()
             start = time.perf_counter()
             call()
             seconds[label].append(time.perf_counter() - start)

@@ -77,6 +77,7 @@ class LatencyFit:
         corrections: how many times the bisection was re-aimed because the measurement missed the target.
         model: the `LatencyModel` (its tables, `build_seconds`, `cache_path`).
         tolerance: the relative error of the measured ratio that was accepted.
+        tried: `(predicted, measured)` ratios of every plan measured, in order.
     """
 
     target: float
@@ -87,6 +88,7 @@ class LatencyFit:
     corrections: int
     model: object = dataclasses.field(repr=False)
     tolerance: float = 0.05
+    tried: tuple = ()
 
     @property
     def within(self) -> bool | None:
@@ -94,8 +96,8 @@ class LatencyFit:
         return None if self.measured_ratio is None else abs(self.measured_ratio / self.target - 1) <= self.tolerance
 
 
-def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None, round_to=1, graph=None,
-                     verify=True, tolerance=0.05, corrections=2, runs=50, cache_dir=None, grid=None,
+def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None, round_to="auto", graph=None,
+                     verify=True, tolerance=0.05, corrections=3, runs=50, cache_dir=None, grid=None,
                      latency_model=None, progress=None):
     """A plan whose slim model runs in `target` × the original's latency on this CPU, on a runtime.
 
@@ -103,8 +105,9 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
     runtime and cached, `tfprune.measurement.latency_tables`), like `plan_for_macs` on MACs. Then, with `verify`,
     measures it: the original and the slim model written for the runtime and called in turn in one subprocess bound
     to `threads` CPUs, batch 1, medians of `runs` calls. If the measured ratio misses the target by more than
-    `tolerance` (relative), the bisection is aimed again at `target × predicted / measured` (the model's error at
-    that point), up to `corrections` times, and the closest plan not above `target × (1 + tolerance)` is returned.
+    `tolerance` (relative), the bisection is aimed again (`next_aim`: the model's error undone, or interpolated
+    between plans measured on either side of the target), up to `corrections` times, and the closest plan not above
+    `target × (1 + tolerance)` is returned.
 
     Args:
         model: a Functional or Sequential model with a fixed input size (read only; TensorFlow backend to build
@@ -114,8 +117,9 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
         threads: the runtime's CPU threads.
         make_plan: `ratio -> Plan`, removing more as the ratio grows; default `tfprune.plan(model, r,
             round_to=round_to)` (L1, the same ratio in every group).
-        round_to: for the default `make_plan`: kept counts rounded up to a multiple of this, or "auto" for the
-            runtime's channel tile on this CPU (`tfprune.deployment.channel_tiles`).
+        round_to: for the default `make_plan`: kept counts rounded up to a multiple of this, or "auto" (the
+            default) for the runtime's channel tile on this CPU (`tfprune.deployment.channel_tiles`): widths the
+            runtime computes without a partly used tile, which also fall where the tables were measured.
         graph: the model's `ChannelGraph`, if already built.
         verify: measure the plan's latency (and correct, see above).
         tolerance: the relative error of the measured ratio accepted without a correction.
@@ -180,8 +184,31 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
         if abs(off) <= tolerance or made >= corrections:
             break
         made += 1
-        aim = min(1.0, max(1e-3, parsed.ratio * predicted / measured.ratio))  # the model's error here, undone
+        aim = min(1.0, max(1e-3, next_aim([(p, m.ratio) for _, p, m in tried], parsed.ratio)))
     fitting = [t for t in tried if t[2].ratio <= parsed.ratio * (1 + tolerance)] or tried
     plan, predicted, measured = min(fitting, key=lambda t: abs(t[2].ratio - parsed.ratio))
     return plan, LatencyFit(parsed.ratio, predicted, measured.ratio, measured.original_ms, measured.slim_ms, made,
-                            latency, tolerance)
+                            latency, tolerance, tuple((p, m.ratio) for _, p, m in tried))
+
+
+def next_aim(tried, target):
+    """The predicted ratio to aim at next, from the `(predicted, measured)` ratios of the plans tried so far: where
+    the measured ratio crosses `target`, interpolated linearly between the closest plans measured on either side of
+    it; while all are on one side, the closest one's predicted ratio scaled by `target / measured` (the model's
+    error there, undone).
+
+    Example:
+
+    >>> from tfprune.pruning.targets import next_aim
+    >>> round(next_aim([(0.25, 0.16)], 0.25), 4)       # measured too fast: aim higher
+    0.3906
+    >>> round(next_aim([(0.25, 0.16), (0.39, 0.30)], 0.25), 4)   # bracketed: interpolate
+    0.34
+    """
+    below = [t for t in tried if t[1] <= target]
+    above = [t for t in tried if t[1] > target]
+    if below and above:
+        (p0, m0), (p1, m1) = max(below, key=lambda t: t[1]), min(above, key=lambda t: t[1])
+        return p0 + (p1 - p0) * (target - m0) / (m1 - m0)
+    predicted, measured = min(tried, key=lambda t: abs(t[1] - target))
+    return predicted * target / measured
