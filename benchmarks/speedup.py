@@ -127,6 +127,7 @@ def measure(name, workdir):
         logging.info("%s: tfmot files written", name)
 
     threads = sorted({1, available_threads()})
+    load = os.getloadavg()[0]
     tflite = tfprune.benchmark(files, batch_sizes=(1,), threads=threads, engines=("tflite",), runs=FLAGS.runs,
                                warmup=FLAGS.warmup, progress=lambda m: logging.info("%s: %s", name, m))
     tf_report = tfprune.benchmark(variants, batch_sizes=(1,), threads=threads, engines=("tensorflow",),
@@ -140,6 +141,7 @@ def measure(name, workdir):
         return report.get(label, engine, 1, n).median_ms
 
     record = {"model": name, "input": size, "round_to": FLAGS.round_to, "threads": threads, "targets": [],
+              "load": [load, os.getloadavg()[0]],
               "runtimes": list(tflite.runtimes + ort_report.runtimes + tf_report.runtimes)}
     dense = {"macs": tfprune.count_macs(model), "params": tfprune.count_params(model),
              "bytes": os.path.getsize(files["dense"]), "gzip": gzip_size(files["dense"]),
@@ -195,7 +197,8 @@ def ratio_rows(records):
     """The main table: ratios slim/dense (tfprune) and sparse/dense-twin (tfmot), one row per model and target."""
     threads = records[0]["threads"]
     every = threads[-1]
-    head = ["model", "MACs removed (target)", "per-layer ratio", "MACs ratio", "params ratio", ".tflite size ratio",
+    head = ["model", "load average", "MACs removed (target)", "per-layer ratio", "MACs ratio", "params ratio",
+            ".tflite size ratio",
             "gzip size ratio", "TFLite latency ratio, 1 thread", f"TFLite latency ratio, {every} threads",
             "TF latency ratio, 1 thread", f"TF latency ratio, {every} threads",
             "ONNX Runtime latency ratio, 1 thread", f"ONNX Runtime latency ratio, {every} threads",
@@ -208,7 +211,8 @@ def ratio_rows(records):
         for t in r["targets"]:
             macs = t["macs"] / d["macs"]
             lite1 = t["tflite_ms"][1] / d["tflite_ms"][1]
-            row = [r["model"], f"{t['target']:.0%}", f"{t['layer_ratio']:.3f}", f"{macs:.3f}",
+            load = "–".join(f"{v:.1f}" for v in r["load"]) if "load" in r else "—"
+            row = [r["model"], load, f"{t['target']:.0%}", f"{t['layer_ratio']:.3f}", f"{macs:.3f}",
                    f"{t['params'] / d['params']:.3f}", f"{t['bytes'] / d['bytes']:.3f}", f"{t['gzip'] / d['gzip']:.3f}",
                    f"{lite1:.3f}", f"{t['tflite_ms'][every] / d['tflite_ms'][every]:.3f}",
                    f"{t['tf_ms'][1] / d['tf_ms'][1]:.3f}", f"{t['tf_ms'][every] / d['tf_ms'][every]:.3f}",
@@ -348,8 +352,8 @@ def _int_keys(value):
 
 def _load_note():
     if FLAGS.merge:
-        return f"tables merged from {', '.join(FLAGS.merge)}: see those runs for the machine load"
-    return f"load average {LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        return f"tables merged from {', '.join(FLAGS.merge)}"
+    return f"load average {LOAD[0]:.1f} at the start of the run, {os.getloadavg()[0]:.1f} at the end"
 
 
 def _copied_note(records):
@@ -371,7 +375,8 @@ def write(records, seconds):
                 f"TensorFlow (tf.function); {'; '.join(records[-1].get('runtimes', []))}; "
                 f"median of {FLAGS.runs} timed calls after {FLAGS.warmup} warm-up calls, "
                 f"all variants of a model timed in turn in the same run; {threads[-1]} CPU threads available "
-                f"({_load_note()}). Ratios are "
+                f"({_load_note()}); load average: the 1-minute load average before and after a model's timing. "
+                f"Ratios are "
                 f"pruned / original; tfmot ratios are pruned / its own "
                 f"dense tf-keras twin. tfmot = `prune_low_magnitude` at the sparsity tfprune reached (fraction of "
                 f"MACs removed), stripped, float32 TFLite. {len(records)} model(s) in {seconds:.0f} s."
