@@ -9,7 +9,7 @@ import pytest
 import tfprune
 from tfprune.deployment.channel_tiles import channel_tile
 from tfprune.measurement.latency_tables import LatencyModel, synthetic_tables
-from tfprune.pruning.targets import next_aim
+from tfprune.pruning.targets import fill_tiles, next_aim
 
 
 def _model():
@@ -32,6 +32,23 @@ def test_bisects_onto_the_predicted_target():
     tile = channel_tile("litert")
     assert fit.predicted_ratio <= 0.5
     assert all(len(kept) % tile == 0 for kept in plan.keep.values())
+
+
+def test_whole_tiles_are_given_back_between_the_steps_of_the_one_ratio_family():
+    # at a quarter off, 64, 128 and 64 channels all fall to multiples of 16 at once: the rounded one-ratio family
+    # jumps there, and fill_tiles gives tiles back group by group up to the aim
+    model = tfprune.models.small_vgg(input_shape=(16, 16, 1), widths=(64, 128), convs_per_stage=1, dense=64)
+    latency = LatencyModel(model, tables=synthetic_tables(model, 1e-6), cache_dir=False)
+    graph = latency.graph
+    uniform = tfprune.plan(model, 0.25, round_to=16, graph=graph)  # 48, 96 and 48 channels kept
+    wider = tfprune.plan(model, 0.24, round_to=16, graph=graph)  # 64, 112 and 64
+    low, high = latency.ratio(uniform), latency.ratio(wider)
+    aim = (low + high) / 2
+    filled, ratio = fill_tiles(model, uniform, aim, latency, 16, graph)
+    assert ratio == pytest.approx(latency.ratio(filled)) and low < ratio <= aim
+    assert all(len(kept) % 16 == 0 for kept in filled.keep.values())
+    # the channels given back are the L1 plan's next ones: each group keeps a superset of what it kept
+    assert all(set(uniform.keep[name]) <= set(filled.keep[name]) for name in uniform.keep)
 
 
 def test_bad_input():

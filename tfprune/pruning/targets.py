@@ -102,12 +102,13 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
     """A plan whose slim model runs in `target` × the original's latency on this CPU, on a runtime.
 
     Bisects the ratio of `make_plan(r)` on the latency predicted by `LatencyModel` (per-layer tables measured on the
-    runtime and cached, `tfprune.measurement.latency_tables`), like `plan_for_macs` on MACs. Then, with `verify`,
-    measures it: the original and the slim model written for the runtime and called in turn in one subprocess bound
-    to `threads` CPUs, batch 1, medians of `runs` calls. If the measured ratio misses the target by more than
-    `tolerance` (relative), the bisection is aimed again (`next_aim`: the model's error undone, or interpolated
-    between plans measured on either side of the target), up to `corrections` times, and the closest plan not above
-    `target × (1 + tolerance)` is returned.
+    runtime and cached, `tfprune.measurement.latency_tables`), like `plan_for_macs` on MACs; with the default
+    family, whole tiles are then given back group by group while the prediction stays on target (`fill_tiles`).
+    Then, with `verify`, measures it: the original and the slim model written for the runtime and called in turn in
+    one subprocess bound to `threads` CPUs, batch 1, medians of `runs` calls. If the measured ratio misses the
+    target by more than `tolerance` (relative), the bisection is aimed again (`next_aim`: the model's error undone,
+    or interpolated between plans measured on either side of the target), up to `corrections` times (stopping when
+    an aim gives a plan already measured), and the closest plan not above `target × (1 + tolerance)` is returned.
 
     Args:
         model: a Functional or Sequential model with a fixed input size (read only; TensorFlow backend to build
@@ -166,7 +167,8 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
         latency = LatencyModel(model, runtime=runtime, threads=threads, graph=graph, grid=grid or DEFAULT_GRID,
                                cache_dir=cache_dir, progress=progress)
     graph = latency.graph
-    if make_plan is None:
+    fill = make_plan is None
+    if fill:
         step = resolve_round_to(round_to, runtime)
 
         def make_plan(r):
@@ -175,6 +177,10 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
     aim, tried, made = parsed.ratio, [], 0
     while True:
         plan, predicted = plan_for_macs(model, {"latency": aim}, make_plan, graph=graph, cost=latency)
+        if fill:
+            plan, predicted = fill_tiles(model, plan, aim, latency, step, graph)
+        if tried and any(plan.keep == t[0].keep for t in tried):
+            break  # aimed again at a plan already measured: no other plan of the family lies nearer
         if not verify:
             return plan, LatencyFit(parsed.ratio, predicted, None, None, None, made, latency, tolerance)
         notify(f"measuring the plan (predicted ratio {predicted:.3f}) against the original, {runs} runs each")
@@ -189,6 +195,31 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
     plan, predicted, measured = min(fitting, key=lambda t: abs(t[2].ratio - parsed.ratio))
     return plan, LatencyFit(parsed.ratio, predicted, measured.ratio, measured.original_ms, measured.slim_ms, made,
                             latency, tolerance, tuple((p, m.ratio) for _, p, m in tried))
+
+
+def fill_tiles(model, plan, aim, cost, step, graph):
+    """`(plan, ratio)`: `plan` with whole tiles of `step` channels given back, group by group (the widest first),
+    while the predicted cost ratio stays at most `aim`.
+
+    A uniform ratio with widths rounded up to a tile moves every group by a tile at once at some ratios (a quarter
+    off 64, 128 and 256 channels leaves multiples of 16 in all three), so the one-ratio family can step over the
+    target; this fills the gap with the same L1 choice of channels, group by group."""
+    from tfprune.pruning.planning import plan as default_plan
+
+    groups = sorted(graph.prunable_groups, key=lambda g: -g.width)
+    kept = {g.name: len(plan.keep.get(g.name, range(g.width))) for g in groups}
+    best, ratio = plan, cost.ratio(plan)
+    for g in groups:
+        if kept[g.name] >= g.width:
+            continue
+        trial = {**kept, g.name: min(g.width, kept[g.name] + step)}
+        # removals of floor(ratio × width) = width − kept exactly
+        candidate = default_plan(model, {n: (graph[n].width - k + 0.5) / graph[n].width for n, k in trial.items()},
+                                 round_to=step, graph=graph)
+        candidate_ratio = cost.ratio(candidate)
+        if candidate_ratio <= aim:
+            kept, best, ratio = trial, candidate, candidate_ratio
+    return best, ratio
 
 
 def next_aim(tried, target):
