@@ -167,6 +167,18 @@ def _keep(cost, plan):
     return keep
 
 
+def test_the_cache_file_does_not_depend_on_the_input_layer_s_automatic_name():
+    def cnn():
+        inputs = keras.Input((8, 8, 3))  # named input_layer_N, N counting the Inputs made so far in the process
+        return keras.Model(inputs, L.Conv2D(4, 3, name="conv")(inputs), name="same")
+
+    first, second = cnn(), cnn()
+    assert first.layers[0].name != second.layers[0].name
+    assert cache_file(first, cache_dir="/c") == cache_file(second, cache_dir="/c")
+    other = keras.Model(*(lambda i: (i, L.Conv2D(5, 3, name="conv")(i)))(keras.Input((8, 8, 3))), name="same")
+    assert cache_file(other, cache_dir="/c") != cache_file(first, cache_dir="/c")
+
+
 def test_tables_of_another_model_are_refused():
     other = tfprune.models.small_vgg(widths=(8, 16), convs_per_stage=1)
     with pytest.raises(ValueError, match="no table for layer"):

@@ -210,8 +210,12 @@ def default_cache_dir() -> str:
 
 
 def model_fingerprint(model) -> str:
-    """A digest of the model's architecture (its config and input shapes; not its weights)."""
+    """A digest of the model's architecture (its config and input shapes; not its weights). The names of its input
+    layers do not count: Keras numbers them per process (`input_layer_3`), and no table is kept under them."""
     config = json.dumps(model.get_config(), sort_keys=True, default=str)
+    inputs = [layer.name for layer in getattr(model, "layers", []) if isinstance(layer, keras.layers.InputLayer)]
+    for i, name in enumerate(inputs):
+        config = config.replace(json.dumps(name), json.dumps(f"<input {i}>"))
     shapes = json.dumps([list(t.shape) for t in model.inputs], default=str)
     return hashlib.sha256((config + shapes).encode()).hexdigest()
 
