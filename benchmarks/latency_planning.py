@@ -125,6 +125,9 @@ def report(path):
              "every plan plan_for_latency measured, the last being the one returned.", "",
              "| model | runtime | target | plan | round_to | MACs ratio | predicted | measured | prediction error | "
              "latency ÷ MACs | measured tries | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    plans = ("latency", "macs", "macs_auto")
+    rows = sorted(rows, key=lambda r: (r["runtime"], models.index(r["model"]), -r["target"], plans.index(r["plan"])))
     for r in rows:
         tries = ", ".join(f"{p:.3f}→{m:.3f}" for p, m in r.get("tried", []))
         lines.append(f"| {r['model']} | {r['runtime']} | {r['target']} | {r['plan']} | {r.get('round_to', '')} | "

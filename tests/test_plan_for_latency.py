@@ -64,6 +64,9 @@ def test_bad_input():
         tfprune.plan_for_latency(model, 0.5, latency_model=latency, tolerance=0)
     with pytest.raises(ValueError, match="runtime must be one of"):
         tfprune.plan_for_latency(model, 0.5, runtime="tflite", latency_model=latency)
+    onnx = LatencyModel(model, runtime="onnxruntime", tables=synthetic_tables(model, 1e-6), cache_dir=False)
+    with pytest.warns(UserWarning, match="not multiples of ONNX Runtime's channel block"):
+        tfprune.plan_for_latency(model, 0.5, runtime="onnxruntime", latency_model=onnx, verify=False, round_to=3)
 
 
 @pytest.mark.tensorflow_only

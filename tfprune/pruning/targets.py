@@ -4,6 +4,7 @@ latency on a runtime is a given fraction of the original's."""
 
 import dataclasses
 import numbers
+import warnings
 
 from tfprune.measurement.cost_targets import cost_model
 from tfprune.measurement.costs import parse_target
@@ -144,7 +145,7 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
     >>> 0.45 < fit.predicted_ratio <= 0.5, fit.measured_ratio
     (True, None)
     """
-    from tfprune.deployment.channel_tiles import resolve_round_to
+    from tfprune.deployment.channel_tiles import channel_tile, resolve_round_to
     from tfprune.measurement.latency_tables import DEFAULT_GRID, LatencyModel
     from tfprune.measurement.runtime_latency import check_runtime, measure_ratio
     from tfprune.pruning.planning import plan as default_plan
@@ -170,6 +171,11 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
     fill = make_plan is None
     if fill:
         step = resolve_round_to(round_to, runtime)
+        if runtime == "onnxruntime" and step % channel_tile(runtime):
+            warnings.warn(f"round_to={round_to!r} leaves widths that are not multiples of ONNX Runtime's channel "
+                          f"block on this CPU ({channel_tile(runtime)}): its convolutions then leave the blocked "
+                          "layout for a slower path that the latency tables do not see (uniform MobileNetV2 widths "
+                          "at half the MACs ran slower than the original). Use round_to='auto'.", stacklevel=2)
 
         def make_plan(r):
             return default_plan(model, r, round_to=step, graph=graph)
