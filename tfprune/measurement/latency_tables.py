@@ -11,10 +11,12 @@ multiplies, padding, pooling), layers a plan cannot change, and the runtime's ow
 that follows the fraction of the tabled layers' output elements a plan keeps, because element-wise work follows the
 size of the activations.
 
-Calibration. A layer timed alone is not timed as it runs in the model: called in turn with other files, its
-weights and input come from a colder cache, and an ONNX file of one layer adds layout transposes the whole model
-does not have (MobileNetV2's tables sum to 1.3× its measured LiteRT latency). So the whole model is also timed at
-the uniform widths of `tfprune.plan(model, r)` for `r = 1 - g` at each grid fraction `g`, and the prediction is
+Calibration. A layer timed alone is not timed as it runs in the model. Called in turn with other files, its
+weights and input would come from a colder cache than in the model, where the layer before has just written its
+input (MobileNetV2's LiteRT tables then summed to 1.3× the whole model): so each one-layer model is called once,
+untimed, right before each timed call. And an ONNX file of one layer converts its layout in and out, which the
+whole model does once. So the whole model is also timed at the uniform widths of `tfprune.plan(model, r)` for
+`r = 1 - g` at each grid fraction `g`, and the prediction is
 `scale · Σ tables + rest · kept activations + fixed`, its three coefficients (none negative) fitted to those
 measured points by least squares on relative errors. Without calibration points (`calibrate=False`, or tables
 given), the scale is 1, the fixed term 0 and the rest the whole model's latency minus the tables' sum at full width
