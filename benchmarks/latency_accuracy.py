@@ -25,9 +25,9 @@ the same widths; a search chooses every group's width, so the two budgets give d
 
 **Rounding** (`--round_to`, default 8): the searched widths are rounded up to a multiple of it (ABC and random
 search; DMCP's widths are on its own `width_range` steps and ignore it). Not `auto`: LiteRT's channel tile is 16
-channels on an x86 CPU with AVX2 and 32 with AVX-512, too coarse for small_resnet's 16-channel layers (a group could
-only stay whole or go: the first version's latency plan, rounded to the tile, could not go below 0.80 of the latency
-at a target of 0.5).
+channels on an x86 CPU (AVX2 or AVX-512), too coarse for small_resnet's 16-channel layers (a group could only stay
+whole or go: the first version's latency plan, rounded to the tile, could not go below 0.80 of the latency at a
+target of 0.5).
 
 **Protocol: that of `benchmarks/methods.py`**, imported from it, with its flags (`--models`, `--seeds`,
 `--train_images`, `--val_size`, `--epochs`, `--finetune_epochs`, `--finetune_learning_rate`, `--batch_size`,
