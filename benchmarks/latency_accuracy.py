@@ -80,7 +80,7 @@ flags.DEFINE_enum("search", "abc", ["abc", "random", "dmcp"], "The structure sea
 flags.DEFINE_enum("runtime", "litert", ["litert", "onnxruntime"], "The runtime whose latency is planned and measured.")
 flags.DEFINE_integer("threads", 1, "The runtime's CPU threads.", lower_bound=1)
 flags.DEFINE_string("round_to", "8", "round_to of the searches (ABC, random): an integer, or 'auto' (LiteRT's "
-                    "channel tile on this CPU: 16 on x86 with AVX2, 32 with AVX-512; too coarse for 16-channel "
+                    "channel tile on this CPU: 16 on x86 (AVX2 or AVX-512); too coarse for 16-channel "
                     "layers).")
 flags.DEFINE_integer("runs", 100, "Timed batch-1 calls per model in each latency measurement.", lower_bound=50)
 flags.DEFINE_float("tolerance", 0.05, "Accepted relative error of a measured latency ratio.", lower_bound=0)
