@@ -49,6 +49,7 @@ each file (`tfprune.export` runs it back and gives the largest absolute differen
 import math
 import os
 import re
+import shutil
 import statistics
 import time
 import warnings
@@ -88,7 +89,8 @@ flags.DEFINE_integer("warmup_epochs", 3, "Linear warm-up epochs of the baseline.
 flags.DEFINE_integer("baseline_seed", 0, "Seed of the baseline's initialisation and training.")
 shared_setup.define_timing(200, "Timed calls per model, runtime and setting.", warmup=20)
 shared_setup.define_out("transformers", "Output prefix (.jsonl rows, _baseline.json, .md, .png).")
-shared_setup.define_work_dir("transformers", "Trained baseline and exported files (not committed).")
+shared_setup.define_work_dir("transformers", "Trained baseline and exported files (not committed; the default "
+                             "configuration's baseline is also in benchmarks/results).")
 flags.DEFINE_bool("report", False, "Run nothing: rewrite the table and figure from the rows.")
 flags.DEFINE_bool("smoke", False, "Prove the pipeline end to end in minutes: 2,000 training and 1,000 test images, "
                   "1 epoch, target 0.5, seed 0, 20 timed calls, output in /tmp/tfprune_transformers_smoke/ (flags "
@@ -174,8 +176,20 @@ def baseline_prefix():
 
 def baseline(data):
     """The trained baseline and its record, trained once and kept in `work_dir`; its record includes the export
-    check and files of the full model."""
+    check and files of the full model. A baseline committed in benchmarks/results (the default configuration's,
+    so that rows measured in different sessions prune the same model) is copied there instead of training again,
+    and its exports are written again where they are missing."""
     prefix = baseline_prefix()
+    committed = shared_setup.results_path(os.path.basename(prefix))
+    if not os.path.exists(prefix + ".keras") and os.path.exists(committed + ".keras"):
+        os.makedirs(FLAGS.work_dir, exist_ok=True)
+        for suffix in (".keras", ".json"):
+            shutil.copyfile(committed + suffix, prefix + suffix)
+    if os.path.exists(prefix + ".json"):
+        record = shared_setup.read_json(prefix + ".json")
+        if not all(os.path.exists(f.get("path", "")) for f in record["exported"].values() if "path" in f):
+            model = keras.saving.load_model(prefix + ".keras", compile=False)
+            shared_setup.write_json(prefix + ".json", dict(record, exported=exported(model, prefix + "_full")))
     if not os.path.exists(prefix + ".keras"):
         os.makedirs(FLAGS.work_dir, exist_ok=True)
         keras.utils.set_random_seed(FLAGS.baseline_seed)
