@@ -112,7 +112,8 @@ def test_calibration_fits_the_whole_model_at_uniform_widths():
         return 0.7 * plain._tabled(counts) + 0.05 * plain._activations(counts) + 0.02
 
     full = truth()
-    calibration = [(r, truth(tfprune.plan(model, r, graph=plain.graph))) for r in (0.25, 0.5, 0.75)]
+    calibration = [(r, step, truth(tfprune.plan(model, r, round_to=step, graph=plain.graph)))
+                   for r in (0.25, 0.5, 0.75) for step in (1, 4)]
     calibrated = LatencyModel(model, tables=dataclasses.replace(tables, whole_ms=full, calibration=calibration),
                               cache_dir=False)
     assert (calibrated.scale, calibrated.rest_ms, calibrated.fixed_ms) == pytest.approx((0.7, 0.05, 0.02), rel=1e-6)

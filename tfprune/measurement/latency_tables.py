@@ -11,16 +11,15 @@ multiplies, padding, pooling), layers a plan cannot change, and the runtime's ow
 that follows the fraction of the tabled layers' output elements a plan keeps, because element-wise work follows the
 size of the activations.
 
-Calibration. A layer timed alone is not timed as it runs in the model. Called in turn with other files, its
-weights and input would come from a colder cache than in the model, where the layer before has just written its
-input (MobileNetV2's LiteRT tables then summed to 1.3× the whole model): so each one-layer model is called once,
-untimed, right before each timed call. And an ONNX file of one layer converts its layout in and out, which the
-whole model does once. So the whole model is also timed at the uniform widths of `tfprune.plan(model, r)` for
-`r = 1 - g` at each grid fraction `g`, and the prediction is
-`scale · Σ tables + rest · kept activations + fixed`, its three coefficients (none negative) fitted to those
-measured points by least squares on relative errors. Without calibration points (`calibrate=False`, or tables
-given), the scale is 1, the fixed term 0 and the rest the whole model's latency minus the tables' sum at full width
-(at least 0).
+Calibration. A layer timed alone is not timed as it runs in the model. Called in turn with other files, its weights
+and input would come from a colder cache than in the model, where the layer before has just written its input
+(MobileNetV2's LiteRT tables then summed to 1.3× the whole model): so each one-layer model is called once, untimed,
+right before each timed call. And an ONNX file of one layer converts its layout in and out, which the whole model
+does once. So the whole model is also timed at the uniform widths of `tfprune.plan(model, r)` (as they come, and
+rounded to the runtime's tile) for `r = 1 - g` at each grid fraction `g`, and the prediction is `scale · Σ tables +
+rest · kept activations + fixed`, its three coefficients (none negative) fitted to those measured points by least
+squares on relative errors. Without calibration points (`calibrate=False`, or tables given), the scale is 1, the
+fixed term 0 and the rest the whole model's latency minus the tables' sum at full width (at least 0).
 
 Interpolation. Between grid points a table is interpolated bilinearly in (kept inputs, kept outputs): a
 convolution's time is close to a·C_in·C_out + b·C_in + c·C_out + d (its MACs, its input and output traffic, a fixed
@@ -61,7 +60,7 @@ from tfprune.measurement.counting import layer_counts
 from tfprune.measurement.runtime_latency import check_runtime, runtime_file, time_files
 
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
-TABLES_VERSION = 5
+TABLES_VERSION = 6
 
 
 @dataclasses.dataclass
@@ -154,8 +153,9 @@ class LatencyTables:
         tables: `{configuration key: LayerTable}`.
         layers: `{layer path: configuration key}` for every tabled layer.
         build_seconds: how long measuring took.
-        calibration: `[(r, ms), ...]`: the whole model's median latency (ms) at the uniform widths of
-            `tfprune.plan(model, r)` (L1; the kept counts do not depend on the weights), timed with it.
+        calibration: `[(r, round_to, ms), ...]`: the whole model's median latency (ms) at the uniform widths of
+            `tfprune.plan(model, r, round_to=round_to)` (L1; the kept counts do not depend on the weights), timed
+            with it.
         tile: the runtime's channel tile on the CPU measured (output counts are looked up rounded up to it).
     """
 
@@ -185,7 +185,7 @@ class LatencyTables:
         values = {k: v for k, v in data.items() if k in fields}
         values["tables"] = {k: LayerTable(t["inputs"], t["outputs"], t["ms"]) for k, t in data["tables"].items()}
         values["grid"] = tuple(values["grid"])
-        values["calibration"] = [(float(r), float(ms)) for r, ms in values.get("calibration", [])]
+        values["calibration"] = [(float(r), int(step), float(ms)) for r, step, ms in values.get("calibration", [])]
         return cls(**values)
 
 
@@ -367,8 +367,8 @@ class LatencyModel(CostModel):
             from tfprune.pruning.planning import plan as uniform_plan  # here: pruning imports this module's users
 
             points = [(self._tabled(counts), 1.0, tables.whole_ms)]
-            for r, ms in tables.calibration:
-                kept = self._plan_counts(uniform_plan(model, r, graph=self.graph))
+            for r, step, ms in tables.calibration:
+                kept = self._plan_counts(uniform_plan(model, r, round_to=step, graph=self.graph))
                 points.append((self._tabled(kept), self._activations(kept), ms))
             (self.scale, self.rest_ms, self.fixed_ms), self.calibration_error = fit_coefficients(points)
         self.full = self._value(counts)
@@ -417,7 +417,9 @@ class LatencyModel(CostModel):
             from tfprune.pruning.rebuilding import rebuild
 
             for r in sorted({round(1 - g, 6) for g in self.grid if g < 1}):
-                calibration[r] = rebuild(model, uniform_plan(model, r, graph=self.graph), graph=self.graph)
+                for step in sorted({1, channel_tile(self.runtime)}):  # widths as they come, and in whole tiles
+                    calibration[r, step] = rebuild(model, uniform_plan(model, r, round_to=step, graph=self.graph),
+                                                   graph=self.graph)
         tables = measure_tables(self.graph.model, self.layers, self.runtime, self.threads, self.grid, runs, warmup,
                                 pin, progress, calibration, channel_tile(self.runtime))
         tables = dataclasses.replace(tables, runtime_version=version, cpu=cpu)
@@ -589,8 +591,9 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
     Every distinct layer configuration is written as one-layer models at the grid's kept counts, and all are
     timed in one subprocess (`tfprune.measurement.runtime_latency.time_files`), a configuration's grid points in
     turn with the whole model, whose time in each batch against its median over all batches undoes the changes of
-    the machine's load between batches. TensorFlow backend (the converters need it). `calibration`, `{r: slim
-    model}`, are timed in the first batch, in turn with the whole model. Output counts are multiples of `tile`.
+    the machine's load between batches. TensorFlow backend (the converters need it). `calibration`, `{(r,
+    round_to): slim model}`, are timed in the first batch, in turn with the whole model. Output counts are multiples
+    of `tile`.
 
     Returns:
         `LatencyTables` (its `runtime_version` and `cpu` left for the caller to fill in).
@@ -621,8 +624,8 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
         # The whole model is timed in every batch, in turn with its one-layer models: the load of the machine
         # changes between batches, and each batch's times are scaled by how much slower or faster the whole model
         # ran then than over all batches (its median).
-        slim = [(f"calibration:{r}", runtime_file(m, workdir, f"calibration_{n}", runtime))
-                for n, (r, m) in enumerate((calibration or {}).items())]
+        slim = [(f"calibration:{r}:{step}", runtime_file(m, workdir, f"calibration_{n}", runtime))
+                for n, ((r, step), m) in enumerate((calibration or {}).items())]
         timed = [[("whole:0", whole), *slim]] + [[(f"whole:{b + 1}", whole), *batch] for b, batch in enumerate(batches)]
         seconds = time_files(timed, runtime, threads, runs, warmup, pin, primed=True)
     per_batch = [float(np.median(seconds[f"whole:{b}"])) * 1000 for b in range(len(timed))]
@@ -632,8 +635,9 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
         ms = [[float(np.median(seconds[f"{key}:{i}:{o}"])) * 1000 * whole_ms / per_batch[b]
                for o in (outputs or (None,))] for i in inputs]
         tables[key] = LayerTable(inputs, outputs, np.asarray(ms)[:, 0] if outputs is None else ms)
-    calibrated = [(float(r), float(np.median(seconds[f"calibration:{r}"])) * 1000 * whole_ms / per_batch[0])
-                  for r in (calibration or {})]
+    calibrated = [(float(r), int(step),
+                   float(np.median(seconds[f"calibration:{r}:{step}"])) * 1000 * whole_ms / per_batch[0])
+                  for r, step in (calibration or {})]
     return LatencyTables(runtime=runtime, threads=threads, runtime_version="", cpu="", grid=grid,
                          whole_ms=whole_ms, tables=tables, layers={t.path: _key(t) for t in layers},
                          build_seconds=time.perf_counter() - start, calibration=calibrated, tile=int(tile))
