@@ -15,11 +15,12 @@ Calibration. A layer timed alone is not timed as it runs in the model. Called in
 and input would come from a colder cache than in the model, where the layer before has just written its input
 (MobileNetV2's LiteRT tables then summed to 1.3× the whole model): so each one-layer model is called once, untimed,
 right before each timed call. And an ONNX file of one layer converts its layout in and out, which the whole model
-does once. So the whole model is also timed at the uniform widths of `tfprune.plan(model, r)` (as they come, and
-rounded to the runtime's tile) for `r = 1 - g` at each grid fraction `g`, and the prediction is `scale · Σ tables +
-rest · kept activations + fixed`, its three coefficients (none negative) fitted to those measured points by least
-squares on relative errors. Without calibration points (`calibrate=False`, or tables given), the scale is 1, the
-fixed term 0 and the rest the whole model's latency minus the tables' sum at full width (at least 0).
+does once. So the whole model is also timed at the uniform widths of `tfprune.plan(model, r)` (rounded to the
+runtime's tile, and for LiteRT also as they come: `calibration_steps`) for `r = 1 - g` at each grid fraction `g`,
+and the prediction is `scale · Σ tables + rest · kept activations + fixed`, its three coefficients (none negative)
+fitted to those measured points by least squares on relative errors. Without calibration points (`calibrate=False`,
+or tables given), the scale is 1, the fixed term 0 and the rest the whole model's latency minus the tables' sum at
+full width (at least 0).
 
 Interpolation. Between grid points a table is interpolated bilinearly in (kept inputs, kept outputs): a
 convolution's time is close to a·C_in·C_out + b·C_in + c·C_out + d (its MACs, its input and output traffic, a fixed
@@ -60,7 +61,7 @@ from tfprune.measurement.counting import layer_counts
 from tfprune.measurement.runtime_latency import check_runtime, runtime_file, time_files
 
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
-TABLES_VERSION = 6
+TABLES_VERSION = 7
 
 
 @dataclasses.dataclass
@@ -417,7 +418,7 @@ class LatencyModel(CostModel):
             from tfprune.pruning.rebuilding import rebuild
 
             for r in sorted({round(1 - g, 6) for g in self.grid if g < 1}):
-                for step in sorted({1, channel_tile(self.runtime)}):  # widths as they come, and in whole tiles
+                for step in calibration_steps(self.runtime):
                     calibration[r, step] = rebuild(model, uniform_plan(model, r, round_to=step, graph=self.graph),
                                                    graph=self.graph)
         tables = measure_tables(self.graph.model, self.layers, self.runtime, self.threads, self.grid, runs, warmup,
@@ -430,6 +431,15 @@ class LatencyModel(CostModel):
                 json.dump(tables.to_json(), f)
             os.replace(partial, self.cache_path)
         return tables
+
+
+def calibration_steps(runtime):
+    """The `round_to` of the uniform widths the whole model is timed at for calibration: as they come and in whole
+    tiles for LiteRT; in whole tiles only for ONNX Runtime, whose convolutions leave their blocked layout for a
+    slower path at other widths, a cost the tables (timed in whole tiles) cannot follow and a fit to it would spread
+    over the widths they do follow (`tfprune.plan_for_latency` warns about such widths)."""
+    tile = channel_tile(runtime)
+    return (tile,) if runtime == "onnxruntime" else tuple(sorted({1, tile}))
 
 
 def _check_grid(grid):
