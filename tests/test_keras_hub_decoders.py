@@ -275,24 +275,34 @@ def test_lora_or_quantized_attention_stays_closed_and_is_copied(change):
 # ---- the slim Llama attention layer -------------------------------------------------------------------------------
 
 
-def test_llama_attention_with_head_dim_computes_what_llama_attention_computes_and_round_trips():
-    from keras_hub.src.models.llama.llama_attention import LlamaAttention
-
+def _check_head_dim_subclass(original_class, subclass, random_weights=False):
+    """`subclass` with hidden_dim // num_query_heads slots computes what `original_class` computes; with fewer
+    heads of the same width it keeps that width, and its config round-trips."""
     x = np.random.default_rng(0).normal(size=(2, 5, HIDDEN)).astype("float32")
-    original = LlamaAttention(QUERY_HEADS, 2, rope_max_wavelength=500, name="original")
+    original = original_class(QUERY_HEADS, 2, rope_max_wavelength=500, name="original")
     original(x)
-    same = LlamaAttentionWithHeadDim(QUERY_HEADS, 2, head_dim=HIDDEN // QUERY_HEADS, rope_max_wavelength=500)
+    if random_weights:  # random biases too (they start at zero)
+        rng = np.random.default_rng(1)
+        original.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in original.get_weights()])
+    same = subclass(QUERY_HEADS, 2, head_dim=HIDDEN // QUERY_HEADS, rope_max_wavelength=500)
     same(x)
     same.set_weights(original.get_weights())
     np.testing.assert_allclose(np.asarray(same(x)), np.asarray(original(x)), rtol=1e-6, atol=1e-6)
-    narrow = LlamaAttentionWithHeadDim(2, 1, head_dim=HEAD_DIM, rope_max_wavelength=500, name="narrow")
+    narrow = subclass(2, 1, head_dim=HEAD_DIM, rope_max_wavelength=500, name="narrow")
     narrow(x)
     assert tuple(narrow._query_dense.kernel.shape) == (HIDDEN, 2, HEAD_DIM)  # not hidden // 2 = 16 slots
-    copy = LlamaAttentionWithHeadDim.from_config(narrow.get_config())
+    copy = subclass.from_config(narrow.get_config())
     copy(x)
     copy.set_weights(narrow.get_weights())
     assert copy.get_config() == narrow.get_config() and copy.rope_max_wavelength == 500
     np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(narrow(x)), rtol=1e-6, atol=1e-6)
+    return narrow
+
+
+def test_llama_attention_with_head_dim_computes_what_llama_attention_computes_and_round_trips():
+    from keras_hub.src.models.llama.llama_attention import LlamaAttention
+
+    _check_head_dim_subclass(LlamaAttention, LlamaAttentionWithHeadDim)
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -309,24 +319,8 @@ def test_qwen_attention_with_head_dim_computes_what_qwen_attention_computes_and_
     """Qwen's query, key and value have biases: the subclass makes them, of `head_dim` slots per head."""
     from keras_hub.src.models.qwen.qwen_attention import QwenAttention
 
-    x = np.random.default_rng(0).normal(size=(2, 5, HIDDEN)).astype("float32")
-    original = QwenAttention(QUERY_HEADS, 2, rope_max_wavelength=500, name="original")
-    original(x)
-    rng = np.random.default_rng(1)  # random biases too (they start at zero)
-    original.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in original.get_weights()])
-    same = QwenAttentionWithHeadDim(QUERY_HEADS, 2, head_dim=HIDDEN // QUERY_HEADS, rope_max_wavelength=500)
-    same(x)
-    same.set_weights(original.get_weights())
-    np.testing.assert_allclose(np.asarray(same(x)), np.asarray(original(x)), rtol=1e-6, atol=1e-6)
-    narrow = QwenAttentionWithHeadDim(2, 1, head_dim=HEAD_DIM, rope_max_wavelength=500, name="narrow")
-    narrow(x)
-    assert tuple(narrow._query_dense.kernel.shape) == (HIDDEN, 2, HEAD_DIM)  # not hidden // 2 = 16 slots
+    narrow = _check_head_dim_subclass(QwenAttention, QwenAttentionWithHeadDim, random_weights=True)
     assert tuple(narrow._key_dense.bias.shape) == (1, HEAD_DIM)
-    copy = QwenAttentionWithHeadDim.from_config(narrow.get_config())
-    copy(x)
-    copy.set_weights(narrow.get_weights())
-    assert copy.get_config() == narrow.get_config() and copy.rope_max_wavelength == 500
-    np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(narrow(x)), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="head_dim must be even"):
         QwenAttentionWithHeadDim(4, 2, 7)
 
