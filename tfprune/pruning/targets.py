@@ -75,7 +75,7 @@ class LatencyFit:
         predicted_ratio: the latency model's ratio for the plan returned.
         measured_ratio: the measured ratio (None when not measured, `verify=False`).
         original_ms, slim_ms: the measured medians (ms), or None.
-        corrections: how many times the bisection was re-aimed because the measurement missed the target.
+        corrections: how many more plans were measured after the first, because a measurement missed the target.
         model: the `LatencyModel` (its tables, `build_seconds`, `cache_path`).
         tolerance: the relative error of the measured ratio that was accepted.
         tried: `(predicted, measured)` ratios of every plan measured, in order.
@@ -180,27 +180,25 @@ def plan_for_latency(model, target, runtime="litert", threads=1, make_plan=None,
         def make_plan(r):
             return default_plan(model, r, round_to=step, graph=graph)
 
-    aim, tried, made = parsed.ratio, [], 0
+    aim, tried = parsed.ratio, []
     while True:
         plan, predicted = plan_for_macs(model, {"latency": aim}, make_plan, graph=graph, cost=latency)
         if fill:
             plan, predicted = fill_tiles(model, plan, aim, latency, step, graph)
-        if tried and any(plan.keep == t[0].keep for t in tried):
+        if any(plan.keep == t[0].keep for t in tried):
             break  # aimed again at a plan already measured: no other plan of the family lies nearer
         if not verify:
-            return plan, LatencyFit(parsed.ratio, predicted, None, None, None, made, latency, tolerance)
+            return plan, LatencyFit(parsed.ratio, predicted, None, None, None, 0, latency, tolerance)
         notify(f"measuring the plan (predicted ratio {predicted:.3f}) against the original, {runs} runs each")
         measured = measure_ratio(model, rebuild(model, plan, graph=graph), runtime, latency.threads, runs=runs)
         tried.append((plan, predicted, measured))
-        off = measured.ratio / parsed.ratio - 1
-        if abs(off) <= tolerance or made >= corrections:
+        if abs(measured.ratio / parsed.ratio - 1) <= tolerance or len(tried) > corrections:
             break
-        made += 1
         aim = min(1.0, max(1e-3, next_aim([(p, m.ratio) for _, p, m in tried], parsed.ratio)))
     fitting = [t for t in tried if t[2].ratio <= parsed.ratio * (1 + tolerance)] or tried
     plan, predicted, measured = min(fitting, key=lambda t: abs(t[2].ratio - parsed.ratio))
-    return plan, LatencyFit(parsed.ratio, predicted, measured.ratio, measured.original_ms, measured.slim_ms, made,
-                            latency, tolerance, tuple((p, m.ratio) for _, p, m in tried))
+    return plan, LatencyFit(parsed.ratio, predicted, measured.ratio, measured.original_ms, measured.slim_ms,
+                            len(tried) - 1, latency, tolerance, tuple((p, m.ratio) for _, p, m in tried))
 
 
 def fill_tiles(model, plan, aim, cost, step, graph):
