@@ -132,10 +132,11 @@ def results_path(name):
 
 
 def write_text(path, text):
-    """Write `text` to `path`, making its folder first."""
+    """Write `text` to `path` atomically, making its folder first."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def reference_cnn_name(name):

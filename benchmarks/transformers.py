@@ -7,6 +7,8 @@ timed in LiteRT and ONNX Runtime.
     python benchmarks/transformers.py --report              # rewrites transformers.{md,png} from the rows
     python benchmarks/transformers.py --smoke               # the whole pipeline on a few images in ~3 minutes,
                                                             # written to /tmp/tfprune_transformers_smoke/
+    python benchmarks/transformers.py --retime              # times every pruned ViT again (on a quiet machine,
+                                                            # after the trainings), then --report
 
 **Model** (`--vit`). "functional" (default): a ViT written with Keras layers — a Conv2D patch embedding
 (`patch_size`), KerasHub's `PositionEmbedding`, `num_layers` pre-LayerNorm blocks of `keras.layers.MultiHeadAttention`
@@ -46,6 +48,7 @@ ratios (slim over full, batch 1, one thread, the two timed in turn by `tfprune.b
 each file (`tfprune.export` runs it back and gives the largest absolute difference from the Keras model).
 """
 
+import json
 import math
 import os
 import re
@@ -92,6 +95,8 @@ shared_setup.define_out("transformers", "Output prefix (.jsonl rows, _baseline.j
 shared_setup.define_work_dir("transformers", "Trained baseline and exported files (not committed; the default "
                              "configuration's baseline is also in benchmarks/results).")
 flags.DEFINE_bool("report", False, "Run nothing: rewrite the table and figure from the rows.")
+flags.DEFINE_bool("retime", False, "Train nothing: time the pruned ViTs of the rows again, write the ratios into the "
+                  "rows, then report (the trainings time them while other work may run).")
 flags.DEFINE_bool("smoke", False, "Prove the pipeline end to end in minutes: 2,000 training and 1,000 test images, "
                   "1 epoch, target 0.5, seed 0, 20 timed calls, output in /tmp/tfprune_transformers_smoke/ (flags "
                   "given on the command line win).")
@@ -331,6 +336,22 @@ def run(rows, record, model, data):
                                  row["train_seconds"])
 
 
+def retime(rows, record):
+    """Time each pruned structure of `rows` against the baseline again, and write the ratios, milliseconds and load
+    average into its rows (the .jsonl is rewritten) and its file in `work_dir`."""
+    for target, variant in sorted({(r["target"], r["variant"]) for r in rows if r["regime"] in REGIMES}):
+        path = f"{baseline_prefix()}_{variant}_{target}.json"
+        measured = shared_setup.read_json(path)
+        ratios, milliseconds = latency_ratios(record["exported"], measured["exported"])
+        update = {"latency_ratio": ratios, "latency_ms": milliseconds, "load_average": shared_setup.load_average()}
+        shared_setup.write_json(path, {**measured, **update})
+        for r in rows:
+            if (r["target"], r["variant"]) == (target, variant):
+                r.update(update)
+        logging.info("%s %s: latency ratios %s (load average %s)", variant, target, ratios, update["load_average"])
+    shared_setup.write_text(FLAGS.out + ".jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
 # ---- report --------------------------------------------------------------------------------------------------------
 
 def _cell(values, scale=1.0, digits=4):
@@ -438,7 +459,9 @@ def main(_):
     rows = shared_setup.read_rows([FLAGS.out + ".jsonl"], _key)
     record_path = FLAGS.out + "_baseline.json"
     record = shared_setup.read_json(record_path) if os.path.exists(record_path) else None
-    if not FLAGS.report:
+    if FLAGS.retime:
+        retime(rows, record)
+    elif not FLAGS.report:
         start = time.perf_counter()
         data = load_data()
         model, record = baseline(data)
