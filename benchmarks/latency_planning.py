@@ -13,7 +13,11 @@ For each keras.applications model (random weights: nothing downloads) at --input
   measured latency ratio (original and slim interleaved in one pinned subprocess, batch 1, median of --runs calls),
   and every plan it measured on the way;
 - `macs` and `macs_auto`: `tfprune.plan_for_macs` at the same target as a MACs ratio, uniform L1 widths, with
-  round_to=1 and round_to="auto" (the runtime's channel tile on this CPU): the measured latency ratio ÷ MACs ratio.
+  round_to=1 and round_to="auto" (the runtime's channel tile on this CPU): the measured latency ratio ÷ MACs ratio;
+- `random0`, `random1`, ... (`--random_plans` per model and runtime): L1 plans in which every prunable group loses
+  its own fraction of its channels, drawn uniformly from [0, 0.85] (seeded by the plan's number), rounded to the
+  runtime's tile: how far the prediction is from the measurement on widths unlike the uniform ones the model was
+  calibrated at. The fractions are in the row, so a later latency model can predict the same plans again.
 
 Each finished row is appended at once to benchmarks/results/latency_planning.jsonl (with the machine's load average
 when it was measured), and rows already there are skipped, so an interrupted run resumes. Run it on a quiet
@@ -35,6 +39,7 @@ shared_setup.define_targets(["0.5", "0.25"], "Latency (and MACs) ratios to reach
 flags.DEFINE_list("runtimes", ["litert", "onnxruntime"], "Runtimes: litert, onnxruntime.")
 flags.DEFINE_integer("threads", 1, "The runtimes' CPU threads.", lower_bound=1)
 shared_setup.define_timing(runs=50, runs_help="Timed calls per model in each measurement (at least 50).")
+flags.DEFINE_integer("random_plans", 4, "Plans with random widths per model and runtime.", lower_bound=0)
 flags.DEFINE_string("cache_dir", None, "Where the latency tables are cached (default: tfprune's).")
 flags.DEFINE_string("out", shared_setup.results_path("latency_planning.jsonl"), "The rows, one JSON per line.")
 flags.DEFINE_bool("report", False, "Measure nothing: write the .md table (beside --out) from the rows.")
@@ -65,7 +70,15 @@ def _model(name, size):
     return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
 
 
-def measure(path, models, targets, runtimes, size, threads, runs, cache_dir):
+def random_fractions(graph, seed, most=0.85):
+    """`{group name: fraction removed}`, drawn uniformly from [0, most] for each prunable group (`seed`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {g.name: float(rng.uniform(0.0, most)) for g in graph.prunable_groups if not g.spanning}
+
+
+def measure(path, models, targets, runtimes, size, threads, runs, cache_dir, random_plans=0):
     import tfprune
     from tfprune.deployment.channel_tiles import resolve_round_to
     from tfprune.measurement.latency_tables import LatencyModel
@@ -112,6 +125,20 @@ def measure(path, models, targets, runtimes, size, threads, runs, cache_dir):
                                    "predicted_ratio": latency.ratio(plan), "measured_ratio": measured.ratio,
                                    "original_ms": measured.original_ms, "slim_ms": measured.slim_ms,
                                    "latency_per_macs": measured.ratio / macs_ratio, "load": os.getloadavg()})
+            for k in range(random_plans):
+                if (name, runtime, None, f"random{k}") in done:
+                    continue
+                print(f"{name} {runtime}: random plan {k}", flush=True)
+                fractions = random_fractions(graph, k)
+                step = resolve_round_to("auto", runtime)
+                plan = tfprune.plan(model, fractions, round_to=step, graph=graph)
+                measured = measure_ratio(model, tfprune.rebuild(model, plan, graph=graph), runtime, threads, runs=runs)
+                _append(path, {"model": name, "runtime": runtime, "target": None, "threads": threads,
+                               "input_size": size, "tile": step, "plan": f"random{k}", "round_to": step,
+                               "fractions": fractions, "macs_ratio": macs.ratio(plan),
+                               "predicted_ratio": latency.ratio(plan), "measured_ratio": measured.ratio,
+                               "original_ms": measured.original_ms, "slim_ms": measured.slim_ms,
+                               "load": os.getloadavg()})
 
 
 def report(path):
@@ -127,13 +154,24 @@ def report(path):
              "latency ÷ MACs | measured tries | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     plans = ("latency", "macs", "macs_auto")
-    rows = sorted(rows, key=lambda r: (r["runtime"], models.index(r["model"]), -r["target"], plans.index(r["plan"])))
+    random = sorted((r for r in rows if r["target"] is None),
+                    key=lambda r: (r["runtime"], models.index(r["model"]), r["plan"]))
+    rows = sorted((r for r in rows if r["target"] is not None),
+                  key=lambda r: (r["runtime"], models.index(r["model"]), -r["target"], plans.index(r["plan"])))
     for r in rows:
         tries = ", ".join(f"{p:.3f}→{m:.3f}" for p, m in r.get("tried", []))
         lines.append(f"| {r['model']} | {r['runtime']} | {r['target']} | {r['plan']} | {r.get('round_to', '')} | "
                      f"{r['macs_ratio']:.3f} | {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | "
                      f"{r['predicted_ratio'] / r['measured_ratio'] - 1:+.1%} | "
                      f"{r['measured_ratio'] / r['macs_ratio']:.2f} | {tries} | {r['load'][0]:.1f} |")
+    if random:
+        lines += ["", "Random widths (`random_plans`): every prunable group loses its own fraction of its channels, "
+                  "drawn from [0, 0.85], rounded to the tile.", "",
+                  "| model | runtime | plan | MACs ratio | predicted | measured | prediction error | load |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['runtime']} | {r['plan']} | {r['macs_ratio']:.3f} | "
+                  f"{r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | "
+                  f"{r['predicted_ratio'] / r['measured_ratio'] - 1:+.1%} | {r['load'][0]:.1f} |" for r in random]
     built = {(r["model"], r["runtime"]): r for r in rows if r.get("calibration_error") is not None}
     if built:
         lines += ["", "The latency models: the tables' build time (one-layer models and calibration), the whole "
@@ -160,12 +198,12 @@ def main(argv):
 
         folder = tempfile.mkdtemp(prefix="latency_planning_smoke_")
         path = os.path.join(folder, "latency_planning.jsonl")
-        measure(path, ["tiny"], [0.5], FLAGS.runtimes, 32, FLAGS.threads, 50, os.path.join(folder, "cache"))
-        measure(path, ["tiny"], [0.5], FLAGS.runtimes, 32, FLAGS.threads, 50, os.path.join(folder, "cache"))  # resumes
+        for _ in range(2):  # the second run resumes: it measures nothing
+            measure(path, ["tiny"], [0.5], FLAGS.runtimes, 32, FLAGS.threads, 50, os.path.join(folder, "cache"), 2)
         print(f"wrote {report(path)}")
         return
     measure(FLAGS.out, FLAGS.models, [float(t) for t in FLAGS.targets], FLAGS.runtimes, FLAGS.input_size,
-            FLAGS.threads, FLAGS.runs, FLAGS.cache_dir)
+            FLAGS.threads, FLAGS.runs, FLAGS.cache_dir, FLAGS.random_plans)
     print(f"wrote {report(FLAGS.out)}")
 
 

@@ -370,8 +370,7 @@ def _difference(files, fmt):
 
 def report(rows, record):
     settings = ", ".join(f"{k}={v}" for k, v in (record or {}).get("settings", {}).items())
-    lines = ["# A ViT on Fashion-MNIST pruned by heads, head widths and MLP widths", "",
-             f"`python benchmarks/transformers.py` ({settings}); see the script's docstring for the protocol. Test "
+    lines = [f"`python benchmarks/transformers.py` ({settings}); see the script's docstring for the protocol. Test "
              "accuracy, mean ± standard deviation over n fine-tuning seeds; \"drop\" is in points against the "
              "baseline; latency ratios are slim over full at batch 1 on one thread, LiteRT (XNNPACK) for the "
              ".tflite files and ONNX Runtime (CPU) for the .onnx files; \"max diff\" is `tfprune.export`'s largest "

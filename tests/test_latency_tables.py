@@ -29,12 +29,12 @@ from tfprune.measurement.latency_tables import (
 L = keras.layers
 
 
-def tiny_cnn():
+def tiny_cnn(prefix=""):
     inputs = keras.Input((8, 8, 3))
-    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
-    x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
-    x = L.Conv2D(8, 1, name="pw")(x)
-    outputs = L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name=prefix + "conv")(inputs)
+    x = L.DepthwiseConv2D(3, padding="same", name=prefix + "dw")(x)
+    x = L.Conv2D(8, 1, name=prefix + "pw")(x)
+    outputs = L.Dense(3, name=prefix + "head")(L.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, outputs, name="latency_tiny")
 
 
@@ -151,12 +151,38 @@ def test_kept_outputs_are_priced_as_whole_tiles():
     assert wide.counts((0.1, 0.5, 1.0), 16, 40, tile=16) == ((16,), (16, 32, 40))
 
 
-def test_fitted_coefficients_are_never_negative():
+def test_fitted_coefficients_keep_their_bounds():
     # times that only a negative rest would fit exactly: the rest is dropped and the scale and fixed term refit
     (scale, rest, fixed), error = fit_coefficients([(10, 1, 9.0), (5, 0.5, 5.0), (2, 0.25, 2.3)])
     assert scale > 0 and rest >= 0 and fixed >= 0 and error < 0.2
+    # a per-call cost the tables paid once a layer: a negative fixed term, as far as `overhead` allows
+    points = [(10, 1, 7.0), (6, 0.5, 4.0), (3, 0.3, 1.75)]  # exactly 0.75 · tabled - 0.5
+    assert fit_coefficients(points, overhead=1.0)[0] == pytest.approx((0.75, 0.0, -0.5), abs=1e-9)
+    (scale, rest, fixed), error = fit_coefficients(points, overhead=0.5)  # -0.5 < -0.75 · 0.5: out of bounds
+    assert fixed >= -scale * 0.5 and rest >= 0 and error > 1e-3
+    assert fit_coefficients(points)[0][2] >= 0
     # no tabled time at all: the tables' own sum, its error reported
     assert fit_coefficients([(0, 1, 1.0)]) == ((1.0, 0.0, 0.0), 1.0)
+
+
+def test_calibration_takes_off_the_per_call_cost_of_layers_timed_alone():
+    model = tiny_cnn()
+    plain = LatencyModel(model, tables=synthetic_tables(model, ms_per_mac=1e-6), cache_dir=False)
+    fastest = sum(calls * float(table.monotone.min()) for table, _, _, calls, _ in plain._entries)
+
+    def truth(plan=None):  # the whole model pays 0.9 of the tables' fastest calls once, not once a layer
+        counts = plain._plan_counts(plan) if plan else np.asarray(plain.full_counts, np.float64)
+        return plain._tabled(counts) - 0.9 * fastest
+
+    calibration = [(r, 1, truth(tfprune.plan(model, r, graph=plain.graph))) for r in (0.25, 0.5, 0.75)]
+    calibrated = LatencyModel(model, cache_dir=False, tables=dataclasses.replace(
+        plain.tables, whole_ms=truth(), calibration=calibration))
+    assert (calibrated.scale, calibrated.fixed_ms) == pytest.approx((1.0, -0.9 * fastest), rel=1e-6)
+    assert calibrated.calibration_error < 1e-9
+    # a plan cut below every table's grid could come out negative: it is 0 at least
+    counts = np.ones(len(plain.full_counts))
+    assert calibrated.scale * calibrated._tabled(counts) + calibrated.fixed_ms < 0  # without the floor
+    assert calibrated.cost_of_widths({g.name: 1 for g in plain.graph.prunable_groups}) == 0.0
 
 
 def _keep(cost, plan):
@@ -168,13 +194,14 @@ def _keep(cost, plan):
     return keep
 
 
-def test_the_cache_file_does_not_depend_on_the_input_layer_s_automatic_name():
+def test_the_cache_file_does_not_depend_on_automatic_layer_names():
     def cnn():
         inputs = keras.Input((8, 8, 3))  # named input_layer_N, N counting the Inputs made so far in the process
-        return keras.Model(inputs, L.Conv2D(4, 3, name="conv")(inputs), name="same")
+        x = L.Conv2D(4, 3)(inputs)  # conv2d_N likewise, as keras.applications' unnamed pooling layers are
+        return keras.Model(inputs, L.Conv2D(4, 3, name="conv")(x), name="same")
 
     first, second = cnn(), cnn()
-    assert first.layers[0].name != second.layers[0].name
+    assert [layer.name for layer in first.layers] != [layer.name for layer in second.layers]
     assert cache_file(first, cache_dir="/c") == cache_file(second, cache_dir="/c")
     other = keras.Model(*(lambda i: (i, L.Conv2D(5, 3, name="conv")(i)))(keras.Input((8, 8, 3))), name="same")
     assert cache_file(other, cache_dir="/c") != cache_file(first, cache_dir="/c")
@@ -214,6 +241,11 @@ def test_measured_tables_are_cached_per_model_runtime_and_threads(tmp_path):
     assert again.full == built.full
     other_threads = LatencyModel(model, grid=(0.5, 1.0), threads=2, runs=3, warmup=1, cache_dir=tmp_path)
     assert not other_threads.cache_hit and other_threads.cache_path != built.cache_path
+    # the same architecture with other layer names (as Keras names them in another process) reads the same tables
+    renamed = LatencyModel(tiny_cnn(prefix="other_"), grid=(0.5, 1.0), cache_dir=tmp_path)
+    assert renamed.cache_hit and renamed.cache_path == built.cache_path
+    assert set(renamed.tables.layers) == {"other_conv", "other_dw", "other_pw", "other_head"}
+    assert renamed.full == built.full
 
 
 def test_channel_tile_follows_the_cpu():

@@ -17,8 +17,11 @@ and input would come from a colder cache than in the model, where the layer befo
 right before each timed call. And an ONNX file of one layer converts its layout in and out, which the whole model
 does once. So the whole model is also timed at the uniform widths of `tfprune.plan(model, r)` (rounded to the
 runtime's tile, and for LiteRT also as they come: `calibration_steps`) for `r = 1 - g` at each grid fraction `g`,
-and the prediction is `scale · Σ tables + rest · kept activations + fixed`, its three coefficients (none negative)
-fitted to those measured points by least squares on relative errors. Without calibration points (`calibrate=False`,
+and the prediction is `scale · Σ tables + rest · kept activations + fixed`, its three coefficients fitted to those
+measured points by least squares on relative errors (`fit_coefficients`): the scale positive, the rest not negative,
+and the fixed term negative where each layer timed alone paid a per-call cost that the whole model pays once (ONNX
+Runtime: about 15–25 µs a layer on the project's machine), down to minus the tables' fastest calls; a prediction is
+never below 0. Without calibration points (`calibrate=False`,
 or tables given), the scale is 1, the fixed term 0 and the rest the whole model's latency minus the tables' sum at
 full width (at least 0).
 
@@ -213,12 +216,13 @@ def default_cache_dir() -> str:
 
 
 def model_fingerprint(model) -> str:
-    """A digest of the model's architecture (its config and input shapes; not its weights). The names of its input
-    layers do not count: Keras numbers them per process (`input_layer_3`), and no table is kept under them."""
+    """A digest of the model's architecture (its config and input shapes; not its weights, not its layers' names).
+    Keras numbers the layers it names itself per process (`input_layer_3`, `global_average_pooling2d_1`), so each
+    layer's name counts as its position; a cached model's tables are found again under the names of the model that
+    reads them (`LatencyModel`)."""
     config = json.dumps(model.get_config(), sort_keys=True, default=str)
-    inputs = [layer.name for layer in getattr(model, "layers", []) if isinstance(layer, keras.layers.InputLayer)]
-    for i, name in enumerate(inputs):
-        config = config.replace(json.dumps(name), json.dumps(f"<input {i}>"))
+    for i, layer in enumerate(getattr(model, "layers", [])):
+        config = config.replace(json.dumps(layer.name), json.dumps(f"<layer {i}>"))
     shapes = json.dumps([list(t.shape) for t in model.inputs], default=str)
     return hashlib.sha256((config + shapes).encode()).hexdigest()
 
@@ -371,7 +375,8 @@ class LatencyModel(CostModel):
             for r, step, ms in tables.calibration:
                 kept = self._plan_counts(uniform_plan(model, r, round_to=step, graph=self.graph))
                 points.append((self._tabled(kept), self._activations(kept), ms))
-            (self.scale, self.rest_ms, self.fixed_ms), self.calibration_error = fit_coefficients(points)
+            fastest = sum(calls * float(table.monotone.min()) for table, _, _, calls, _ in self._entries)
+            (self.scale, self.rest_ms, self.fixed_ms), self.calibration_error = fit_coefficients(points, fastest)
         self.full = self._value(counts)
 
     def _tabled(self, counts):
@@ -387,8 +392,8 @@ class LatencyModel(CostModel):
     def _activations(self, counts):
         return float(self._weights @ counts) / self._weights_full
 
-    def _value(self, counts):
-        return self.scale * self._tabled(counts) + self.rest_ms * self._activations(counts) + self.fixed_ms
+    def _value(self, counts):  # at least 0: a negative fixed term could outweigh layers cut below their tables
+        return max(0.0, self.scale * self._tabled(counts) + self.rest_ms * self._activations(counts) + self.fixed_ms)
 
     def _expected_value(self, counts):
         ops = keras.ops
@@ -396,7 +401,7 @@ class LatencyModel(CostModel):
         for table, i, o, calls, _ in self._entries:
             value = table.at_tensor(counts[i]) if table.outputs is None else table.at_tensor(counts[i], counts[o])
             total = total + self.scale * calls * value
-        return total + self.fixed_ms
+        return ops.maximum(total + self.fixed_ms, 0.0)
 
     def latency_ms(self, plan) -> float:
         """The predicted latency (ms) of `rebuild(model, plan)` (the same as `cost(plan)`)."""
@@ -410,8 +415,12 @@ class LatencyModel(CostModel):
             self.cache_path = cache_file(self.graph.model, self.runtime, self.threads, self.grid, cache_dir)
             if os.path.exists(self.cache_path):
                 with open(self.cache_path) as f:
-                    self.cache_hit = True
-                    return LatencyTables.from_json(json.load(f))
+                    tables = LatencyTables.from_json(json.load(f))
+                self.cache_hit = True
+                paths = [t.path for t in self.layers]
+                if len(paths) == len(tables.layers):  # the same architecture: its layers in the same order
+                    tables = dataclasses.replace(tables, layers=dict(zip(paths, tables.layers.values(), strict=True)))
+                return tables
         calibration = {}
         if calibrate:
             from tfprune.pruning.planning import plan as uniform_plan  # here: pruning imports this module's users
@@ -653,11 +662,13 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
                          build_seconds=time.perf_counter() - start, calibration=calibrated, tile=int(tile))
 
 
-def fit_coefficients(points):
-    """`((scale, rest, fixed), largest relative error)`: the coefficients, none negative, of `scale · tabled +
-    rest · activations + fixed` closest to the measured `ms` of `points`, `[(tabled, activations, ms), ...]`, in
-    relative error (least squares; the largest of those errors is returned); the scale is kept positive, and either
-    of the other two may be 0.
+def fit_coefficients(points, overhead=0.0):
+    """`((scale, rest, fixed), largest relative error)`: the coefficients of `scale · tabled + rest · activations +
+    fixed` closest to the measured `ms` of `points`, `[(tabled, activations, ms), ...]`, in relative error (least
+    squares; the largest of those errors is returned). The scale is positive and the rest not negative; the fixed term
+    is at least `-scale · overhead`: a negative one is the per-call cost that every layer timed alone paid and the
+    whole model pays once, so `overhead` is at most the tables' fastest calls (0: the fixed term is not negative).
+    Of the terms beside the scale, either may be left out (0).
 
     Example:
 
@@ -665,19 +676,23 @@ def fit_coefficients(points):
     >>> (scale, rest, fixed), error = fit_coefficients([(10, 1, 8.5), (5, 0.5, 4.3), (2, 0.25, 1.8), (1, 0.1, 0.94)])
     >>> round(scale, 3), round(rest, 3), round(fixed, 3), error < 1e-9
     (0.8, 0.4, 0.1, True)
+    >>> (scale, rest, fixed), error = fit_coefficients([(10, 1, 7.0), (6, 0.5, 4.0), (3, 0.3, 1.75)], overhead=2)
+    >>> round(scale, 3), round(rest, 3), round(fixed, 3), error < 1e-9
+    (0.75, 0.0, -0.5, True)
     """
     x = np.asarray([(t, a, 1.0) for t, a, _ in points], np.float64)
     y = np.asarray([ms for _, _, ms in points], np.float64)
     weight = 1.0 / np.maximum(y, 1e-12)
     best = None
-    for columns in ((0, 1, 2), (0, 1), (0, 2), (0,)):  # the scale always; the others where they fit non-negative
+    for columns in ((0, 1, 2), (0, 1), (0, 2), (0,)):  # the scale always; the others where they fit their bounds
         if len(columns) > len(points):
             continue
         solution = np.linalg.lstsq(x[:, columns] * weight[:, None], y * weight, rcond=None)[0]
-        if solution[0] <= 0 or np.any(solution < 0):
-            continue
         coefficients = np.zeros(3)
         coefficients[list(columns)] = solution
+        scale, rest, fixed = coefficients
+        if scale <= 0 or rest < 0 or fixed < -scale * overhead:
+            continue
         relative = (x @ coefficients - y) * weight
         if best is None or relative @ relative < best[0]:
             best = (float(relative @ relative), tuple(float(c) for c in coefficients), float(np.max(np.abs(relative))))
