@@ -40,7 +40,9 @@ The plan does not depend on the seed: each (variant, target) is pruned, measured
 
 **Fine-tuning**, from the pruned weights, for each seed: `finetune_epochs` epochs of the same recipe at
 `finetune_learning_rate` (no warm-up), without ("finetune") and with ("finetune_kd") knowledge distillation from the
-baseline (`tfprune.fine_tune(slim, data, epochs, teacher=baseline)`, temperature 3, student loss weight 0.5).
+baseline (`tfprune.fine_tune(slim, data, epochs, teacher=baseline)`, temperature 3, student loss weight 0.5). An
+interrupted fine-tuning resumes from its last finished epoch (`keras.callbacks.BackupAndRestore` in `work_dir`;
+the row's `sittings` counts the runs it took, and its seconds add them up).
 
 **Rows** (one JSON line per finished run, so that an interrupted run resumes): test accuracy before and after
 fine-tuning, its drop against the baseline, MACs and params and their ratios, the LiteRT and ONNX Runtime latency
@@ -322,15 +324,19 @@ def run(rows, record, model, data):
                     with warnings.catch_warnings():  # the output change is recorded in `measured` already
                         warnings.simplefilter("ignore", OutputChangeWarning)
                         slim = tfprune.rebuild(model, tfprune.Plan.from_json(measured["plan"]), graph=graph)
-                    start, cpu = time.perf_counter(), time.process_time()
+                    stem = f"{baseline_prefix()}_{variant}_{target}_{regime}_{seed}"  # an interrupted one resumes
+                    callbacks = [keras.callbacks.BackupAndRestore(stem + "_backup"),
+                                 shared_setup.progress_callback(stem)]
                     train(slim, data[0], FLAGS.finetune_epochs, FLAGS.finetune_learning_rate, seed,
-                          teacher=model if regime == "finetune_kd" else None)
+                          callbacks=callbacks, teacher=model if regime == "finetune_kd" else None)
+                    progress = shared_setup.read_json(stem + "_progress.json")
                     row = dict(vit=FLAGS.vit, target=target, variant=variant, regime=regime, seed=seed,
                                **{k: v for k, v in measured.items() if k != "plan"},
-                               accuracy=shared_setup.accuracy(slim, data[1]), train_seconds=time.perf_counter() - start,
-                               cpu_seconds=time.process_time() - cpu)
+                               accuracy=shared_setup.accuracy(slim, data[1]), train_seconds=progress["seconds"],
+                               cpu_seconds=progress["cpu_seconds"], sittings=progress["sittings"])
                     row["drop"] = record["accuracy"] - row["accuracy"]
                     shared_setup.append_row(rows, row, rows_path)
+                    os.remove(stem + "_progress.json")
                     logging.info("%s %s %s seed %d: MACs %.3f, accuracy %.4f -> %.4f (%.0f s)", variant, target,
                                  regime, seed, row["macs_ratio"], row["pruned_accuracy"], row["accuracy"],
                                  row["train_seconds"])
