@@ -149,6 +149,15 @@ def test_kept_outputs_are_priced_as_whole_tiles():
     (wide,) = [t for t in tabled_layers(tiled.graph) if t.path == "wide"]
     assert wide.counts((0.25, 0.5, 0.75, 1.0), 16, 64, tile=16) == ((16,), (16, 32, 48, 64))
     assert wide.counts((0.1, 0.5, 1.0), 16, 40, tile=16) == ((16,), (16, 32, 40))
+    # ONNX Runtime's tables also tile the inputs: "pw"'s kept inputs are priced as whole tiles too
+    both = LatencyModel(model, tables=dataclasses.replace(tables, tile=16, input_tile=16), cache_dir=False)
+    for n in (16, 17, 33, 64):
+        assert both.cost_of_widths({group: n}) == pytest.approx(1e-6 * 8 * 8 * 16 * 2 * math.ceil(n / 16) * 16)
+    (pw,) = [t for t in tabled_layers(tiled.graph) if t.path == "pw"]
+    assert pw.counts((0.25, 0.5, 0.75, 1.0), 64, 16, tile=16) == ((16, 32, 48, 64), (16,))
+    assert pw.counts((0.25, 0.5, 0.75, 1.0), 64, 16, tile=16, input_tile=16) == ((16, 32, 48, 64), (16,))
+    assert pw.counts((0.1, 0.5, 1.0), 40, 16, tile=16, input_tile=16) == ((16, 32, 40), (16,))
+    assert pw.counts((0.1, 0.5, 1.0), 40, 16, tile=16) == ((4, 20, 40), (16,))
 
 
 def test_fitted_coefficients_keep_their_bounds():
@@ -246,6 +255,17 @@ def test_measured_tables_are_cached_per_model_runtime_and_threads(tmp_path):
     assert renamed.cache_hit and renamed.cache_path == built.cache_path
     assert set(renamed.tables.layers) == {"other_conv", "other_dw", "other_pw", "other_head"}
     assert renamed.full == built.full
+
+
+def test_measured_onnx_runtime_tables_tile_inputs_and_outputs(tmp_path):
+    model = tiny_cnn()
+    tables = LatencyModel(model, runtime="onnxruntime", grid=(0.5, 1.0), runs=3, warmup=1, cache_dir=tmp_path).tables
+    tile = channel_tile("onnxruntime")
+    assert tables.runtime == "onnxruntime" and tables.tile == tables.input_tile == tile
+    assert tables.whole_ms > 0 and all(np.all(t.ms > 0) for t in tables.tables.values())
+    tiled = len(grid_counts(8, (0.5, 1.0), tile))
+    shapes = {path: tables.tables[key].ms.shape for path, key in tables.layers.items()}
+    assert shapes == {"conv": (1, tiled), "dw": (tiled,), "pw": (tiled, tiled), "head": (tiled, 1)}
 
 
 def test_channel_tile_follows_the_cpu():

@@ -1,6 +1,7 @@
 """LiteRT and ONNX Runtime: the only runtimes that run exported files, with a clear error when one is missing."""
 
 import sys
+import time
 import warnings
 
 import keras
@@ -10,6 +11,8 @@ import tfprune
 from tfprune.deployment.onnx_conversion import write_onnx
 from tfprune.deployment.runtimes import litert_interpreter, onnx_session
 from tfprune.errors import RuntimeUnavailableError
+from tfprune.measurement.runtime_calls import kernel_timed_call
+from tfprune.measurement.runtime_latency import time_files
 
 
 def tiny():
@@ -61,3 +64,28 @@ def test_missing_onnx_runtime_is_a_clear_error(tmp_path, monkeypatch):
 def test_runtime_errors_reject_bad_arguments():
     with pytest.raises(ValueError, match="exactly one of path"):
         litert_interpreter()
+
+
+def test_a_profiled_onnx_call_gives_its_operators_time_alone(tmp_path):
+    path = str(tmp_path / "tiny.onnx")
+    write_onnx(tiny(), path)
+    call, kernel_seconds = kernel_timed_call(path, 1, str(tmp_path / "profile"))
+    walls = []
+    for _ in range(5):
+        start = time.perf_counter()
+        call()
+        walls.append(time.perf_counter() - start)
+    kernels = kernel_seconds()
+    # one figure per call, in order; the operators run inside the call, so each takes less than it
+    assert len(kernels) == 5
+    assert all(0 < k < w for k, w in zip(kernels, walls, strict=True))
+    assert not list(tmp_path.glob("profile*"))  # the profile file is deleted
+
+
+def test_timing_subprocess_gives_runs_figures_per_file_primed_or_profiled(tmp_path):
+    path = str(tmp_path / "tiny.onnx")
+    write_onnx(tiny(), path)
+    seconds = time_files([[("whole", path), ("kernels", path)]], "onnxruntime", runs=4, warmup=2, primed=True,
+                         kernels=["kernels"])
+    assert {label: len(s) for label, s in seconds.items()} == {"whole": 4, "kernels": 4}
+    assert all(s > 0 for s in seconds["kernels"])

@@ -72,13 +72,15 @@ def litert_outputs(interpreter, inputs):
     return [np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()]
 
 
-def onnx_session(path, threads=None):
+def onnx_session(path, threads=None, profile_prefix=None):
     """An ONNX Runtime `InferenceSession` on the CPU for an .onnx file.
 
     Args:
         path: the .onnx file.
         threads: intra-op threads (None: ONNX Runtime's default, one per physical core). Inter-op parallelism is
             off (operators run one after another), as in LiteRT.
+        profile_prefix: if given, ONNX Runtime profiles every run, its operators' times included, into a JSON
+            file whose path starts with it (`session.end_profiling()` writes it and returns its path).
 
     Example:
 
@@ -96,6 +98,9 @@ def onnx_session(path, threads=None):
     options.inter_op_num_threads = 1
     if threads is not None:
         options.intra_op_num_threads = int(threads)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -14,27 +14,32 @@ size of the activations.
 Calibration. A layer timed alone is not timed as it runs in the model. Called in turn with other files, its weights
 and input would come from a colder cache than in the model, where the layer before has just written its input
 (MobileNetV2's LiteRT tables then summed to 1.3× the whole model): so each one-layer model is called once, untimed,
-right before each timed call. And an ONNX file of one layer converts its layout in and out, which the whole model
-does once. So the whole model is also timed at the uniform widths of `tfprune.plan(model, r)` (rounded to the
-runtime's tile, and for LiteRT also as they come: `calibration_steps`) for `r = 1 - g` at each grid fraction `g`,
-and the prediction is `scale · Σ tables + rest · kept activations + fixed`, its three coefficients fitted to those
-measured points by least squares on relative errors (`fit_coefficients`): the scale positive, the rest not negative,
-and the fixed term negative where each layer timed alone paid a per-call cost that the whole model pays once (ONNX
-Runtime: about 15–25 µs a layer on the project's machine), down to minus the tables' fastest calls; a prediction is
-never below 0. Without calibration points (`calibrate=False`,
-or tables given), the scale is 1, the fixed term 0 and the rest the whole model's latency minus the tables' sum at
-full width (at least 0).
+right before each timed call. And an ONNX file of one layer converts its layout in and out (to and from ONNX
+Runtime's blocked NCHWc layout), which the whole model does once, and pays the session's per-call work: for ONNX
+Runtime, a table holds the layer's operators' time alone, from ONNX Runtime's profile of each timed call
+(`runtime_calls.kernel_timed_call`). Timed whole (session and layout conversions included), MobileNetV2's one-layer
+files made its depthwise layers 2.3× and its other convolutions 1.3× as slow, against their times inside the model,
+and those shares changed with the widths: predictions of random-width plans were 15% low to 22% high; from the
+profiled operators, 1% low to 7% high (issue 30's benchmark). So the whole model is also timed at the uniform widths
+of `tfprune.plan(model, r)` (rounded to the runtime's tile, and for LiteRT also as they come: `calibration_steps`)
+for `r = 1 - g` at each grid fraction `g`, and the prediction is `scale · Σ tables + rest · kept activations +
+fixed`, its three coefficients fitted to those measured points by least squares on relative errors
+(`fit_coefficients`): the scale positive, the rest not negative, and the fixed term negative where each layer timed
+alone paid a per-call cost that the whole model pays once, down to minus the tables' fastest calls; a prediction is
+never below 0. Without calibration points (`calibrate=False`, or tables given), the scale is 1, the fixed term 0 and
+the rest the whole model's latency minus the tables' sum at full width (at least 0).
 
 Interpolation. Between grid points a table is interpolated bilinearly in (kept inputs, kept outputs): a
 convolution's time is close to a·C_in·C_out + b·C_in + c·C_out + d (its MACs, its input and output traffic, a fixed
 cost), which bilinear interpolation reproduces exactly. The runtime computes output channels (a depthwise layer's
 channels) in tiles (`tfprune.deployment.channel_tiles`: 16 on x86 with AVX2 or AVX-512), so its time is a staircase
 in them: the grid's output counts are multiples of the tile, and a kept count is looked up at its tile-rounded width
-(`LatencyTables.tile`). The differentiable `expected_cost` (DMCP) interpolates without rounding. Below its smallest
-point (under a quarter of the layer's width with the default grid) a table is scaled in proportion to the kept
-counts, which keeps it monotone where a linear extrapolation of the cross term would not be. Each table is made
-non-decreasing along both axes before use (a wider layer is never faster; a measured dip is noise), so that a prediction
-never grows when channels are removed.
+(`LatencyTables.tile`); for ONNX Runtime, whose blocked convolutions also read whole tiles of input channels, so are
+the input counts (`LatencyTables.input_tile`). The differentiable `expected_cost` (DMCP) interpolates without
+rounding. Below its smallest point (under a quarter of the layer's width with the default grid) a table is scaled in
+proportion to the kept counts, which keeps it monotone where a linear extrapolation of the cross term would not be.
+Each table is made non-decreasing along both axes before use (a wider layer is never faster; a measured dip is
+noise), so that a prediction never grows when channels are removed.
 
 Cache. A model's tables are written to one JSON file per (model architecture, runtime and its version, thread
 count, CPU model, grid) under `cache_dir` (default `$TFPRUNE_LATENCY_CACHE`, else `~/.cache/tfprune/latency`), and
@@ -64,7 +69,7 @@ from tfprune.measurement.counting import layer_counts
 from tfprune.measurement.runtime_latency import check_runtime, runtime_file, time_files
 
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
-TABLES_VERSION = 7
+TABLES_VERSION = 8
 
 
 @dataclasses.dataclass
@@ -161,6 +166,8 @@ class LatencyTables:
             `tfprune.plan(model, r, round_to=round_to)` (L1; the kept counts do not depend on the weights), timed
             with it.
         tile: the runtime's channel tile on the CPU measured (output counts are looked up rounded up to it).
+        input_tile: what input counts are measured at multiples of and looked up rounded up to (ONNX Runtime: the
+            tile, as its blocked convolutions take whole tiles of input channels; LiteRT: 1).
     """
 
     runtime: str
@@ -174,6 +181,7 @@ class LatencyTables:
     build_seconds: float = 0.0
     calibration: list = dataclasses.field(default_factory=list)
     tile: int = 1
+    input_tile: int = 1
 
     def to_json(self):
         return {"version": TABLES_VERSION, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -277,11 +285,12 @@ class _Tabled:
     unit: int  # kept counts are multiples of this (a grouped convolution's groups)
     fixed: tuple  # (inputs fixed, outputs fixed): a side no plan can change is timed at its full width only
 
-    def counts(self, grid, n_in, n_out, tile=1):
+    def counts(self, grid, n_in, n_out, tile=1, input_tile=1):
         """The grid's kept input and output counts (None for the outputs of a "1d" layer); the outputs (a "1d"
-        layer's channels) multiples of `tile`."""
+        layer's channels) multiples of `tile`, the inputs of a "2d" layer multiples of `input_tile`."""
         tiled = math.lcm(self.unit, tile)
-        inputs = (n_in,) if self.fixed[0] else grid_counts(n_in, grid, tiled if self.kind == "1d" else self.unit)
+        inputs = (n_in,) if self.fixed[0] else grid_counts(n_in, grid, tiled if self.kind == "1d"
+                                                           else math.lcm(self.unit, input_tile))
         if self.kind == "1d":
             return inputs, None
         return inputs, (n_out,) if self.fixed[1] else grid_counts(n_out, grid, tiled)
@@ -380,13 +389,14 @@ class LatencyModel(CostModel):
         self.full = self._value(counts)
 
     def _tabled(self, counts):
-        tile, full = self.tables.tile, self.full_counts
+        full = self.full_counts
 
-        def tiled(n, side):  # the runtime computes whole tiles of output channels
+        def tiled(n, side, tile):  # the runtime computes whole tiles of output (ONNX Runtime: and input) channels
             return min(full[side], math.ceil(n / tile - 1e-9) * tile) if tile > 1 else n
 
-        return sum(calls * (table.at(tiled(counts[i], i)) if table.outputs is None
-                            else table.at(counts[i], tiled(counts[o], o)))
+        tile, input_tile = self.tables.tile, self.tables.input_tile
+        return sum(calls * (table.at(tiled(counts[i], i, tile)) if table.outputs is None
+                            else table.at(tiled(counts[i], i, input_tile), tiled(counts[o], o, tile)))
                    for table, i, o, calls, _ in self._entries)
 
     def _activations(self, counts):
@@ -611,8 +621,10 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
     timed in one subprocess (`tfprune.measurement.runtime_latency.time_files`), a configuration's grid points in
     turn with the whole model, whose time in each batch against its median over all batches undoes the changes of
     the machine's load between batches. TensorFlow backend (the converters need it). `calibration`, `{(r,
-    round_to): slim model}`, are timed in the first batch, in turn with the whole model. Output counts are multiples
-    of `tile`.
+    round_to): slim model}`, are timed in the first batch, in turn with the whole model and unprimed. Output counts
+    are multiples of `tile`; for ONNX Runtime, a layer's input counts too: its blocked (NCHWc) convolutions run a
+    slower path on a partial tile of inputs (MobileNetV2's `block_1_expand`, 16 inputs: 1.3 ms at 12 against 0.8 ms
+    at 16), which a table made non-decreasing would carry up to the layer's full width.
 
     Returns:
         `LatencyTables` (its `runtime_version` and `cpu` left for the caller to fill in).
@@ -622,6 +634,7 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
     start = time.perf_counter()
     grid = _check_grid(grid)
     by_key, points = {}, {}
+    input_tile = tile if runtime == "onnxruntime" else 1
     for t in layers:
         by_key.setdefault(_key(t), t)
     with tempfile.TemporaryDirectory() as workdir:
@@ -629,7 +642,7 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
         notify(f"writing the whole model and {len(by_key)} layer configuration(s) for {runtime}")
         whole = runtime_file(model, workdir, "whole", runtime)
         for n, (key, t) in enumerate(by_key.items()):
-            inputs, outputs = t.counts(grid, t.input_shape[-1], _output_width(t.layer), tile)
+            inputs, outputs = t.counts(grid, t.input_shape[-1], _output_width(t.layer), tile, input_tile)
             batch = []
             for i in inputs:
                 for o in (outputs or (None,)):
@@ -646,7 +659,12 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
         slim = [(f"calibration:{r}:{step}", runtime_file(m, workdir, f"calibration_{n}", runtime))
                 for n, ((r, step), m) in enumerate((calibration or {}).items())]
         timed = [[("whole:0", whole), *slim]] + [[(f"whole:{b + 1}", whole), *batch] for b, batch in enumerate(batches)]
-        seconds = time_files(timed, runtime, threads, runs, warmup, pin, primed=True)
+        kernels = [label for batch in batches for label, _ in batch] if runtime == "onnxruntime" else ()
+        # The calibration models unprimed, as `measure_ratio` times a slim model: primed, a small model found more of
+        # itself in the CPU's caches than it does after a call of the whole model (MobileNetV2 at half its widths on
+        # ONNX Runtime: 2.5 against 3.0 ms), and the fit made every prediction low.
+        seconds = time_files(timed[:1], runtime, threads, runs, warmup, pin)
+        seconds.update(time_files(timed[1:], runtime, threads, runs, warmup, pin, primed=True, kernels=kernels))
     per_batch = [float(np.median(seconds[f"whole:{b}"])) * 1000 for b in range(len(timed))]
     whole_ms = float(np.median(per_batch))
     tables = {}
@@ -659,7 +677,8 @@ def measure_tables(model, layers, runtime, threads=1, grid=DEFAULT_GRID, runs=20
                   for r, step in (calibration or {})]
     return LatencyTables(runtime=runtime, threads=threads, runtime_version="", cpu="", grid=grid,
                          whole_ms=whole_ms, tables=tables, layers={t.path: _key(t) for t in layers},
-                         build_seconds=time.perf_counter() - start, calibration=calibrated, tile=int(tile))
+                         build_seconds=time.perf_counter() - start, calibration=calibrated, tile=int(tile),
+                         input_tile=int(input_tile))
 
 
 def fit_coefficients(points, overhead=0.0):

@@ -89,9 +89,49 @@ def file_call(runtime, path, threads):
             interpreter.set_tensor(detail["index"], rng.standard_normal(detail["shape"]).astype(detail["dtype"]))
         return interpreter.invoke
     session = onnx_session(path, threads=threads)
-    feed = {node.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in node.shape]).astype("float32")
-            for node in session.get_inputs()}
+    feed = _standard_feed(session, rng)
     return lambda: session.run(None, feed)
+
+
+def _standard_feed(session, rng):
+    return {node.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in node.shape]).astype("float32")
+            for node in session.get_inputs()}
+
+
+# ONNX Runtime's layout conversions: a one-layer file converts its input and output, a whole model only its own
+LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput", "Transpose"})
+
+
+def kernel_timed_call(path, threads, profile_prefix):
+    """`(call, kernel_seconds)` for an .onnx file: `call` runs it once as `file_call` does, in a session that ONNX
+    Runtime profiles; `kernel_seconds()` ends the profile, deletes its file and returns, for each call made, in
+    order, the seconds its operators took, the layout conversions (`LAYOUT_OPS`) and the session's own per-call work
+    left out: what the file's operators cost inside a whole model, which converts its layout once.
+
+    Args:
+        path: the .onnx file.
+        threads: ONNX Runtime's intra-op threads.
+        profile_prefix: where the profile is written (a path prefix).
+    """
+    session = onnx_session(path, threads=threads, profile_prefix=profile_prefix)
+    feed = _standard_feed(session, np.random.default_rng(0))
+
+    def kernel_seconds():
+        profile = session.end_profiling()
+        with open(profile) as f:
+            events = json.load(f)
+        os.remove(profile)
+        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                      if e.get("cat") == "Session" and e["name"] == "model_run")
+        starts = [start for start, _ in runs]
+        micro = np.zeros(len(runs))
+        for e in events:
+            if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                    and e.get("args", {}).get("op_name") not in LAYOUT_OPS):
+                micro[np.searchsorted(starts, e["ts"], side="right") - 1] += e["dur"]
+        return (micro / 1e6).tolist()
+
+    return (lambda: session.run(None, feed)), kernel_seconds
 
 
 def random_array(shape, dtype, rng):

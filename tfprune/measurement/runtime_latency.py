@@ -72,7 +72,7 @@ def _frozen_flatbuffer(model):
         absl.setLevel(level)
 
 
-def time_files(batches, runtime, threads=1, runs=50, warmup=5, pin=True, primed=False):
+def time_files(batches, runtime, threads=1, runs=50, warmup=5, pin=True, primed=False, kernels=()):
     """Time runtime files in a subprocess: `{label: [seconds per call]}`.
 
     Args:
@@ -82,13 +82,15 @@ def time_files(batches, runtime, threads=1, runs=50, warmup=5, pin=True, primed=
         runs, warmup: timed and untimed calls per file.
         pin: bind the subprocess to `threads` CPUs.
         primed: call each file once, untimed, right before each timed call (`runtime_calls.time_in_turn`).
+        kernels: labels of .onnx files whose seconds are their operators' alone, from ONNX Runtime's profile, layout
+            conversions left out (`runtime_calls.kernel_timed_call`).
     """
     with tempfile.TemporaryDirectory() as workdir:
         spec, out = os.path.join(workdir, "spec.json"), os.path.join(workdir, "out.json")
         with open(spec, "w") as f:
             json.dump({"batches": [[list(item) for item in batch] for batch in batches], "runtime": runtime,
                        "threads": int(threads), "runs": int(runs), "warmup": int(warmup), "pin": bool(pin),
-                       "primed": bool(primed), "out": out}, f)
+                       "primed": bool(primed), "kernels": list(kernels), "out": out}, f)
         done = subprocess.run([sys.executable, "-m", "tfprune.measurement.runtime_timing_worker", spec],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
