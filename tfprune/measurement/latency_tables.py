@@ -20,14 +20,14 @@ Runtime, a table holds the layer's operators' time alone, from ONNX Runtime's pr
 (`runtime_calls.kernel_timed_call`). Timed whole (session and layout conversions included), MobileNetV2's one-layer
 files made its depthwise layers 2.3× and its other convolutions 1.3× as slow, against their times inside the model,
 and those shares changed with the widths: predictions of random-width plans were 15% low to 22% high; from the
-profiled operators, 1% low to 7% high (issue 30's benchmark). So the whole model is also timed at the uniform widths
-of `tfprune.plan(model, r)` (rounded to the runtime's tile, and for LiteRT also as they come: `calibration_steps`)
-for `r = 1 - g` at each grid fraction `g`, and the prediction is `scale · Σ tables + rest · kept activations +
-fixed`, its three coefficients fitted to those measured points by least squares on relative errors
-(`fit_coefficients`): the scale positive, the rest not negative, and the fixed term negative where each layer timed
-alone paid a per-call cost that the whole model pays once, down to minus the tables' fastest calls; a prediction is
-never below 0. Without calibration points (`calibrate=False`, or tables given), the scale is 1, the fixed term 0 and
-the rest the whole model's latency minus the tables' sum at full width (at least 0).
+profiled operators, 4% low to 3% high (`benchmarks/latency_planning.py`). So the whole model is also timed at the
+uniform widths of `tfprune.plan(model, r)` (rounded to the runtime's tile, and for LiteRT also as they come:
+`calibration_steps`) for `r = 1 - g` at each grid fraction `g`, and the prediction is `scale · Σ tables + rest ·
+kept activations + fixed`, its three coefficients fitted to those measured points by least squares on relative
+errors (`fit_coefficients`): the scale positive, the rest not negative, and the fixed term negative where each layer
+timed alone paid a per-call cost that the whole model pays once, down to minus the tables' fastest calls; a
+prediction is never below 0. Without calibration points (`calibrate=False`, or tables given), the scale is 1, the
+fixed term 0 and the rest the whole model's latency minus the tables' sum at full width (at least 0).
 
 Interpolation. Between grid points a table is interpolated bilinearly in (kept inputs, kept outputs): a
 convolution's time is close to a·C_in·C_out + b·C_in + c·C_out + d (its MACs, its input and output traffic, a fixed
