@@ -257,6 +257,7 @@ def test_measured_tables_are_cached_per_model_runtime_and_threads(tmp_path):
     assert renamed.full == built.full
 
 
+@pytest.mark.tensorflow_only
 def test_measured_onnx_runtime_tables_tile_inputs_and_outputs(tmp_path):
     model = tiny_cnn()
     tables = LatencyModel(model, runtime="onnxruntime", grid=(0.5, 1.0), runs=3, warmup=1, cache_dir=tmp_path).tables
