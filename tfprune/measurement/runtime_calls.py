@@ -126,9 +126,10 @@ def kernel_timed_call(path, threads, profile_prefix):
         starts = [start for start, _ in runs]
         micro = np.zeros(len(runs))
         for e in events:
-            if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+            run = np.searchsorted(starts, e["ts"], side="right") - 1  # the call it ran in
+            if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and run >= 0
                     and e.get("args", {}).get("op_name") not in LAYOUT_OPS):
-                micro[np.searchsorted(starts, e["ts"], side="right") - 1] += e["dur"]
+                micro[run] += e["dur"]
         return (micro / 1e6).tolist()
 
     return (lambda: session.run(None, feed)), kernel_seconds
