@@ -186,7 +186,8 @@ def run(rows, baselines):
         os.environ["TFPRUNE_LATENCY_CACHE"] = FLAGS.cache_dir  # the searches' LatencyModel reads it
     for name in FLAGS.models:
         model, _, record = methods.baseline(name, data)
-        baselines[name] = record
+        # read again first: a run of another model (one per core) may have written its own since this one started
+        baselines.update(shared_setup.read_json(FLAGS.out + "_baselines.json", {}), **{name: record})
         shared_setup.write_json(FLAGS.out + "_baselines.json", baselines)
         for target in map(float, FLAGS.targets):
             for seed in map(int, FLAGS.seeds):
