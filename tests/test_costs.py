@@ -8,6 +8,7 @@ import pytest
 import tfprune
 from tests.test_attention import gqa_block, transformer_block
 from tests.test_macs_model import grouped_and_separable
+from tfprune.errors import PlanError
 from tfprune.measurement.cost_targets import cost_model
 from tfprune.measurement.costs import CostTarget, parse_target
 from tfprune.measurement.macs_model import MacsModel
@@ -87,6 +88,9 @@ def test_targets_name_their_cost():
     with pytest.raises(ValueError, match=r"target_macs must be a MACs ratio in \(0, 1\),"):
         parse_target(1.0, "target_macs", high=1, closed=False)
     assert type(cost_model(small_cnn(), {"params": 0.5})) is ParamsModel
+    # messages name the target as the user wrote it
+    assert str(parse_target(0.5)) == '{"macs": 0.5}'
+    assert str(parse_target({"latency": 0.25, "threads": 2})) == '{"latency": 0.25, "runtime": "litert", "threads": 2}'
 
 
 def test_plan_for_macs_takes_a_params_target():
@@ -114,6 +118,9 @@ def test_searches_take_a_params_target():
         assert result.cost_ratio <= 0.5
         assert result.macs_ratio == pytest.approx(tfprune.count_macs(result.slim_model()) / tfprune.count_macs(model))
         assert all(h["macs_ratio"] <= 1 for h in result.history)
+        with pytest.raises(PlanError, match=r'The target \{"params": 0.01\} cannot be reached: .* keeps 0\.\d+ of the '
+                                            r'params.* Allowed targets: at least'):
+            search(model, target_macs={"params": 0.01}, fitness=fitness, seed=0, verbose=0, **options)
 
 
 def test_dmcp_takes_a_params_target():
@@ -129,6 +136,8 @@ def test_dmcp_takes_a_params_target():
     assert 0.45 < result.cost_ratio <= 0.5  # repaired onto the budget, and close to it
     # the budget loss watched the expected params, not the MACs
     assert abs(result.expected_macs - 0.5) < 0.1
+    with pytest.raises(ValueError, match=r'The target \{"params": 0.01\} is below the smallest reachable params ratio'):
+        tfprune.search.dmcp(model, data, {"params": 0.01}, epochs=1, verbose=0)
 
 
 def test_sensitivity_plan_takes_a_params_target():

@@ -214,6 +214,11 @@ class CostTarget:
     runtime: str | None = None
     threads: int | None = None
 
+    def __str__(self):
+        """The target as a user writes it, for messages: `{"latency": 0.25, "runtime": "litert", "threads": 1}`."""
+        where = f', "runtime": "{self.runtime}", "threads": {self.threads}' if self.kind == "latency" else ""
+        return f'{{"{self.kind}": {self.ratio:g}{where}}}'
+
 
 def parse_target(target, what="target", high=1.0, closed=True) -> CostTarget:
     """Read a cost target: a number (a MACs ratio, as before) or a one-cost dict.

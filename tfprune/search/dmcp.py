@@ -189,7 +189,7 @@ def build_supernet(model, target, width_range, channel_order="l1"):
     cost = cost_model(supernet, spec, graph=graph)
     lowest = cost.ratio_of_widths({name: gate.min_channels for name, gate in gates.items()}, ranks)
     if spec.ratio < lowest:
-        raise ValueError(f"target_macs={spec.ratio} is below the smallest reachable {cost.unit} ratio {lowest:.4f} "
+        raise ValueError(f"The target {spec} is below the smallest reachable {cost.unit} ratio {lowest:.4f} "
                          f"(every group at min_width={low}); raise the target or lower width_range's min_width.")
     return supernet, gated_model(supernet, gates, sites), gates, cost, ranks, skipped
 

@@ -223,8 +223,8 @@ class WidthSpace:
             widths = self.widths(x)
             down = [d for d, g in enumerate(self.groups) if widths[g.name] > narrowest[g.name]]
             if not down:
-                raise PlanError(f"target_macs={self.target} cannot be met: at the smallest grid ratio the plan keeps "
-                                f"{self.cost.ratio(plan):.3f} of the {self.cost.unit} (layers fed by part of a "
+                raise PlanError(f"The target {self.target_spec} cannot be met: at the smallest grid ratio the plan "
+                                f"keeps {self.cost.ratio(plan):.3f} of the {self.cost.unit} (layers fed by part of a "
                                 "group need a channel each).")
             d = down[rng.integers(len(down))]
             group = self.groups[d]
@@ -248,7 +248,7 @@ class WidthSpace:
         hint = (f" Groups not searched that hold the most {self.cost.unit}: "
                 f"{', '.join(f'{n} ({cost[n]:.3f})' for n in biggest)}; add them to groups=." if biggest else "")
         raise PlanError(
-            f"target_macs={self.target} cannot be reached: with every searched group at the smallest grid ratio "
+            f"The target {self.target_spec} cannot be reached: with every searched group at the smallest grid ratio "
             f"({self.grid[0]}) the slim model keeps {floor:.3f} of the {self.cost.unit}. Layers no plan can shrink "
             f"(fixed groups, boundaries) hold {fixed:.3f}.{hint} Allowed targets: at least {floor:.3f}, or lower the "
             "grid's smallest ratio.")
