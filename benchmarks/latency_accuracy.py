@@ -43,6 +43,10 @@ Latency is measured the same way for both (`tfprune.measurement.runtime_latency.
 the slim model converted for `--runtime` and called in turn in one subprocess bound to `--threads` CPUs, batch 1,
 medians of `--runs` calls). The latency tables are cached in `--cache_dir` (`$TFPRUNE_LATENCY_CACHE`).
 
+A target the search cannot reach is skipped with a warning that gives the lowest reachable ratio (with
+`round_to=8` and the grid's smallest ratio 0.05, small_resnet keeps at least 0.26 of its LiteRT latency here: its
+16-channel layers keep 8), and the run goes on with the next target.
+
 **Rows** (one JSON line per finished (model, target, plan, seed), so an interrupted run resumes; a macs row is run
 after its seed's latency row): the search's budgets tried and their measured ratios, the kept one's measured
 latency ratio and milliseconds, its MACs and params ratios, the widths, "reached" (measured within `tolerance` of
@@ -58,6 +62,7 @@ import matplotlib
 from absl import app, flags, logging
 
 import tfprune
+from tfprune.errors import PlanError
 from tfprune.measurement.runtime_latency import measure_ratio
 
 import methods  # its flags and protocol: data split, baselines, search settings, fine-tuning recipe, seeds
@@ -190,35 +195,43 @@ def run(rows, baselines):
         baselines.update(shared_setup.read_json(FLAGS.out + "_baselines.json", {}), **{name: record})
         shared_setup.write_json(FLAGS.out + "_baselines.json", baselines)
         for target in map(float, FLAGS.targets):
-            for seed in map(int, FLAGS.seeds):
-                for kind in sorted(FLAGS.plans, key=list(LABELS).index):  # latency first: macs aims at its latency
-                    if _row(rows, name, target, kind, seed):
-                        continue
-                    reference = _row(rows, name, target, "latency", seed)
-                    if kind == "macs" and reference:
-                        goal, start = reference["latency_ratio"], reference["macs_ratio"]
-                    else:
-                        goal, start = target, target
-                    logging.info("%s at %s of the latency, seed %d: %s with a %s", name, target, seed,
-                                 SEARCHES[FLAGS.search], LABELS[kind])
-                    plan, slim, measured = matched_search(kind, model, data, target, seed, goal, start)
-                    row = {"model": name, "target": target, "plan": kind, "seed": seed, "search": FLAGS.search,
-                           "round_to": FLAGS.round_to, **measured,
-                           "reached": _close(measured["latency_ratio"], target),
-                           "matched": kind == "macs" and reference is not None
-                           and _close(measured["latency_ratio"], reference["latency_ratio"]),
-                           "macs_ratio": tfprune.count_macs(slim) / record["macs"],
-                           "params_ratio": tfprune.count_params(slim) / record["params"],
-                           "widths": {g: len(kept) for g, kept in plan.keep.items()},
-                           "pruned_accuracy": shared_setup.accuracy(slim, data[2])}
-                    start = time.perf_counter()
-                    methods.train(slim, data[0], FLAGS.finetune_epochs, FLAGS.finetune_learning_rate, seed)
-                    row.update(accuracy=shared_setup.accuracy(slim, data[2]),
-                               val_accuracy=shared_setup.accuracy(slim, data[1]),
-                               train_seconds=time.perf_counter() - start)
-                    shared_setup.append_row(rows, row, path)
-                    logging.info("%s %s %s seed %d: latency %.3f, MACs %.3f, accuracy %.4f", name, target, kind, seed,
-                                 row["latency_ratio"], row["macs_ratio"], row["accuracy"])
+            try:
+                run_target(rows, path, data, model, record, name, target)
+            except PlanError as error:  # below what the search can reach (e.g. small_resnet at 0.25 with round_to=8)
+                logging.warning("%s at %s of the latency: skipped, the search cannot reach it. %s", name, target, error)
+
+
+def run_target(rows, path, data, model, record, name, target):
+    """The missing rows of one model and latency target, seed by seed, each appended as it finishes."""
+    for seed in map(int, FLAGS.seeds):
+        for kind in sorted(FLAGS.plans, key=list(LABELS).index):  # latency first: macs aims at its latency
+            if _row(rows, name, target, kind, seed):
+                continue
+            reference = _row(rows, name, target, "latency", seed)
+            if kind == "macs" and reference:
+                goal, start = reference["latency_ratio"], reference["macs_ratio"]
+            else:
+                goal, start = target, target
+            logging.info("%s at %s of the latency, seed %d: %s with a %s", name, target, seed,
+                         SEARCHES[FLAGS.search], LABELS[kind])
+            plan, slim, measured = matched_search(kind, model, data, target, seed, goal, start)
+            row = {"model": name, "target": target, "plan": kind, "seed": seed, "search": FLAGS.search,
+                   "round_to": FLAGS.round_to, **measured,
+                   "reached": _close(measured["latency_ratio"], target),
+                   "matched": kind == "macs" and reference is not None
+                   and _close(measured["latency_ratio"], reference["latency_ratio"]),
+                   "macs_ratio": tfprune.count_macs(slim) / record["macs"],
+                   "params_ratio": tfprune.count_params(slim) / record["params"],
+                   "widths": {g: len(kept) for g, kept in plan.keep.items()},
+                   "pruned_accuracy": shared_setup.accuracy(slim, data[2])}
+            start = time.perf_counter()
+            methods.train(slim, data[0], FLAGS.finetune_epochs, FLAGS.finetune_learning_rate, seed)
+            row.update(accuracy=shared_setup.accuracy(slim, data[2]),
+                       val_accuracy=shared_setup.accuracy(slim, data[1]),
+                       train_seconds=time.perf_counter() - start)
+            shared_setup.append_row(rows, row, path)
+            logging.info("%s %s %s seed %d: latency %.3f, MACs %.3f, accuracy %.4f", name, target, kind, seed,
+                         row["latency_ratio"], row["macs_ratio"], row["accuracy"])
 
 
 # ---- report --------------------------------------------------------------------------------------------------------
