@@ -18,6 +18,8 @@ latency target t (`--targets`) and seed, with the same settings but two budgets:
             latency equals that of the latency row of the same (model, t, seed): m starts at that row's MACs ratio
             and is re-aimed at m · goal / measured, up to `match_steps` times, until the two measured ratios are
             within `tolerance` of each other (or both within `tolerance` of t).
+Once searches were measured on both sides of the goal, the next budget is interpolated between the closest two
+instead (`next_aim`: a search's measured latency is not monotonic in its budget).
 Of the tried searches, the one closest to its goal and not above goal · (1 + tolerance) is kept (the closest one
 if none is). A one-ratio plan (`plan_for_latency` against `plan_for_macs`, this script's first version) was no
 comparison: with `round_to=1` both are one L1 ratio for every group, so at equal measured latency they are about
@@ -140,6 +142,20 @@ def _close(ratio, goal):
     return abs(ratio / goal - 1) <= FLAGS.tolerance
 
 
+def next_aim(tried, goal):
+    """The next budget: between the closest tries measured on either side of `goal`, interpolated linearly, once
+    there are both (a search's measured latency is not monotonic in its MACs budget: small_vgg's ABC searches at MACs
+    0.48 and 0.41 both measured 0.58, at 0.35 0.38); before that, the last budget scaled by goal / measured."""
+    below = [t for t in tried if t["measured"].ratio < goal]
+    above = [t for t in tried if t["measured"].ratio > goal]
+    if not (below and above):
+        return tried[-1]["budget"] * goal / tried[-1]["measured"].ratio
+    low = max(below, key=lambda t: t["measured"].ratio)
+    high = min(above, key=lambda t: (t["measured"].ratio, abs(t["budget"] - low["budget"])))  # ties: the tighter
+    share = (goal - low["measured"].ratio) / (high["measured"].ratio - low["measured"].ratio)
+    return low["budget"] + share * (high["budget"] - low["budget"])
+
+
 def matched_search(kind, model, data, target, seed, goal, start):
     """The search under a `kind` budget re-aimed until its slim model's measured latency ratio is `goal`.
 
@@ -163,7 +179,7 @@ def matched_search(kind, model, data, target, seed, goal, start):
         logging.info("  %s budget %.4f: measured latency ratio %.3f (goal %.3f)", kind, aim, measured.ratio, goal)
         if _close(measured.ratio, goal) or (_close(measured.ratio, target) and _close(goal, target)):
             break
-        aim = min(cap, aim * goal / measured.ratio)
+        aim = min(cap, next_aim(tried, goal))
     fitting = [t for t in tried if t["measured"].ratio <= goal * (1 + FLAGS.tolerance)] or tried
     kept = min(fitting, key=lambda t: abs(t["measured"].ratio - goal))
     measured = kept["measured"]
