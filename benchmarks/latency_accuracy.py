@@ -309,9 +309,10 @@ def report(rows, baselines):
         if equal:
             differences = [a["accuracy"] - b["accuracy"] for a, b in equal]
             paired.append(f"{label}: latency budget minus MACs budget, same seeds, at equal measured latency: "
-                          f"{_cell(differences, 100, 2)} points (n={len(differences)}"
-                          + (f"; {len(pairs) - len(equal)} seed(s) not at equal latency left out)"
-                             if len(equal) < len(pairs) else ")"))
+                          f"{_cell(differences, 100, 2)} points, higher in {sum(d > 0 for d in differences)} of "
+                          f"{len(differences)} seed(s)"
+                          + (f" ({len(pairs) - len(equal)} seed(s) not at equal latency left out)"
+                             if len(equal) < len(pairs) else ""))
         elif pairs:
             paired.append(f"{label}: not compared, no seed's two searched models are within {FLAGS.tolerance:.0%} "
                           "of each other's measured latency nor both within it of the target.")
@@ -338,7 +339,12 @@ def plot(groups, baselines):
                                 for k, g in groups.items() if k[0] == name and k[2] == searched and k[3] == kind)
                 if points:
                     x, y, e = zip(*points, strict=True)
-                    ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=f"{SEARCHES[searched]}, {LABELS[kind]}")
+                    line = ax.errorbar(x, y, yerr=e, marker=marker, capsize=3,
+                                       label=f"{SEARCHES[searched]}, {LABELS[kind]} (mean; faint: each seed)")
+                    seeds = [r for k, g in groups.items() if k[0] == name and k[2] == searched and k[3] == kind
+                             for r in g]
+                    ax.scatter([r["latency_ratio"] for r in seeds], [r["accuracy"] for r in seeds], marker=marker,
+                               color=line.lines[0].get_color(), alpha=0.3)
         ax.set(title=f"{shared_setup.reference_cnn_name(name)}: fine-tuned accuracy at measured latency",
                xlabel=f"measured latency ratio ({FLAGS.runtime}, batch 1, {FLAGS.threads} thread(s))",
                ylabel="test accuracy")
