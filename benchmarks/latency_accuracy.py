@@ -270,8 +270,7 @@ def report(rows, baselines):
     for r in rows:
         groups.setdefault((r["model"], r["target"], r.get("search", "abc"), r["plan"]), []).append(r)
     settings = ", ".join(f"{k}={getattr(FLAGS, k)}" for k in SETTINGS)
-    lines = ["# Accuracy at equal measured latency: widths searched under a latency budget against a MACs budget", "",
-             f"`python benchmarks/latency_accuracy.py` ({settings}); see the script's docstring for the protocol "
+    lines = [f"`python benchmarks/latency_accuracy.py` ({settings}); see the script's docstring for the protocol "
              "(that of the methods benchmark). One search per budget, model, target and seed; the MACs budget is "
              "re-aimed until the searched model's measured latency equals the latency-searched one's. Latency: "
              f"measured on {FLAGS.runtime}, batch 1, {FLAGS.threads} thread(s), slim over original, the two "
@@ -308,8 +307,8 @@ def report(rows, baselines):
         label = f"- {shared_setup.reference_cnn_name(name)} at {target} of the latency ({SEARCHES[searched]})"
         if equal:
             differences = [a["accuracy"] - b["accuracy"] for a, b in equal]
-            paired.append(f"{label}: latency budget minus MACs budget, same seeds, at equal measured latency: "
-                          f"{_cell(differences, 100, 2)} points, higher in {sum(d > 0 for d in differences)} of "
+            higher, lower = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+            paired.append(f"{label}: {_cell(differences, 100, 2)} points; higher in {higher}, lower in {lower} of "
                           f"{len(differences)} seed(s)"
                           + (f" ({len(pairs) - len(equal)} seed(s) not at equal latency left out)"
                              if len(equal) < len(pairs) else ""))
@@ -317,7 +316,8 @@ def report(rows, baselines):
             paired.append(f"{label}: not compared, no seed's two searched models are within {FLAGS.tolerance:.0%} "
                           "of each other's measured latency nor both within it of the target.")
     if paired:
-        lines += ["", "## Paired differences", ""] + paired
+        lines += ["", "**Paired differences**: fine-tuned test accuracy, latency budget minus MACs budget, same seed, "
+                  "at equal measured latency.", ""] + paired
     shared_setup.write_text(FLAGS.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(groups, baselines)
